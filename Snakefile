@@ -1,0 +1,23 @@
+# rtprep: Pachyderm LC-MS peak exports -> chemistry-aware RT training data and RT models.
+# The Snakefile only sets up; rules live in rules/, logic in the rtprep library.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/merge.smk"
+include: "rules/sample.smk"
+include: "rules/chem.smk"
+include: "rules/rtcsv.smk"
+include: "rules/models.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,41 @@
+# Seed steps 5-6: compound classes from chemistry embeddings; attach CHEM_ID + class.
+
+
+rule chem_classes:
+    input:
+        config["embeddings"]["path"],
+    output:
+        parquet=CLASSES_PARQUET,
+        csv=CLASSES_CSV,
+    log:
+        f"logs/chem_classes_k{config['n_clusters']}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        n_clusters=config["n_clusters"],
+        seed=config["kmeans_seed"],
+    script:
+        "../workflow_scripts/chem_classes.py"
+
+
+rule attach:
+    input:
+        parquet=f"{LIB}_{{kind}}{{cap}}.parquet",
+        lib_mapping=lib_mapping,
+        classes=CLASSES_PARQUET,
+    output:
+        f"{LIB}_{{kind}}{{cap}}_chemclass.parquet",
+    log:
+        "logs/attach/{hash}_lib{lib}_{kind}{cap}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    script:
+        "../workflow_scripts/attach.py"

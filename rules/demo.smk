@@ -1,0 +1,25 @@
+# The embedded demo export: written only under demo.dir, and only in the DAG when data_dir is
+# inside it (never part of a real run).
+if DEMO:
+
+    rule demo:
+        output:
+            manifest=f"{DEMO_DIR}/manifest.json",
+            embeddings=config["embeddings"]["path"],
+            lib_mappings=demo_lib_mappings(),
+            species_mappings=demo_species_mappings(),
+        log:
+            "logs/demo.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            out=lambda wc, output: os.path.dirname(output.manifest),
+            rows=config["demo"]["rows"],
+            seed=config["demo"]["seed"],
+            libs=config["demo"]["libs"],
+        script:
+            "../workflow_scripts/demo.py"

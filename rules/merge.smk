@@ -1,0 +1,64 @@
+# Seed steps 1-3: merge an export's shards, split by lib, species x compound coverage.
+
+
+rule merge:
+    input:
+        export_inputs,
+    output:
+        f"{MERGED}.parquet" if config["keep_merged"] else temp(f"{MERGED}.parquet"),
+    log:
+        "logs/merge/{hash}.log",
+    benchmark:
+        "benchmarks/runs/merge/{hash}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        export=lambda wc: f"{DATA}/{wc.hash}",
+        merge=config["merge"],
+    script:
+        "../workflow_scripts/merge.py"
+
+
+rule split:
+    input:
+        f"{MERGED}.parquet",
+    output:
+        f"{LIB}.parquet",
+    log:
+        "logs/split/{hash}_lib{lib}.log",
+    benchmark:
+        "benchmarks/runs/split/{hash}_lib{lib}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        rt_range=lambda wc: rt_range(config, wc.lib),
+    script:
+        "../workflow_scripts/split.py"
+
+
+rule coverage:
+    input:
+        f"{LIB}.parquet",
+    output:
+        csv=f"{LIB}_species_compounds.csv",
+        summary=f"{LIB}_species_compounds_summary.txt",
+    log:
+        "logs/coverage/{hash}_lib{lib}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        caps=config["coverage_caps"],
+    script:
+        "../workflow_scripts/coverage.py"

@@ -1,0 +1,44 @@
+# Seed step 7: RT production CSVs (the trainers' contract), and every held-out row for evaluation.
+
+
+rule rt_csv:
+    input:
+        parquet=f"{LIB}_{{kind}}{{cap}}_chemclass.parquet",
+        species_mapping=species_mapping,
+    output:
+        f"{LIB}_{{kind}}{{cap}}_chemclass_rt_prod.csv",
+    log:
+        "logs/rt_csv/{hash}_lib{lib}_{kind}{cap}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        families=config["covariates"]["families"],
+    script:
+        "../workflow_scripts/rt_csv.py"
+
+
+rule test_rows:
+    input:
+        parquet=f"{LIB}.parquet",
+        folds=f"{LIB}_folds.csv",
+        lib_mapping=lib_mapping,
+        classes=CLASSES_PARQUET,
+        species_mapping=species_mapping,
+    output:
+        f"{LIB}_test_chemclass_rt_prod.parquet",
+    log:
+        "logs/test_rows/{hash}_lib{lib}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        families=config["covariates"]["families"],
+    script:
+        "../workflow_scripts/test_rows.py"

@@ -1,0 +1,64 @@
+# Seed step 4 (cap per species x compound pair) and the held-out folds of whole sample sets.
+
+
+rule folds:
+    input:
+        f"{LIB}.parquet",
+    output:
+        f"{LIB}_folds.csv",
+    log:
+        "logs/folds/{hash}_lib{lib}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        test_fraction=config["eval"]["test_fraction"],
+        fold_seed=config["fold_seed"],
+    script:
+        "../workflow_scripts/folds.py"
+
+
+rule cap:
+    input:
+        f"{LIB}.parquet",
+    output:
+        f"{LIB}_cap{{cap}}.parquet",
+    log:
+        "logs/cap/{hash}_lib{lib}_cap{cap}.log",
+    benchmark:
+        "benchmarks/runs/cap/{hash}_lib{lib}_cap{cap}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        cap=lambda wc: int(wc.cap),
+        seed=config["cap_seed"],
+    script:
+        "../workflow_scripts/cap.py"
+
+
+rule cap_train:
+    input:
+        parquet=f"{LIB}.parquet",
+        folds=f"{LIB}_folds.csv",
+    output:
+        f"{LIB}_train_cap{{cap}}.parquet",
+    log:
+        "logs/cap/{hash}_lib{lib}_train_cap{cap}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        cap=lambda wc: int(wc.cap),
+        seed=config["cap_seed"],
+    script:
+        "../workflow_scripts/cap.py"

@@ -1,0 +1,173 @@
+"""What the Snakefile needs to know, as tested Python: config coercion, libs per export, file names.
+
+``rules/common.smk`` imports these; nothing here imports polars, so parsing the workflow is quick.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rtprep.errors import RtprepError
+
+#: The demo's exports and the libs each holds (``rtprep.demo`` writes exactly these).
+DEMO_EXPORTS: dict[str, tuple[int, ...]] = {
+    "5684639a28c04bc5af7c4fd1a75e62b5": (208, 305, 400),
+    "de194c2cc2114efaa1075ccf7539d0cb": (209, 402),
+}
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_BOOL_KEYS = (("keep_merged",), ("model", "train"), ("model", "evaluate"), ("model", "quick"))
+_INT_LIST_KEYS = (("caps",), ("coverage_caps",))
+_INT_KEYS = (("cap_seed",), ("kmeans_seed",), ("fold_seed",), ("n_clusters",))
+
+
+def _coerce_bool(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise RtprepError(f"config key '{key}': expected true or false, got {value!r}")
+    return value
+
+
+def _coerce_int(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        if re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise RtprepError(f"config key '{key}': expected an integer, got {value!r}")
+    return value
+
+
+def _coerce_int_list(value: Any, key: str) -> Any:
+    if isinstance(value, str | int):
+        value = [v for v in re.split(r"[,\s\[\]]+", str(value)) if v]
+    if isinstance(value, list):
+        return [_coerce_int(v, key) for v in value]
+    return value
+
+
+def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Coerce values that arrive as strings from ``--config`` (``libs=[209]`` gives ``['209']``,
+    ``quick=false`` a non-empty string) to the types the schema expects. Returns a copy."""
+    cfg = copy.deepcopy(dict(config))
+
+    def walk(path: tuple[str, ...], fn: Any) -> None:
+        node: Any = cfg
+        for k in path[:-1]:
+            if not isinstance(node, dict) or k not in node:
+                return
+            node = node[k]
+        if isinstance(node, dict) and path[-1] in node:
+            node[path[-1]] = fn(node[path[-1]], ".".join(path))
+
+    for p in _BOOL_KEYS:
+        walk(p, _coerce_bool)
+    for p in _INT_LIST_KEYS:
+        walk(p, _coerce_int_list)
+    for p in _INT_KEYS:
+        walk(p, _coerce_int)
+    libs = cfg.get("libs")
+    if libs is not None and not (isinstance(libs, str) and libs.strip().lower() == "all"):
+        cfg["libs"] = _coerce_int_list(libs, "libs")
+    elif isinstance(libs, str):
+        cfg["libs"] = "all"
+    if isinstance(cfg.get("exports"), str):
+        cfg["exports"] = [e for e in re.split(r"[,\s\[\]]+", cfg["exports"]) if e]
+    return cfg
+
+
+def demo_active(config: Mapping[str, Any]) -> bool:
+    """True when ``data_dir`` lies inside the demo folder (then the demo rule provides inputs)."""
+    demo_dir = Path(config.get("demo", {}).get("dir", "demo"))
+    return Path(config["data_dir"]).is_relative_to(demo_dir)
+
+
+def export_dir(config: Mapping[str, Any], export: str) -> Path:
+    return Path(config["data_dir"]) / export
+
+
+def libs_of_export(config: Mapping[str, Any], export: str) -> list[int]:
+    """The lib ids an export holds: from its hive folders (``create_training_data/lib_id=<L>``),
+    or, for a demo not yet generated, from the demo's known layout."""
+    if demo_active(config):
+        wanted = set(config.get("demo", {}).get("libs", ()))
+        return sorted(lib for lib in DEMO_EXPORTS.get(export, ()) if lib in wanted)
+    peaks = export_dir(config, export) / "create_training_data"
+    if not peaks.is_dir():
+        raise RtprepError(
+            f"{peaks}: export folder missing or incomplete (no create_training_data/); "
+            f"check data_dir and exports in the config"
+        )
+    libs = []
+    for d in peaks.iterdir():
+        m = re.fullmatch(r"lib_id=(\d+)", d.name)
+        if m and d.is_dir():
+            libs.append(int(m.group(1)))
+    return sorted(libs)
+
+
+def export_libs(config: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Libs to process per export: every lib (``libs: all``) or the requested ones an export
+    holds. A requested lib that no export holds is an error naming what there is."""
+    found = {e: libs_of_export(config, e) for e in config["exports"]}
+    libs = config.get("libs", "all")
+    if libs == "all":
+        return found
+    requested = {int(x) for x in libs}
+    present = {lib for ls in found.values() for lib in ls}
+    missing = sorted(requested - present)
+    if missing:
+        raise RtprepError(
+            f"config 'libs': lib(s) {missing} are in none of the exports "
+            f"{list(config['exports'])} under {config['data_dir']}; they hold {sorted(present)}"
+        )
+    return {e: [lib for lib in ls if lib in requested] for e, ls in found.items()}
+
+
+def rt_range(config: Mapping[str, Any], lib: int | str) -> list[float] | None:
+    """The valid apex_rt range for a lib (its own entry, else ``default``), or None."""
+    ranges = config.get("rt_range") or {}
+    r = ranges.get(str(lib), ranges.get(int(lib), ranges.get("default")))
+    return None if r is None else [float(r[0]), float(r[1])]
+
+
+def merged_prefix(config: Mapping[str, Any], export: str) -> str:
+    return f"{config['data_dir']}/merged_training_{export}"
+
+
+def classes_files(config: Mapping[str, Any]) -> tuple[str, str]:
+    """Where the compound classes are written: beside the embeddings they come from."""
+    emb = Path(config["embeddings"]["path"])
+    k = int(config["n_clusters"])
+    return str(emb.parent / f"chem_classes_k{k}.parquet"), str(emb.parent / f"chem_classes_k{k}.csv")
+
+
+def model_dir(export: str, lib: int | str, cap: int | str) -> str:
+    return f"results/rt_prod/{export}/lib{lib}_cap{cap}"
+
+
+def final_targets(config: Mapping[str, Any]) -> list[str]:
+    """Every file ``rule all`` asks for."""
+    out: list[str] = []
+    for export, libs in export_libs(config).items():
+        prefix = merged_prefix(config, export)
+        for lib in libs:
+            out.append(f"{prefix}_lib{lib}_species_compounds.csv")
+            for cap in config["caps"]:
+                out.append(f"{prefix}_lib{lib}_cap{cap}_chemclass_rt_prod.csv")
+                if config["model"]["train"]:
+                    out.append(f"{model_dir(export, lib, cap)}/model.json")
+                if config["model"]["evaluate"]:
+                    out.append(f"{model_dir(export, lib, cap)}/eval/metrics.json")
+    return out
+
+
+def sidecars(paths: Iterable[str]) -> list[str]:
+    return [f"{p}.meta.json" for p in paths]

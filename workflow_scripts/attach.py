@@ -1,0 +1,13 @@
+"""Rule attach (seed step 6): CHEM_ID and compound_class, unmappable rows dropped (counted)."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.attach import attach_chem_classes  # noqa: E402
+
+attach_chem_classes(
+    snakemake.input.parquet,
+    snakemake.input.lib_mapping,
+    snakemake.input.classes,
+    snakemake.output[0],
+)

@@ -1,0 +1,16 @@
+"""Rules cap and cap_train (seed step 4): at most N rows per (species_matrix_type, comp_id)."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.sample import sample_per_species_compound  # noqa: E402
+
+folds = snakemake.input.get("folds")
+sample_per_species_compound(
+    snakemake.input[0],
+    snakemake.output[0],
+    cap_per_pair=snakemake.params.cap,
+    seed=snakemake.params.seed,
+    folds_csv=folds,
+    fold="train" if folds else None,
+)

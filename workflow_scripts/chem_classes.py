@@ -1,0 +1,14 @@
+"""Rule chem_classes (seed step 5): k-means compound classes from chemistry embeddings."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.classes import build_chem_classes  # noqa: E402
+
+build_chem_classes(
+    snakemake.input[0],
+    n_clusters=snakemake.params.n_clusters,
+    seed=snakemake.params.seed,
+    out_parquet=snakemake.output.parquet,
+    out_csv=snakemake.output.csv,
+)

@@ -1,0 +1,13 @@
+"""Rule coverage (seed step 3): species x compound coverage table and CSV."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.coverage import summarize_species_compounds  # noqa: E402
+
+summarize_species_compounds(
+    snakemake.input[0],
+    snakemake.output.csv,
+    caps=tuple(snakemake.params.caps),
+    summary_out=snakemake.output.summary,
+)

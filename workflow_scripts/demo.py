@@ -1,0 +1,13 @@
+"""Rule demo: generate the embedded demo export under demo.dir."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.demo import generate_demo  # noqa: E402
+
+generate_demo(
+    snakemake.params.out,
+    rows=snakemake.params.rows,
+    seed=snakemake.params.seed,
+    libs=snakemake.params.libs,
+)

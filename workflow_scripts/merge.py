@@ -1,0 +1,12 @@
+"""Rule merge (seed step 1): one export's shards -> merged_training_<hash>.parquet."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.merge import MergeOptions, merge_export  # noqa: E402
+
+merge_export(
+    snakemake.params.export,
+    snakemake.output[0],
+    MergeOptions.from_config(snakemake.params.merge),
+)

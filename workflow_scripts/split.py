@@ -1,0 +1,14 @@
+"""Rule split (seed step 2): one lib's rows of the merged Parquet."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.split import split_lib  # noqa: E402
+
+rt_range = snakemake.params.rt_range
+split_lib(
+    snakemake.input[0],
+    int(snakemake.wildcards.lib),
+    snakemake.output[0],
+    rt_range=None if rt_range is None else (rt_range[0], rt_range[1]),
+)
