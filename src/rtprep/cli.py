@@ -1,0 +1,314 @@
+"""The ``rtprep`` command line: every pipeline stage with explicit paths and the seed's options,
+plus ``run``, which goes through Snakemake.
+
+Errors caused by input or configuration print one clear line (no traceback) and exit 2; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+rtprep turns Pachyderm exports of LC-MS peak tables into compact, chemistry-aware retention-time
+(RT) training data, and trains the ridge and partial-pooling RT models used for peak assignment.
+
+The steps (each writes <output>.meta.json with its row accounting beside its output):
+  1. merge          merge an export's shards        -> merged_training_<hash>.parquet
+  2. split          split the merged file by lib    -> merged_training_<hash>_lib<lib>.parquet
+  3. summarize      species x compound coverage     -> ..._lib<lib>_species_compounds.csv
+  4. sample         cap rows per (species_matrix_type, comp_id) -> ..._lib<lib>_cap<N>.parquet
+  5. chem-classes   k-means compound classes        -> chem_classes_k<k>.parquet/.csv
+  6. attach         attach CHEM_ID + compound_class -> ..._cap<N>_chemclass.parquet
+  7. rt-csv         RT production CSV               -> ..._cap<N>_chemclass_rt_prod.csv
+  8. train / evaluate / predict   RT models
+
+`rtprep run --libs 209 --cap 100 --quick` runs the whole workflow through Snakemake (the old
+./scripts/run_rt_prod.sh). `rtprep demo` writes the embedded demo export.
+"""
+
+log = logging.getLogger("rtprep")
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def _p(path: str) -> Path:
+    return Path(path)
+
+
+def _stem_out(path: Path, suffix: str) -> Path:
+    """``x.parquet`` -> ``x<suffix>``: the seed's naming of a stage's output beside its input."""
+    return path.with_name(path.name.removesuffix(".parquet") + suffix)
+
+
+# --- stage commands ------------------------------------------------------------------------------
+def cmd_demo(a: argparse.Namespace) -> None:
+    from rtprep.demo import generate_demo
+
+    manifest = generate_demo(a.out, rows=a.rows, seed=a.seed, libs=a.libs)
+    print(f"demo export written under {a.out}/ ({manifest.get('rows_written', '?')} peak rows)")
+
+
+def cmd_merge(a: argparse.Namespace) -> None:
+    from rtprep.merge import MergeOptions, merge_export
+
+    export = _p(a.input).resolve()
+    out = _p(a.output) if a.output else export.parent / f"merged_training_{export.name}.parquet"
+    acc = merge_export(export, out, MergeOptions())
+    print(f"{out}: {acc.funnel()}")
+
+
+def cmd_split(a: argparse.Namespace) -> None:
+    from rtprep.split import libs_in_merged, split_lib
+
+    merged = _p(a.merged)
+    libs = a.libs or libs_in_merged(merged)
+    rt_range = tuple(a.rt_range) if a.rt_range else None
+    for lib in libs:
+        out = _stem_out(merged, f"_lib{lib}.parquet")
+        acc = split_lib(merged, lib, out, rt_range=rt_range)
+        print(f"{out}: {acc.funnel()}")
+
+
+def cmd_summarize(a: argparse.Namespace) -> None:
+    from rtprep.coverage import summarize_species_compounds
+
+    for f in a.files:
+        f = _p(f)
+        text = summarize_species_compounds(
+            f,
+            _stem_out(f, "_species_compounds.csv"),
+            caps=tuple(a.caps),
+            summary_out=_stem_out(f, "_species_compounds_summary.txt"),
+        )
+        print(f"== {f}\n{text}")
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    from rtprep.sample import sample_per_species_compound
+
+    f = _p(a.input)
+    out = _p(a.output) if a.output else _stem_out(f, f"_cap{a.cap_per_pair}.parquet")
+    acc = sample_per_species_compound(f, out, cap_per_pair=a.cap_per_pair, seed=a.seed)
+    print(f"{out}: {acc.funnel()}")
+
+
+def cmd_folds(a: argparse.Namespace) -> None:
+    from rtprep.sample import assign_folds
+
+    f = _p(a.input)
+    out = _p(a.output) if a.output else _stem_out(f, "_folds.csv")
+    acc = assign_folds(f, out, test_fraction=a.test_fraction, fold_seed=a.fold_seed)
+    print(f"{out}: {acc.extra or acc.funnel()}")
+
+
+def cmd_chem_classes(a: argparse.Namespace) -> None:
+    from rtprep.classes import build_chem_classes, classes_paths
+
+    pq, csv = classes_paths(_p(a.embeddings), a.n_clusters)
+    acc = build_chem_classes(_p(a.embeddings), n_clusters=a.n_clusters, seed=a.seed,
+                             out_parquet=pq, out_csv=csv)
+    print(f"{pq}, {csv}: {acc.rows_out} chemicals in {a.n_clusters} classes")
+
+
+def cmd_attach(a: argparse.Namespace) -> None:
+    from rtprep.attach import attach_chem_classes
+
+    f = _p(a.input)
+    out = _p(a.output) if a.output else _stem_out(f, "_chemclass.parquet")
+    acc = attach_chem_classes(f, _p(a.lib_mapping), _p(a.classes), out)
+    print(f"{out}: {acc.funnel()}")
+
+
+def cmd_rt_csv(a: argparse.Namespace) -> None:
+    from rtprep.rtcsv import make_rt_prod_csv
+
+    f = _p(a.input)
+    out = _p(a.output) if a.output else _stem_out(f, "_rt_prod.csv")
+    acc = make_rt_prod_csv(f, _p(a.species_mapping), out, families=tuple(a.families))
+    print(f"{out}: {acc.funnel()}")
+
+
+# --- run: the whole workflow through Snakemake ---------------------------------------------------
+def _repo_root() -> Path:
+    """The workflow's root: the current folder if it holds a Snakefile, else the source checkout."""
+    here = Path.cwd()
+    if (here / "Snakefile").is_file():
+        return here
+    src = Path(__file__).resolve().parents[2]
+    if (src / "Snakefile").is_file():
+        return src
+    from rtprep.errors import RtprepError
+
+    raise RtprepError("no Snakefile here: run `rtprep run` from the rtprep workflow folder")
+
+
+def build_overlay(a: argparse.Namespace) -> dict[str, Any]:
+    """The config overlay ``run`` passes to Snakemake with ``--configfile``."""
+    overlay: dict[str, Any] = {}
+    if a.libs:
+        overlay["libs"] = [int(x) for x in a.libs]
+    if a.cap:
+        overlay["caps"] = [int(x) for x in a.cap]
+    model: dict[str, Any] = {}
+    if a.quick:
+        model["quick"] = True
+    if a.no_eval:
+        model["evaluate"] = False
+    if model:
+        overlay["model"] = model
+    return overlay
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    import yaml
+
+    root = _repo_root()
+    overlay = build_overlay(a)
+    fd, overlay_path = tempfile.mkstemp(prefix="rtprep_run_", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(overlay, fh)
+    snakemake = shutil.which("snakemake") or "snakemake"
+    cmd = [snakemake, "--snakefile", str(root / "Snakefile"), "--directory", str(root)]
+    cmd += ["--configfile", str(Path(a.configfile).resolve()), overlay_path]
+    if a.profile:
+        prof = Path(a.profile)
+        if not prof.exists() and (root / "profiles" / a.profile).is_dir():
+            prof = root / "profiles" / a.profile
+        cmd += ["--profile", str(prof)]
+    else:
+        cmd += ["--cores", str(a.cores)]
+    if a.dry_run:
+        cmd.append("--dry-run")
+    cmd += list(a.snakemake_args or [])
+    print("running:", " ".join(cmd), flush=True)
+    try:
+        return subprocess.call(cmd)
+    finally:
+        os.unlink(overlay_path)
+
+
+# --- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rtprep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    p.add_argument("--threads", type=int, default=None, help="limit threads (default: all cores)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Handler, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    s = add("demo", cmd_demo, "write the embedded demo export (only under --out)")
+    s.add_argument("--out", default="demo", help="folder to write (default: demo)")
+    s.add_argument("--rows", type=int, default=200_000, help="about how many peak rows in all")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--libs", type=int, nargs="+", default=[208, 209, 305, 400, 402])
+
+    s = add("merge", cmd_merge, "step 1: merge a Pachyderm export's training shards")
+    s.add_argument("-i", "--input", required=True, help="export folder repo_export/<export_hash>")
+    s.add_argument("-o", "--output", help="default: merged_training_<hash>.parquet beside it")
+
+    s = add("split", cmd_split, "step 2: split a merged Parquet into one Parquet per lib_id")
+    s.add_argument("merged", help="merged_training_<hash>.parquet")
+    s.add_argument("--libs", type=int, nargs="+", help="only these libs (default: all)")
+    s.add_argument("--rt-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="valid apex_rt range in minutes; rows outside are dropped (counted)")
+
+    s = add("summarize", cmd_summarize, "step 3: species x compound coverage per lib file")
+    s.add_argument("files", nargs="+", help="merged_training_<hash>_lib<lib>.parquet files")
+    s.add_argument("--caps", type=int, nargs="+", default=[10, 20, 50, 100])
+
+    s = add("sample", cmd_sample, "step 4: cap rows per (species_matrix_type, comp_id) pair")
+    s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
+    s.add_argument("--cap-per-pair", type=int, required=True, help="N rows at most per pair")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("-o", "--output", help="default: ..._lib<lib>_cap<N>.parquet beside it")
+
+    s = add("folds", cmd_folds, "hold out whole sample sets for evaluation")
+    s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
+    s.add_argument("--test-fraction", type=float, default=0.2)
+    s.add_argument("--fold-seed", type=int, default=1)
+    s.add_argument("-o", "--output", help="default: ..._lib<lib>_folds.csv beside it")
+
+    s = add("chem-classes", cmd_chem_classes, "step 5: k-means compound classes from embeddings")
+    s.add_argument("--embeddings", required=True,
+                   help="Parquet: chem_id, smiles, embedding20 (classes are written beside it)")
+    s.add_argument("--n-clusters", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = add("attach", cmd_attach, "step 6: attach CHEM_ID + compound_class, drop unmapped")
+    s.add_argument("--input", required=True, help="..._cap<N>.parquet")
+    s.add_argument("--lib-mapping", required=True, help="lib_comp_chem_mapping_lib<lib>.csv")
+    s.add_argument("--classes", required=True, help="chem_classes_k<k>.parquet")
+    s.add_argument("-o", "--output", help="default: ..._cap<N>_chemclass.parquet")
+
+    s = add("rt-csv", cmd_rt_csv, "step 7: build the RT production CSV")
+    s.add_argument("--input", required=True, help="..._cap<N>_chemclass.parquet")
+    s.add_argument("--species-mapping", required=True,
+                   help="CSV: sample_set_id, species, species_cluster")
+    s.add_argument("--families", nargs="+", default=["IS", "RS", "ES_"])
+    s.add_argument("-o", "--output", help="default: ..._chemclass_rt_prod.csv")
+
+    try:
+        from rtprep.models.cli import register
+    except ImportError:  # pragma: no cover - models package is part of rtprep
+        pass
+    else:
+        register(sub)
+
+    s = add("run", cmd_run, "run the whole workflow through Snakemake "
+            "(like ./scripts/run_rt_prod.sh --libs 209 --cap 100 --quick)")
+    s.add_argument("--libs", nargs="+", help="lib ids (default: the config's libs)")
+    s.add_argument("--cap", nargs="+", help="cap(s) per pair (default: the config's caps)")
+    s.add_argument("--quick", action="store_true", help="few ADVI steps: a smoke run")
+    s.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    s.add_argument("--configfile", default="config/config.yaml")
+    s.add_argument("--profile", help="Snakemake profile: slurm, local or a folder")
+    s.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    s.add_argument("-n", "--dry-run", action="store_true", help="show the jobs, run nothing")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER,
+                   help="after --: passed to snakemake as they are")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        from rtprep.threads import limit_threads
+
+        limit_threads(args.threads)
+    from rtprep.errors import RtprepError
+    from rtprep.logs import setup_logging
+
+    setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
+    if getattr(args, "snakemake_args", None) and args.snakemake_args[0] == "--":
+        args.snakemake_args = args.snakemake_args[1:]
+    try:
+        rc = args.func(args)
+    except RtprepError as exc:
+        if args.debug:
+            raise
+        print(f"rtprep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(rc) if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

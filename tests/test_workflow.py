@@ -1,0 +1,137 @@
+"""The real Snakemake workflow on config/test.yaml: DAG, a real run, row accounting against the demo
+generator's manifest, and "edit the config, only the dependent artifacts rebuild"."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.workflow_util import REPO, copy_workflow, planned_jobs, snakemake
+
+HASHES = {208: "5684639a28c04bc5af7c4fd1a75e62b5", 209: "de194c2cc2114efaa1075ccf7539d0cb"}
+DATA = "demo/tiny/repo_export"
+BIG_CAP = 1_000_000  # keeps every row: the counts then equal the generator's manifest exactly
+
+FULL_DAG = Counter(
+    demo=1, chem_classes=1, merge=2, split=2, coverage=2, folds=2, cap=2, cap_train=2,
+    attach=4, rt_csv=4, test_rows=2, train=2, evaluate=2, all=1,
+)  # fmt: skip
+
+
+def lib_file(lib: int, suffix: str) -> str:
+    return f"{DATA}/merged_training_{HASHES[lib]}_lib{lib}{suffix}"
+
+
+def meta(workdir: Path, rel: str) -> dict:
+    return json.loads((workdir / f"{rel}.meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run of the test config (and of the uncapped files used for exact accounting)."""
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    snakemake(wd, "--cores", "2")
+    targets = [lib_file(lib, f"_cap{BIG_CAP}_chemclass_rt_prod.csv") for lib in HASHES]
+    snakemake(wd, "--cores", "2", *targets)
+    return wd
+
+
+def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
+    wd = copy_workflow(tmp_path)
+    proc = snakemake(wd, "--dry-run", "--cores", "2")
+    assert planned_jobs(proc) == FULL_DAG
+
+
+def test_lint_and_format_clean() -> None:
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Lints for" not in lint.stdout + lint.stderr
+    fmt = subprocess.run(["snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_bad_config_names_key(tmp_path: Path) -> None:
+    wd = copy_workflow(tmp_path)
+    proc = snakemake(wd, "--dry-run", "--cores", "1", overlay={"caps": [0]}, check=False)
+    assert proc.returncode != 0
+    assert "caps" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_real_run_writes_every_artifact(run_dir: Path) -> None:
+    for lib in HASHES:
+        for suffix in ("_species_compounds.csv", "_folds.csv", "_cap5.parquet",
+                       "_train_cap5.parquet", "_cap5_chemclass.parquet",
+                       "_cap5_chemclass_rt_prod.csv", "_test_chemclass_rt_prod.parquet"):
+            assert (run_dir / lib_file(lib, suffix)).is_file(), suffix
+        csv = pl.read_csv(run_dir / lib_file(lib, "_cap5_chemclass_rt_prod.csv"))
+        assert csv.columns[:7] == ["sampleset_id", "worksheet_id", "task_id", "species",
+                                   "species_cluster", "compound", "compound_class"]
+        assert csv.columns[-1] == "rt"
+        assert csv.height > 0
+        # at most 5 rows per (species_matrix_type, comp_id) pair
+        capped = pl.read_parquet(run_dir / lib_file(lib, "_cap5.parquet"))
+        assert capped.group_by("species_matrix_type", "comp_id").len()["len"].max() <= 5
+        # no temporary file is left anywhere
+    leftovers = [p for p in (run_dir / DATA).rglob("*.tmp")]
+    assert leftovers == []
+    nothing = snakemake(run_dir, "--dry-run", "--cores", "2")
+    assert planned_jobs(nothing) == Counter()
+
+
+@pytest.mark.slow
+def test_drop_counts_equal_the_generator_manifest(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "demo/tiny/manifest.json").read_text())
+    for lib, h in HASHES.items():
+        want = manifest["libs"][str(lib)]["drops"]
+        merged = meta(run_dir, f"{DATA}/merged_training_{h}.parquet")
+        got_merge = merged["extra"]["per_lib"][str(lib)]
+        for reason in ("duplicate_row", "cpd_status_not_kept", "sample_type_excluded",
+                       "no_predictor_row"):
+            assert got_merge["drops"].get(reason, 0) == want[reason], (lib, reason)
+        split = meta(run_dir, lib_file(lib, ".parquet"))["drops"]
+        for reason in ("apex_rt_invalid", "apex_rt_out_of_range"):
+            assert split.get(reason, 0) == want[reason], (lib, reason)
+        attach = meta(run_dir, lib_file(lib, f"_cap{BIG_CAP}_chemclass.parquet"))["drops"]
+        for reason in ("comp_id_unmapped", "comp_id_ambiguous", "chem_id_no_class"):
+            assert attach.get(reason, 0) == want[reason], (lib, reason)
+        rt = meta(run_dir, lib_file(lib, f"_cap{BIG_CAP}_chemclass_rt_prod.csv"))["drops"]
+        assert rt.get("sample_set_no_species", 0) == want["sample_set_no_species"]
+
+
+def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
+    return planned_jobs(snakemake(run_dir, "--dry-run", "--cores", "2", overlay=overlay))
+
+
+DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=2, attach=4, rt_csv=4, train=2, evaluate=2, all=1)
+DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=4, rt_csv=4, test_rows=2, train=2,
+                                evaluate=2, all=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ({"caps": [5, 7]}, DOWNSTREAM_OF_CAP),
+        ({"cap_seed": 43}, DOWNSTREAM_OF_CAP),
+        ({"n_clusters": 6}, DOWNSTREAM_OF_CLASSES),
+        ({"kmeans_seed": 5}, DOWNSTREAM_OF_CLASSES),
+    ],
+    ids=["new-cap", "cap_seed", "n_clusters", "kmeans_seed"],
+)
+def test_config_edit_rebuilds_only_dependents(run_dir: Path, overlay: dict,
+                                              expected: Counter[str]) -> None:
+    assert _plan_after_edit(run_dir, overlay) == expected
+
+
+def test_shipped_config_is_valid_and_runs_the_demo() -> None:
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert cfg["data_dir"].startswith(cfg.get("demo", {}).get("dir", "demo"))
