@@ -12,7 +12,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "resources")
+WORKFLOW_PARTS = (
+    "Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "resources",
+)
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -26,7 +26,7 @@ from typing import Any
 
 import rtprep
 
-#: Parquet row-group size used by every stage from cap onward (byte-identical outputs need it fixed).
+#: Parquet row-group size of every stage from cap onward (fixed: byte-identical outputs).
 ROW_GROUP_SIZE = 65_536
 
 META_SUFFIX = ".meta.json"

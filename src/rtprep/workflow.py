@@ -146,7 +146,8 @@ def classes_files(config: Mapping[str, Any]) -> tuple[str, str]:
     """Where the compound classes are written: beside the embeddings they come from."""
     emb = Path(config["embeddings"]["path"])
     k = int(config["n_clusters"])
-    return str(emb.parent / f"chem_classes_k{k}.parquet"), str(emb.parent / f"chem_classes_k{k}.csv")
+    stem = emb.parent / f"chem_classes_k{k}"
+    return f"{stem}.parquet", f"{stem}.csv"
 
 
 def model_dir(export: str, lib: int | str, cap: int | str) -> str:
