@@ -2,6 +2,8 @@
 import os
 
 from rtprep.workflow import (
+    ACCOUNTING_TABLE,
+    accounted_artifacts,
     classes_files,
     coerce_config,
     demo_active,

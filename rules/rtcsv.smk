@@ -42,3 +42,20 @@ rule test_rows:
         families=config["covariates"]["families"],
     script:
         "../workflow_scripts/test_rows.py"
+
+
+rule accounting:
+    input:
+        accounted_artifacts(config),
+    output:
+        ACCOUNTING_TABLE,
+    log:
+        "logs/accounting.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/accounting.py"

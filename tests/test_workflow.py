@@ -21,7 +21,7 @@ BIG_CAP = 1_000_000  # keeps every row: the counts then equal the generator's ma
 
 FULL_DAG = Counter(
     demo=1, chem_classes=1, merge=2, split=2, coverage=2, folds=2, cap=2, cap_train=2,
-    attach=4, rt_csv=4, test_rows=2, train=2, evaluate=2, all=1,
+    attach=4, rt_csv=4, test_rows=2, train=2, evaluate=2, accounting=1, all=1,
 )  # fmt: skip
 
 
@@ -111,9 +111,10 @@ def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
     return planned_jobs(snakemake(run_dir, "--dry-run", "--cores", "2", overlay=overlay))
 
 
-DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=2, attach=4, rt_csv=4, train=2, evaluate=2, all=1)
+DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=2, attach=4, rt_csv=4, train=2, evaluate=2,
+                            accounting=1, all=1)
 DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=4, rt_csv=4, test_rows=2, train=2,
-                                evaluate=2, all=1)
+                                evaluate=2, accounting=1, all=1)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,28 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
                     out.append(f"{model_dir(export, lib, cap)}/model.json")
                 if config["model"]["evaluate"]:
                     out.append(f"{model_dir(export, lib, cap)}/eval/metrics.json")
+    out.append(ACCOUNTING_TABLE)
     return out
 
 
-def sidecars(paths: Iterable[str]) -> list[str]:
-    return [f"{p}.meta.json" for p in paths]
+def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
+    """The artifacts of steps 1-7 whose sidecars the run-wide accounting table gathers."""
+    out: list[str] = []
+    for export, libs in export_libs(config).items():
+        prefix = merged_prefix(config, export)
+        if config.get("keep_merged", True) and libs:
+            out.append(f"{prefix}.parquet")
+        for lib in libs:
+            out.append(f"{prefix}_lib{lib}.parquet")
+            if config["model"]["evaluate"]:
+                out.append(f"{prefix}_lib{lib}_test_chemclass_rt_prod.parquet")
+            for cap in config["caps"]:
+                kinds = ["cap", "train_cap"] if config["model"]["evaluate"] else ["cap"]
+                for kind in kinds:
+                    out.append(f"{prefix}_lib{lib}_{kind}{cap}.parquet")
+                    out.append(f"{prefix}_lib{lib}_{kind}{cap}_chemclass.parquet")
+                    out.append(f"{prefix}_lib{lib}_{kind}{cap}_chemclass_rt_prod.csv")
+    return out
+
+
+ACCOUNTING_TABLE = "results/row_accounting.csv"
