@@ -16,10 +16,10 @@ with Steele/Vigna's splitmix64 finaliser, all arithmetic modulo 2**64::
     z = (z XOR (z >> 27)) * 0x94D049BB133111EB
     return z XOR (z >> 31)
 
-It is written here three times: as polars expressions (vectorised, streaming-safe; what the stages
-use), in numpy (a reference) and in pure Python (the test vectors). Any engine with 64-bit
-integers can reproduce it (the tests do it in DuckDB). ``Expr.hash`` is deliberately not used:
-polars does not keep it stable across versions.
+It is written here three times: in polars (:func:`with_row_hash`, vectorised and streaming-safe;
+what the stages use), in numpy (a reference) and in pure Python (the test vectors). Any engine
+with 64-bit integers can reproduce it (the tests do it in DuckDB). ``Expr.hash`` is deliberately
+not used: polars does not keep it stable across versions.
 """
 
 from __future__ import annotations
@@ -99,20 +99,37 @@ def as_word(e: pl.Expr, *, is_float: bool = False) -> pl.Expr:
 
 
 def hash_words(words: Sequence[pl.Expr], seed: int) -> pl.Expr:
-    """Chain splitmix64 over UInt64 words, starting from the seed."""
+    """Chain splitmix64 over UInt64 words, starting from the seed, as one expression.
+
+    Only for one or two words (see :func:`with_row_hash` for why); :func:`id_hash` uses it."""
     h = splitmix64(_u64(seed))
     for w in words:
         h = splitmix64(h ^ w)
     return h
 
 
-def row_hash(seed: int, columns: Sequence[str] = IDENTITY_COLUMNS) -> pl.Expr:
-    """Polars expression: the hash of each row's identity under ``seed`` (UInt64).
+def with_row_hash(
+    lf: pl.LazyFrame,
+    seed: int,
+    columns: Sequence[str] = IDENTITY_COLUMNS,
+    name: str = "_row_hash",
+) -> pl.LazyFrame:
+    """Add column ``name``: the hash of each row's identity under ``seed`` (UInt64).
 
-    ``columns`` are the identity columns; the last one (``apex_rt``) is hashed by its float bits.
+    ``columns`` are the identity columns; ``apex_rt`` is hashed by its float bits. Computed one
+    ``with_columns`` per step: written as a single expression, every xor-shift repeats its input,
+    so five chained splitmix64 rounds nest 8**5 copies of the leaves and polars spends seconds
+    planning each query. Step by step the plan stays linear and the arithmetic is identical.
     """
-    words = [as_word(pl.col(c), is_float=(c == "apex_rt")) for c in columns]
-    return hash_words(words, seed).alias("_row_hash")
+    h = pl.col(name)
+    lf = lf.with_columns(_u64(splitmix64_int(seed & MASK64)).alias(name))
+    for c in columns:
+        word = as_word(pl.col(c), is_float=(c == "apex_rt"))
+        lf = lf.with_columns(((h ^ word) + _u64(GOLDEN)).alias(name))
+        lf = lf.with_columns(((h ^ _shr(h, 30)) * _u64(MUL1)).alias(name))
+        lf = lf.with_columns(((h ^ _shr(h, 27)) * _u64(MUL2)).alias(name))
+        lf = lf.with_columns((h ^ _shr(h, 31)).alias(name))
+    return lf
 
 
 def id_hash(column: str, seed: int) -> pl.Expr:

@@ -1,0 +1,415 @@
+"""Stage 4: cap the rows per ``(species_matrix_type, comp_id)`` pair, and sample-set folds.
+
+The cap keeps, within each pair, the ``min(n, cap_per_pair)`` rows with the smallest portable row
+hash (:func:`rtprep.hashing.with_row_hash`, splitmix64 over the peak identity and the seed), ties
+broken by identity ``(sample_set_id, task_id, comp_id, apex_rt)``, then by the other columns. As
+the choice depends only on each row's own hash, the sample is
+
+- exact (``min(n, cap)`` rows per pair, every pair kept),
+- nested across caps (the cap-5 rows of a seed are among its cap-10 rows),
+- independent of row order, sharding and thread count,
+
+and any engine can reproduce it (the tests do, in DuckDB, with ``QUALIFY row_number() OVER
+(PARTITION BY species_matrix_type, comp_id ORDER BY hash, identity) <= cap``).
+
+Memory: ``over()`` in polars' streaming engine holds its whole input, so the cap is computed in
+streamed passes. Pass 1 reads only the pair and identity columns and finds, per pair, the cap-th
+smallest hash (the threshold): a table with one row per pair, read off a few candidate rows per
+pair drawn under a hash bound, so it grows with pairs × cap, not with the input rows. Pass 2
+streams the full rows through a join with that table and keeps ``hash <= threshold``: at least
+``min(n, cap)`` rows per pair, more only if hashes tie exactly. Exact ties are resolved, and the
+output sorted, on that small set.
+
+Folds are whole sample sets: the ``round(test_fraction * n)`` sample sets with the smallest
+``id_hash("sample_set_id", fold_seed)`` are ``test``, the others ``train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.errors import RtprepError, input_error
+from rtprep.frames import read_csv_checked, require_columns
+from rtprep.hashing import (
+    IDENTITY_COLUMNS,
+    MASK64,
+    id_hash,
+    with_row_hash,
+)
+
+log = logging.getLogger(__name__)
+
+#: The pair within which rows are capped.
+PAIR_COLUMNS: tuple[str, ...] = ("species_matrix_type", "comp_id")
+#: Fold labels of the folds CSV.
+FOLDS: tuple[str, ...] = ("train", "test")
+
+_HASH = "_row_hash"
+_THRESHOLD = "_threshold"
+_KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_COLUMNS)))
+
+PathLike = str | Path
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _margin(cap: int) -> float:
+    """Expected number of candidate rows drawn per pair in pass 1 (λ of a Poisson count).
+
+    Hashes are uniform on [0, 2**64): keeping ``hash <= λ/n * 2**64`` of a pair's n rows draws
+    about λ of them. With λ = 2·cap + 10·√cap + 30 the chance of drawing fewer than ``cap`` is
+    below 1e-15 per pair; such a pair is rescanned in full anyway, so λ only trades memory for
+    speed, never correctness.
+    """
+    return 2.0 * cap + 10.0 * math.sqrt(cap) + 30.0
+
+
+def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> pl.DataFrame:
+    """Per pair: ``n`` (rows) and ``_threshold`` (its cap-th smallest hash, or the largest hash
+    when ``n <= cap``), from the key columns alone, in memory bounded by pairs × cap.
+
+    A per-pair ``bottom_k`` in one group-by would hold every key row; instead (a) a streamed
+    group-by counts rows per pair, (b) a streamed join keeps only the rows under a per-pair hash
+    bound chosen to draw about ``_margin(cap)`` of them, and (c) the exact threshold is read off
+    those few candidates. A pair that drew fewer than ``min(n, cap)`` is rescanned in full.
+    """
+    counts = (
+        keys.group_by(PAIR_COLUMNS)
+        .agg(
+            pl.len().alias("n"),
+            pl.any_horizontal(pl.col(IDENTITY_COLUMNS).is_null()).sum().alias("n_null"),
+        )
+        .collect(engine="streaming")
+    )
+    n_null = int(counts["n_null"].sum())
+    if n_null:
+        nulls = keys.select(pl.col(IDENTITY_COLUMNS).null_count()).collect(engine="streaming")
+        col = next(c for c in IDENTITY_COLUMNS if nulls[c].item())
+        raise input_error(
+            label, f"{n_null} row(s) have an empty peak identity (sample_set_id, task_id, "
+            "comp_id, apex_rt); such rows cannot be sampled reproducibly", column=col,
+        )
+    lam = _margin(cap)
+    bounds = counts.select(
+        *PAIR_COLUMNS,
+        "n",
+        # Small pairs (n <= 2λ) take every row; otherwise λ/n < 1/2 of the hash range.
+        pl.when(pl.col("n") <= 2.0 * lam)
+        .then(pl.lit(MASK64, dtype=pl.UInt64))
+        .otherwise((lam / pl.col("n") * 2.0**64).cast(pl.UInt64))
+        .alias("_bound"),
+    )
+
+    def thresholds(bounds: pl.DataFrame) -> pl.DataFrame:
+        cand = (
+            with_row_hash(keys, seed)
+            .select(*PAIR_COLUMNS, _HASH)
+            .join(bounds.lazy().select(*PAIR_COLUMNS, "_bound"), on=PAIR_COLUMNS, how="inner",
+                  nulls_equal=True, build_side="force_right")
+            .filter(pl.col(_HASH) <= pl.col("_bound"))
+            .select(*PAIR_COLUMNS, _HASH)
+            .collect(engine="streaming")
+        )
+        got = cand.group_by(PAIR_COLUMNS).agg(
+            pl.len().alias("n_cand"), pl.col(_HASH).bottom_k(cap).max().alias(_THRESHOLD)
+        )
+        return bounds.join(got, on=PAIR_COLUMNS, how="left", nulls_equal=True).with_columns(
+            pl.col("n_cand").fill_null(0)
+        )
+
+    stats = thresholds(bounds)
+    short = stats.filter(pl.col("n_cand") < pl.min_horizontal("n", pl.lit(cap)))
+    if short.height:
+        # Unlucky pairs (or a tiny margin): rescan them with no bound, i.e. all their rows.
+        log.info("cap: %d pair(s) drew too few candidates; rescanning them", short.height)
+        redo = thresholds(
+            short.select(*PAIR_COLUMNS, "n", pl.lit(MASK64, dtype=pl.UInt64).alias("_bound"))
+        )
+        stats = pl.concat([stats.join(short, on=PAIR_COLUMNS, how="anti", nulls_equal=True),
+                           redo.select(stats.columns)])
+    return stats.select(*PAIR_COLUMNS, "n", _THRESHOLD)
+
+
+# --- input helpers ----------------------------------------------------------------------------
+def _as_paths(input: PathLike | Sequence[PathLike]) -> list[Path]:
+    paths = [Path(input)] if isinstance(input, str | Path) else [Path(p) for p in input]
+    if not paths:
+        raise RtprepError("no input Parquet file given")
+    for p in paths:
+        if not p.is_file():
+            raise RtprepError(f"{p}: file not found")
+    return paths
+
+
+def _scan(paths: list[Path]) -> tuple[pl.LazyFrame, pl.Schema]:
+    """Scan one or several Parquet shards of the same lib; the schema is checked up front."""
+    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    try:
+        lf = pl.scan_parquet(paths)
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(label, f"cannot be read as Parquet: {exc}") from exc
+    require_columns(schema, _KEY_COLUMNS, label, "needed to cap rows per pair")
+    # The hash reads ids as integers and apex_rt as float bits: anything else is not a split output.
+    for c in _KEY_COLUMNS:
+        dtype = schema[c]
+        if c == "apex_rt":
+            ok, want = dtype.is_float(), "a float"
+        elif c == "species_matrix_type":
+            ok, want = dtype == pl.String, "a string"
+        else:
+            ok, want = dtype.is_integer(), "an integer"
+        if not ok:
+            raise input_error(label, f"has type {dtype}, expected {want}", column=c)
+    return lf, schema
+
+
+def _check_cap(cap_per_pair: int) -> int:
+    if isinstance(cap_per_pair, bool) or not isinstance(cap_per_pair, int) or cap_per_pair < 1:
+        raise RtprepError(
+            f"cap_per_pair must be a whole number >= 1 (rows kept per species_matrix_type × "
+            f"comp_id pair), got {cap_per_pair!r}"
+        )
+    return cap_per_pair
+
+
+def _first_ids(values: pl.Series, k: int = 5) -> str:
+    shown = ", ".join(str(v) for v in values.head(k).to_list())
+    return shown + (", ..." if values.len() > k else "")
+
+
+def read_folds(folds_csv: PathLike) -> pl.DataFrame:
+    """Read and validate a folds CSV (``sample_set_id, fold``; one row per sample set)."""
+    df = read_csv_checked(
+        folds_csv, ["sample_set_id", "fold"],
+        schema_overrides={"sample_set_id": pl.Int64, "fold": pl.String},
+    ).select("sample_set_id", "fold")
+    for column in ("sample_set_id", "fold"):
+        if df[column].null_count():
+            raise input_error(folds_csv, "has empty values; re-run the folds step", column=column)
+    bad = df.filter(~pl.col("fold").is_in(FOLDS))["fold"].unique(maintain_order=True)
+    if bad.len():
+        raise input_error(
+            folds_csv, f"unknown fold(s) {_first_ids(bad)}; expected one of {', '.join(FOLDS)}",
+            column="fold",
+        )
+    dup = df.filter(pl.col("sample_set_id").is_duplicated())["sample_set_id"].unique().sort()
+    if dup.len():
+        raise input_error(
+            folds_csv, f"sample set(s) listed more than once: {_first_ids(dup)}",
+            column="sample_set_id",
+        )
+    return df
+
+
+def _identity_keys() -> list[pl.Expr]:
+    """Sort keys of the peak identity. polars sorts ``-0.0`` and ``0.0`` as equal, so the bits of
+    ``apex_rt`` follow it: rows that differ only in the sign of a zero still have a fixed order."""
+    return [
+        *(pl.col(c) for c in IDENTITY_COLUMNS),
+        pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits"),
+    ]
+
+
+def _full_keys(schema: pl.Schema) -> list[pl.Expr]:
+    """Identity, then every other column (floats followed by their bits): a total order."""
+    keys = _identity_keys()
+    for c, dtype in schema.items():
+        if c in IDENTITY_COLUMNS or c == _HASH:
+            continue
+        keys.append(pl.col(c))
+        if dtype == pl.Float64:
+            keys.append(pl.col(c).reinterpret(dtype=pl.UInt64).alias(f"_bits_{c}"))
+        elif dtype == pl.Float32:
+            keys.append(pl.col(c).reinterpret(dtype=pl.UInt32).alias(f"_bits_{c}"))
+    return keys
+
+
+def _resolve_ties_and_sort(selected: pl.DataFrame, cap: int) -> pl.DataFrame:
+    """From the rows under each pair's threshold, keep the first ``cap`` by (hash, identity,
+    other columns) and sort them by identity (then the other columns).
+
+    A pair has more than ``cap`` rows here only if hashes tie exactly at its threshold (the same
+    identity twice): rare, so the full-width ranking runs only then. Sorting by the identity keys
+    alone is enough unless identities repeat, which is checked on those few key columns.
+    """
+    full = _full_keys(selected.schema)
+    sizes = selected.group_by(PAIR_COLUMNS).len()
+    if int(sizes["len"].max() or 0) > cap:
+        selected = selected.sort([*PAIR_COLUMNS, _HASH, *full], nulls_last=True).filter(
+            pl.int_range(pl.len()).over(PAIR_COLUMNS) < cap
+        )
+    selected = selected.drop(_HASH)
+    repeated = bool(selected.select(_identity_keys()).is_duplicated().any())
+    return selected.sort(full if repeated else _identity_keys(), nulls_last=True)
+
+
+# --- the cap ----------------------------------------------------------------------------------
+def sample_per_species_compound(
+    input: PathLike | Sequence[PathLike],
+    output: PathLike,
+    *,
+    cap_per_pair: int,
+    seed: int,
+    folds_csv: PathLike | None = None,
+    fold: str | None = None,
+) -> RowAccount:
+    """Keep at most ``cap_per_pair`` rows per ``(species_matrix_type, comp_id)`` pair.
+
+    ``input`` is a per-lib Parquet (or a list of shards of one). Within each pair the
+    ``min(n, cap_per_pair)`` rows with the smallest identity hash under ``seed`` are kept (ties by
+    identity, then by the other columns). With ``folds_csv`` and ``fold`` only the sample sets of
+    that fold are considered (the others are dropped as ``other_fold``). Rows beyond the cap are
+    dropped as ``over_cap``. The output has the input's columns, rows sorted by identity, a fixed
+    row-group size (byte-identical across runs), and a ``.meta.json`` sidecar; it is written
+    atomically.
+    """
+    t0 = time.perf_counter()
+    cap = _check_cap(cap_per_pair)
+    if (folds_csv is None) != (fold is None):
+        raise RtprepError(
+            "folds_csv and fold go together: give both (e.g. fold='train') or neither"
+        )
+    if fold is not None and fold not in FOLDS:
+        raise RtprepError(f"fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+    paths = _as_paths(input)
+    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    lf, schema = _scan(paths)
+    log.info("cap: %s -> %s (cap_per_pair=%d, seed=%d%s)", label, output, cap, seed,
+             f", fold={fold}" if fold else "")
+
+    account = RowAccount("cap")
+    account.rows_in = int(lf.select(pl.len()).collect().item())
+
+    # Fold filter: a semi-join on the (small, collected) sample sets of the fold.
+    fold_ids: pl.LazyFrame | None = None
+    if folds_csv is not None:
+        folds = read_folds(folds_csv)
+        seen = (
+            lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
+        )
+        missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
+        if missing.len():
+            raise input_error(
+                folds_csv,
+                f"{missing.len()} sample set(s) of {label} have no fold (e.g. "
+                f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
+                column="sample_set_id",
+            )
+        fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
+        other_ids = folds.filter(
+            (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
+        )["sample_set_id"].sort()
+        lf = lf.join(fold_ids, on="sample_set_id", how="semi")
+    # Pass 1: key columns only -> one row per pair: its size and its cap-th smallest hash.
+    keys = lf.select(_KEY_COLUMNS)
+    stats = _pair_thresholds(keys, cap, seed, label)
+    n_considered = int(stats["n"].sum())
+    if folds_csv is not None:
+        account.drop("other_fold", account.rows_in - n_considered,
+                     column="sample_set_id", ids=other_ids.to_list())
+
+    # Pass 2: stream the full rows, keep hash <= the pair's threshold (the small table is the
+    # build side of the join, so memory follows the selected rows, not the input).
+    selected = (
+        with_row_hash(lf, seed)
+        .join(stats.lazy().select(*PAIR_COLUMNS, _THRESHOLD), on=PAIR_COLUMNS, how="inner",
+              nulls_equal=True, build_side="force_right")
+        .filter(pl.col(_HASH) <= pl.col(_THRESHOLD))
+        .drop(_THRESHOLD)
+        .collect(engine="streaming")
+    )
+    out = _resolve_ties_and_sort(selected, cap).select(list(schema))
+    del selected
+    account.drop("over_cap", n_considered - out.height)
+    account.rows_out = out.height
+    account.extra = {
+        "pairs": stats.height,
+        "pairs_over_cap": int((stats["n"] > cap).sum()),
+    }
+
+    config: dict[str, object] = {"cap_per_pair": cap}
+    inputs: list[PathLike] = list(paths)
+    if folds_csv is not None:
+        config.update({"fold": fold, "folds_csv": str(folds_csv)})
+        inputs.append(folds_csv)
+    with atomic_output(output) as tmp:
+        out.write_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+        write_sidecars(output, account, inputs=inputs, config=config, seeds={"cap_seed": seed})
+    log.info("cap: %s; %d pairs (%d over the cap) in %.1fs", account.funnel(), stats.height,
+             account.extra["pairs_over_cap"], time.perf_counter() - t0)
+    return account
+
+
+# --- folds ------------------------------------------------------------------------------------
+def assign_folds(
+    lib_parquet: PathLike,
+    folds_csv: PathLike,
+    *,
+    test_fraction: float,
+    fold_seed: int,
+) -> RowAccount:
+    """Assign whole sample sets of a lib to ``test`` or ``train`` and write ``folds_csv``.
+
+    The distinct ``sample_set_id``s are ordered by ``id_hash("sample_set_id", fold_seed)`` (ties
+    by id); the first ``round(test_fraction * n)`` (halves rounded up) are ``test``, the rest
+    ``train``. Writes ``sample_set_id, fold`` sorted by ``sample_set_id``, atomically, with a
+    ``.meta.json`` sidecar holding the count per fold.
+    """
+    t0 = time.perf_counter()
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not (
+        0.0 <= float(test_fraction) < 1.0
+    ):
+        raise RtprepError(
+            f"test_fraction must be a number in [0, 1) (the share of sample sets held out for "
+            f"evaluation), got {test_fraction!r}"
+        )
+    paths = _as_paths(lib_parquet)
+    try:
+        lf = pl.scan_parquet(paths[0])
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(paths[0], f"cannot be read as Parquet: {exc}") from exc
+    require_columns(schema, ["sample_set_id"], paths[0], "needed to assign folds")
+
+    if not schema["sample_set_id"].is_integer():
+        raise input_error(paths[0], f"has type {schema['sample_set_id']}, expected an integer",
+                          column="sample_set_id")
+    ids = (
+        lf.select(pl.col("sample_set_id").cast(pl.Int64)).unique()
+        .collect(engine="streaming")["sample_set_id"]
+    )
+    if ids.null_count():
+        raise input_error(paths[0], "has rows without a sample set", column="sample_set_id")
+    n = ids.len()
+    # Half up, not Python's half-to-even: easy to state and to reproduce in any engine.
+    n_test = min(n, math.floor(test_fraction * n + 0.5))
+    ranked = (
+        ids.to_frame()
+        .with_columns(id_hash("sample_set_id", fold_seed).alias("_h"))
+        .sort("_h", "sample_set_id")
+        .with_columns(
+            pl.when(pl.int_range(pl.len()) < n_test).then(pl.lit("test")).otherwise(pl.lit("train"))
+            .alias("fold")
+        )
+        .select("sample_set_id", "fold")
+        .sort("sample_set_id")
+    )
+    account = RowAccount("folds")
+    account.rows_in = n
+    account.rows_out = n
+    account.extra = {"unit": "sample_set_id", "test": n_test, "train": n - n_test}
+    with atomic_output(folds_csv) as tmp:
+        ranked.write_csv(tmp)
+        write_sidecars(folds_csv, account, inputs=paths,
+                       config={"test_fraction": float(test_fraction)},
+                       seeds={"fold_seed": fold_seed})
+    log.info("folds: %s: %d sample sets -> %d test, %d train (%.1fs)", lib_parquet, n, n_test,
+             n - n_test, time.perf_counter() - t0)
+    return account
