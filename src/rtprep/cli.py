@@ -31,6 +31,7 @@ The steps (each writes <output>.meta.json with its row accounting beside its out
   6. attach         attach CHEM_ID + compound_class -> ..._cap<N>_chemclass.parquet
   7. rt-csv         RT production CSV               -> ..._cap<N>_chemclass_rt_prod.csv
   8. train / evaluate / predict   RT models
+  embed            RDKit (or local ChemBERTa) embeddings from SMILES: the input of step 5
 
 `rtprep run --libs 209 --cap 100 --quick` runs the whole workflow through Snakemake (the old
 ./scripts/run_rt_prod.sh). `rtprep demo` writes the embedded demo export.
@@ -263,12 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--families", nargs="+", default=["IS", "RS", "ES_"])
     s.add_argument("-o", "--output", help="default: ..._chemclass_rt_prod.csv")
 
+    from rtprep.embed import register as register_embed
+
+    register_embed(sub)
     try:
-        from rtprep.models.cli import register
-    except ImportError:  # pragma: no cover - models package is part of rtprep
+        from rtprep.models.cli import register as register_models
+    except ImportError:  # pragma: no cover - the models package is being written
         pass
     else:
-        register(sub)
+        register_models(sub)
 
     s = add("run", cmd_run, "run the whole workflow through Snakemake "
             "(like ./scripts/run_rt_prod.sh --libs 209 --cap 100 --quick)")

@@ -210,71 +210,21 @@ def load_structures(path: str | Path | None = None) -> pl.DataFrame:
 
 
 def rdkit_embeddings(structures: pl.DataFrame, n_components: int = 20) -> pl.DataFrame:
-    """A deterministic stand-in for the ChemBERTa PCA-20 embeddings, computed with RDKit.
+    """A deterministic stand-in for the ChemBERTa PCA-20 embeddings (which cannot be computed
+    here): :mod:`rtprep.embed`'s RDKit route (Morgan count fingerprints radius 2 / 2048 bits and
+    its fixed descriptors, block-scaled, PCA) fitted on the demo's structures. Returns
+    ``chem_id, smiles, embedding20``."""
+    from rtprep.embed import fit_projection, parse_smiles, rdkit_blocks, rdkit_features
 
-    Features: log1p Morgan count fingerprints (radius 2, 2048 bits) and eleven descriptors (logP,
-    TPSA, weight, donors, acceptors, rotatable bonds, rings, aromatic rings, fraction sp3, heavy
-    atoms, formal charge), each column standardised; the descriptor block is weighted to carry as
-    much variance as the fingerprint block. PCA (numpy SVD) to ``n_components``, each component's
-    sign fixed so that its largest loading is positive. Returns ``chem_id, smiles, embedding20``.
-    """
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem import Crippen, Descriptors, rdFingerprintGenerator, rdMolDescriptors
-
-    RDLogger.DisableLog("rdApp.*")
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
-    fps, desc = [], []
-    logps = (structures["logp"].to_list() if "logp" in structures.columns
-             else [None] * structures.height)
-    for smi, logp in zip(structures["smiles"].to_list(), logps, strict=True):
-        mol = Chem.MolFromSmiles(smi)
-        if logp is None:
-            logp = Crippen.MolLogP(mol)
-        fps.append(gen.GetCountFingerprintAsNumPy(mol).astype(np.float64))
-        desc.append([
-            logp, rdMolDescriptors.CalcTPSA(mol), Descriptors.MolWt(mol),
-            rdMolDescriptors.CalcNumHBD(mol), rdMolDescriptors.CalcNumHBA(mol),
-            rdMolDescriptors.CalcNumRotatableBonds(mol), rdMolDescriptors.CalcNumRings(mol),
-            rdMolDescriptors.CalcNumAromaticRings(mol), rdMolDescriptors.CalcFractionCSP3(mol),
-            mol.GetNumHeavyAtoms(), Chem.GetFormalCharge(mol),
-        ])
-    fp = np.log1p(np.vstack(fps))
-    fp = fp[:, fp.std(axis=0) > 0]
-    d = np.asarray(desc, dtype=np.float64)
-
-    def _std(x: np.ndarray) -> np.ndarray:
-        sd = x.std(axis=0)
-        sd[sd == 0] = 1.0
-        return (x - x.mean(axis=0)) / sd
-
-    fp, d = _std(fp), _std(d)
-    d *= math.sqrt(fp.shape[1] / d.shape[1])
-    x = np.hstack([fp, d])
-    x -= x.mean(axis=0)
-    # PCA through the (n_structures x n_structures) Gram matrix: a few hundred rows, so this is
-    # much cheaper than an SVD of the wide feature matrix. One BLAS thread: the problem is tiny
-    # and a multi-threaded BLAS on a busy machine spins for seconds (and one thread keeps the
-    # result independent of the thread count).
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        w, v = np.linalg.eigh(x @ x.T)
-    top = np.argsort(w)[::-1][: min(n_components, x.shape[0])]
-    w, v = np.clip(w[top], 0.0, None), v[:, top]
-    k = top.size
-    scores = v * np.sqrt(w)
-    with threadpool_limits(1):
-        loadings = x.T @ v
-    signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(k)])
-    signs[signs == 0] = 1.0
-    scores *= signs
-    if k < n_components:  # fewer structures than components: pad with zeros
-        scores = np.hstack([scores, np.zeros((scores.shape[0], n_components - k))])
-    emb = pl.Series("embedding20", np.round(scores, 12)).cast(pl.List(pl.Float64))
+    settings = {"route": "rdkit", "radius": 2, "n_bits": 2048, "descriptors": True}
+    mols = parse_smiles(structures["smiles"].to_list())
+    x = rdkit_features(mols, radius=2, n_bits=2048, descriptors=True)
+    proj = fit_projection(x, rdkit_blocks(2, 2048, True), n_components, settings)
+    scores = np.round(proj.transform(x), 12)
     return pl.DataFrame({
         "chem_id": structures["chem_id"].cast(pl.Int64),
         "smiles": structures["smiles"],
-        "embedding20": emb,
+        "embedding20": pl.Series("embedding20", scores).cast(pl.List(pl.Float64)),
     })
 
 
