@@ -1,4 +1,30 @@
 # Seed steps 5-6: compound classes from chemistry embeddings; attach CHEM_ID + class.
+# With embeddings.source rdkit or chemberta, the embeddings are first built from SMILES.
+
+if config["embeddings"]["source"] != "file":
+
+    rule embeddings:
+        input:
+            smiles=config["embeddings"]["smiles"],
+            projection=embeddings_projection_input(),
+        output:
+            parquet=config["embeddings"]["path"],
+        log:
+            "logs/embeddings.log",
+        conda:
+            ENV
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        params:
+            source=config["embeddings"]["source"],
+            n_components=config["embeddings"]["n_components"],
+            rdkit=config["embeddings"]["rdkit"],
+            model_dir=config["embeddings"].get("model_dir"),
+            batch_size=config["embeddings"]["batch_size"],
+        script:
+            "../workflow_scripts/embeddings.py"
 
 
 rule chem_classes:

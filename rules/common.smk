@@ -75,3 +75,8 @@ def demo_species_mappings():
         for h, ls in export_libs(config).items()
         for lib in ls
     ]
+
+
+def embeddings_projection_input():
+    saved = config["embeddings"].get("project_with")
+    return [saved] if saved else []

@@ -5,7 +5,7 @@ if DEMO:
     rule demo:
         output:
             manifest=f"{DEMO_DIR}/manifest.json",
-            embeddings=config["embeddings"]["path"],
+            embeddings=f"{DEMO_DIR}/resources/metabolites/embeddings_chemberta_pca20.parquet",
             lib_mappings=demo_lib_mappings(),
             species_mappings=demo_species_mappings(),
         log:

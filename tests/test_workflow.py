@@ -136,3 +136,20 @@ def test_config_edit_rebuilds_only_dependents(run_dir: Path, overlay: dict,
 def test_shipped_config_is_valid_and_runs_the_demo() -> None:
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     assert cfg["data_dir"].startswith(cfg.get("demo", {}).get("dir", "demo"))
+
+
+def test_rdkit_embeddings_source_builds_classes_from_smiles(tmp_path: Path) -> None:
+    """embeddings.source: rdkit: Snakemake builds the embeddings from the SMILES table, then the
+    classes in that folder (and the demo's ChemBERTa stand-in is not used)."""
+    wd = copy_workflow(tmp_path)
+    overlay = {"embeddings": {"source": "rdkit",
+                              "path": "chem/embeddings_rdkit_pca20.parquet",
+                              "smiles": "resources/metabolites/demo_structures.csv"}}
+    snakemake(wd, "--cores", "2", "chem/chem_classes_k8.parquet", overlay=overlay)
+    emb = pl.read_parquet(wd / "chem/embeddings_rdkit_pca20.parquet")
+    classes = pl.read_parquet(wd / "chem/chem_classes_k8.parquet")
+    assert emb.height >= 250
+    assert emb["embedding20"].list.len().unique().to_list() == [20]
+    assert classes.height == emb.height
+    assert sorted(classes["compound_class"].unique().to_list()) == list(range(8))
+    assert not (wd / "demo").exists()
