@@ -105,6 +105,18 @@ def test_drop_counts_equal_the_generator_manifest(run_dir: Path) -> None:
             assert attach.get(reason, 0) == want[reason], (lib, reason)
         rt = meta(run_dir, lib_file(lib, f"_cap{BIG_CAP}_chemclass_rt_prod.csv"))["drops"]
         assert rt.get("sample_set_no_species", 0) == want["sample_set_no_species"]
+    # the run-wide table gathers the same counts, per artifact and lib
+    table = pl.read_csv(run_dir / "results/row_accounting.csv", schema_overrides={"lib": pl.String})
+    for lib in HASHES:
+        want = manifest["libs"][str(lib)]["drops"]
+        merge_rows = table.filter(pl.col("stage") == "merge", pl.col("lib") == str(lib))
+        assert dict(zip(merge_rows["reason"], merge_rows["dropped"], strict=True)) == {
+            r: want[r] for r in ("duplicate_row", "cpd_status_not_kept", "sample_type_excluded",
+                                 "no_predictor_row")}
+        attach = table.filter(pl.col("stage") == "attach", pl.col("lib") == str(lib),
+                              pl.col("artifact").str.contains("_cap5_"))
+        assert set(attach["reason"]) == {"comp_id_unmapped", "comp_id_ambiguous",
+                                         "chem_id_no_class"}
 
 
 def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
