@@ -8,6 +8,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# Light rules run where Snakemake runs, not as cluster jobs (profiles/slurm).
+localrules:
+    all,
+    demo,
+    accounting,
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/merge.smk"

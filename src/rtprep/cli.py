@@ -175,7 +175,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     root = _repo_root()
     overlay = build_overlay(a)
-    fd, overlay_path = tempfile.mkstemp(prefix="rtprep_run_", suffix=".yaml")
+    # Inside the workflow folder, not /tmp: SLURM jobs on other nodes read the config files too.
+    (root / ".snakemake").mkdir(exist_ok=True)
+    fd, overlay_path = tempfile.mkstemp(prefix="rtprep_run_", suffix=".yaml",
+                                        dir=root / ".snakemake")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(overlay, fh)
     snakemake = shutil.which("snakemake") or "snakemake"
