@@ -24,7 +24,7 @@ if config["embeddings"]["source"] != "file":
             model_dir=config["embeddings"].get("model_dir"),
             batch_size=config["embeddings"]["batch_size"],
         script:
-            "../workflow_scripts/embeddings.py"
+            "../workflow_scripts/rule_embeddings.py"
 
 
 rule chem_classes:
@@ -45,7 +45,7 @@ rule chem_classes:
         n_clusters=config["n_clusters"],
         seed=config["kmeans_seed"],
     script:
-        "../workflow_scripts/chem_classes.py"
+        "../workflow_scripts/rule_chem_classes.py"
 
 
 rule attach:
@@ -64,4 +64,4 @@ rule attach:
         mem_mb=2000,
         runtime=15,
     script:
-        "../workflow_scripts/attach.py"
+        "../workflow_scripts/rule_attach.py"

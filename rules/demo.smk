@@ -22,4 +22,4 @@ if DEMO:
             seed=config["demo"]["seed"],
             libs=config["demo"]["libs"],
         script:
-            "../workflow_scripts/demo.py"
+            "../workflow_scripts/rule_demo.py"

@@ -20,7 +20,7 @@ rule merge:
         export=lambda wc: f"{DATA}/{wc.hash}",
         merge=config["merge"],
     script:
-        "../workflow_scripts/merge.py"
+        "../workflow_scripts/rule_merge.py"
 
 
 rule split:
@@ -41,7 +41,7 @@ rule split:
     params:
         rt_range=lambda wc: rt_range(config, wc.lib),
     script:
-        "../workflow_scripts/split.py"
+        "../workflow_scripts/rule_split.py"
 
 
 rule coverage:
@@ -61,4 +61,4 @@ rule coverage:
     params:
         caps=config["coverage_caps"],
     script:
-        "../workflow_scripts/coverage.py"
+        "../workflow_scripts/rule_coverage.py"

@@ -23,7 +23,7 @@ rule train:
         model=config["model"],
         families=config["covariates"]["families"],
     script:
-        "../workflow_scripts/train.py"
+        "../workflow_scripts/rule_train.py"
 
 
 rule evaluate:
@@ -46,4 +46,4 @@ rule evaluate:
         model=config["model"],
         families=config["covariates"]["families"],
     script:
-        "../workflow_scripts/evaluate.py"
+        "../workflow_scripts/rule_evaluate.py"

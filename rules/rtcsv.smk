@@ -18,7 +18,7 @@ rule rt_csv:
     params:
         families=config["covariates"]["families"],
     script:
-        "../workflow_scripts/rt_csv.py"
+        "../workflow_scripts/rule_rt_csv.py"
 
 
 rule test_rows:
@@ -41,7 +41,7 @@ rule test_rows:
     params:
         families=config["covariates"]["families"],
     script:
-        "../workflow_scripts/test_rows.py"
+        "../workflow_scripts/rule_test_rows.py"
 
 
 rule accounting:
@@ -58,4 +58,4 @@ rule accounting:
         mem_mb=1000,
         runtime=5,
     script:
-        "../workflow_scripts/accounting.py"
+        "../workflow_scripts/rule_accounting.py"

@@ -18,7 +18,7 @@ rule folds:
         test_fraction=config["eval"]["test_fraction"],
         fold_seed=config["fold_seed"],
     script:
-        "../workflow_scripts/folds.py"
+        "../workflow_scripts/rule_folds.py"
 
 
 rule cap:
@@ -40,7 +40,7 @@ rule cap:
         cap=lambda wc: int(wc.cap),
         seed=config["cap_seed"],
     script:
-        "../workflow_scripts/cap.py"
+        "../workflow_scripts/rule_cap.py"
 
 
 rule cap_train:
@@ -61,4 +61,4 @@ rule cap_train:
         cap=lambda wc: int(wc.cap),
         seed=config["cap_seed"],
     script:
-        "../workflow_scripts/cap.py"
+        "../workflow_scripts/rule_cap.py"

@@ -1,0 +1,16 @@
+"""Rule evaluate (stage 8): models trained on the train folds, scored on every held-out row."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.models.evaluate import evaluate  # noqa: E402
+from rtprep.models.options import ModelOptions  # noqa: E402
+
+evaluate(
+    None,
+    snakemake.input.train_csv,
+    snakemake.input.test_rows,
+    snakemake.params.out,
+    options=ModelOptions.from_config(snakemake.params.model, snakemake.params.families),
+    embeddings=snakemake.input.embeddings,
+)

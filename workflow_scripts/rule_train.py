@@ -1,0 +1,14 @@
+"""Rule train (stage 8): ridge and partial-pooling RT models from an RT production CSV."""
+
+from rtprep.smk import start
+
+start(snakemake)
+from rtprep.models.api import train  # noqa: E402
+from rtprep.models.options import ModelOptions  # noqa: E402
+
+train(
+    snakemake.input.csv,
+    snakemake.params.out,
+    options=ModelOptions.from_config(snakemake.params.model, snakemake.params.families),
+    embeddings=snakemake.input.embeddings,
+)
