@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 # Light rules run where Snakemake runs, not as cluster jobs (profiles/slurm).
 localrules:
     all,
@@ -22,6 +25,7 @@ include: "rules/sample.smk"
 include: "rules/chem.smk"
 include: "rules/rtcsv.smk"
 include: "rules/models.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -80,3 +80,17 @@ def demo_species_mappings():
 def embeddings_projection_input():
     saved = config["embeddings"].get("project_with")
     return [saved] if saved else []
+
+
+def funnel_artifacts(wildcards):
+    """The chain of artifacts whose sidecars the row-accounting figure reads."""
+    merged = f"{DATA}/merged_training_{wildcards.hash}"
+    lib = f"{merged}_lib{wildcards.lib}"
+    cap = f"{lib}_cap{wildcards.cap}"
+    return [
+        f"{merged}.parquet",
+        f"{lib}.parquet",
+        f"{cap}.parquet",
+        f"{cap}_chemclass.parquet",
+        f"{cap}_chemclass_rt_prod.csv",
+    ]

@@ -3,6 +3,6 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.accounting import gather_accounting  # noqa: E402
+from rtprep.accounting import gather_accounting
 
 gather_accounting(list(snakemake.input), snakemake.output[0])

@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.attach import attach_chem_classes  # noqa: E402
+from rtprep.attach import attach_chem_classes
 
 attach_chem_classes(
     snakemake.input.parquet,

@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.sample import sample_per_species_compound  # noqa: E402
+from rtprep.sample import sample_per_species_compound
 
 folds = snakemake.input.get("folds")
 sample_per_species_compound(

@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.classes import build_chem_classes  # noqa: E402
+from rtprep.classes import build_chem_classes
 
 build_chem_classes(
     snakemake.input[0],

@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.coverage import summarize_species_compounds  # noqa: E402
+from rtprep.coverage import summarize_species_compounds
 
 summarize_species_compounds(
     snakemake.input[0],

@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.demo import generate_demo  # noqa: E402
+from rtprep.demo import generate_demo
 
 generate_demo(
     snakemake.params.out,

@@ -3,8 +3,8 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.models.evaluate import evaluate  # noqa: E402
-from rtprep.models.options import ModelOptions  # noqa: E402
+from rtprep.models.evaluate import evaluate
+from rtprep.models.options import ModelOptions
 
 evaluate(
     None,

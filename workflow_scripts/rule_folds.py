@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.sample import assign_folds  # noqa: E402
+from rtprep.sample import assign_folds
 
 assign_folds(
     snakemake.input[0],

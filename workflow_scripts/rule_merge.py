@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.merge import MergeOptions, merge_export  # noqa: E402
+from rtprep.merge import MergeOptions, merge_export
 
 merge_export(
     snakemake.params.export,

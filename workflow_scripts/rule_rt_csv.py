@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.rtcsv import make_rt_prod_csv  # noqa: E402
+from rtprep.rtcsv import make_rt_prod_csv
 
 make_rt_prod_csv(
     snakemake.input.parquet,

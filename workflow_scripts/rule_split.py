@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.split import split_lib  # noqa: E402
+from rtprep.split import split_lib
 
 rt_range = snakemake.params.rt_range
 split_lib(

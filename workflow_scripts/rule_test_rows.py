@@ -3,7 +3,7 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.rtcsv import write_test_rows  # noqa: E402
+from rtprep.rtcsv import write_test_rows
 
 write_test_rows(
     snakemake.input.parquet,

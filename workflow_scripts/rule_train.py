@@ -3,8 +3,8 @@
 from rtprep.smk import start
 
 start(snakemake)
-from rtprep.models.api import train  # noqa: E402
-from rtprep.models.options import ModelOptions  # noqa: E402
+from rtprep.models.api import train
+from rtprep.models.options import ModelOptions
 
 train(
     snakemake.input.csv,

@@ -156,17 +156,20 @@ def model_dir(export: str, lib: int | str, cap: int | str) -> str:
 
 def final_targets(config: Mapping[str, Any]) -> list[str]:
     """Every file ``rule all`` asks for."""
-    out: list[str] = []
+    out: list[str] = [f"results/report/chem_classes_k{int(config['n_clusters'])}.png"]
     for export, libs in export_libs(config).items():
         prefix = merged_prefix(config, export)
         for lib in libs:
             out.append(f"{prefix}_lib{lib}_species_compounds.csv")
+            out.append(f"results/report/{export}/lib{lib}_coverage.png")
             for cap in config["caps"]:
                 out.append(f"{prefix}_lib{lib}_cap{cap}_chemclass_rt_prod.csv")
+                out.append(f"results/report/{export}/lib{lib}_cap{cap}_funnel.png")
                 if config["model"]["train"]:
                     out.append(f"{model_dir(export, lib, cap)}/model.json")
                 if config["model"]["evaluate"]:
                     out.append(f"{model_dir(export, lib, cap)}/eval/metrics.json")
+                    out.append(f"results/report/{export}/lib{lib}_cap{cap}_model_quality.png")
     out.append(ACCOUNTING_TABLE)
     return out
 

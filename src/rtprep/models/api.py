@@ -1,0 +1,208 @@
+"""Stage 8's public functions: :func:`train`, :func:`evaluate`, :func:`predict`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rtprep.artifacts import (
+    RowAccount,
+    atomic_output,
+    file_checksum,
+    write_sidecars,
+    write_text_atomic,
+)
+from rtprep.errors import RtprepError, input_error
+from rtprep.frames import require_columns
+from rtprep.models.algebra import GroupAlgebra
+from rtprep.models.data import Covariates, build_stats, read_rows, unit_column
+from rtprep.models.fitted import FittedModel
+from rtprep.models.options import ModelOptions
+from rtprep.models.pooled import Embeddings, fit_pooled
+from rtprep.models.ridge import fit_ridge
+
+log = logging.getLogger(__name__)
+
+MODEL_KINDS = ("ridge", "pooled")
+
+
+def read_embeddings(path: str | Path) -> Embeddings:
+    """Read ``chem_id, embedding20`` (a list of finite floats per compound)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RtprepError(f"{path}: embeddings file not found")
+    try:
+        df = pl.read_parquet(path, columns=["chem_id", "embedding20"])
+    except pl.exceptions.ColumnNotFoundError as exc:
+        raise input_error(path, "needs columns 'chem_id' and 'embedding20'") from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(path, f"cannot be read as Parquet: {exc}") from exc
+    lens = df["embedding20"].cast(pl.List(pl.Float64)).list.len().unique().to_list()
+    if len(lens) != 1:
+        raise input_error(path, f"embeddings have different lengths {sorted(lens)}",
+                          column="embedding20")
+    df = df.with_columns(pl.col("chem_id").cast(pl.String))
+    return Embeddings.from_frame(df)
+
+
+def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
+          quick: bool = False, embeddings: str | Path | None = None) -> dict[str, Any]:
+    """Fit the ridge and pooled models on an RT CSV; write ``<out>/{ridge,pooled}/`` and
+    ``<out>/model.json`` (a manifest, written last). Returns the manifest."""
+    t0 = time.perf_counter()
+    opts = replace(options, quick=bool(quick or options.quick))
+    out = Path(out_dir)
+    account = RowAccount("train")
+    df, names = read_rows(input_csv, tuple(opts.families), account=account)
+    if df.height == 0:
+        raise input_error(input_csv, "no rows with a retention time to train on", column="rt")
+    if not names:
+        log.warning("%s: no covariate columns of families %s; intercept-only models",
+                    input_csv, list(opts.families))
+    covs = Covariates.fit(df, names, opts.fill)
+    unit = unit_column(opts.group_by)
+    stats = build_stats(df, covs, unit, input_csv)
+    species_map = dict(df.select("species", "species_cluster").unique().sort("species").iter_rows())
+    account.rows_out = df.height
+    account.extra = {"groups": stats.groups.height}
+    del df
+    t_stats = time.perf_counter()
+    log.info("train: %d rows, %d groups, %d covariates; statistics in %.1fs", account.rows_out,
+             stats.groups.height, stats.p, t_stats - t0)
+    checksum = file_checksum(input_csv)
+    support = stats.groups["n_obs"]
+    base_meta: dict[str, Any] = {
+        "input": {"path": str(input_csv), "checksum": checksum, "rows": account.rows_out},
+        "options": opts.to_dict(),
+        "support": {"groups": stats.groups.height, "min": int(support.min()),
+                    "median": float(support.median()), "max": int(support.max())},
+    }
+    alg = GroupAlgebra.from_stats(stats, opts.ridge_lambda)
+    inputs = (input_csv,) if embeddings is None else (input_csv, embeddings)
+    config = opts.to_dict()
+    ridge = fit_ridge(stats, covs, alg, group_by=opts.group_by, meta=base_meta,
+                      species_map=species_map)
+    ridge.save(out / "ridge", account=account, inputs=inputs, config=config)
+    t_ridge = time.perf_counter()
+    pooled_var = ridge.meta["ridge"]["pooled_noise_var"]
+    sigma_init = float(np.sqrt(pooled_var)) if np.isfinite(pooled_var) and pooled_var > 0 \
+        else 0.1 * float(np.sqrt(max(float(np.var(stats.ybar)), 1e-6)))
+    emb = read_embeddings(embeddings) if embeddings is not None else None
+    pooled = fit_pooled(stats, covs, alg, opts, sigma_init=sigma_init, embeddings=emb,
+                        meta={**base_meta, "embeddings": None if embeddings is None
+                              else str(embeddings)},
+                        species_map=species_map)
+    pooled.save(out / "pooled", account=account, inputs=inputs, config=config)
+    t_end = time.perf_counter()
+    manifest = {
+        "models": {k: k for k in MODEL_KINDS},
+        **base_meta,
+        "embeddings": None if embeddings is None else str(embeddings),
+        "n_groups": stats.groups.height,
+        "covariates": covs.names,
+        "seconds": {"statistics": round(t_stats - t0, 3), "ridge": round(t_ridge - t_stats, 3),
+                    "pooled": round(t_end - t_ridge, 3), "total": round(t_end - t0, 3)},
+        "fit": pooled.meta.get("fit", {}),
+    }
+    write_text_atomic(out / "model.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    log.info("train: wrote %s in %.1fs", out, t_end - t0)
+    return manifest
+
+
+def load_models(model_dir: str | Path) -> dict[str, FittedModel]:
+    """Load ``ridge`` and ``pooled`` from a folder written by :func:`train` (or one model)."""
+    d = Path(model_dir)
+    mpath = d / "model.json"
+    if not mpath.is_file():
+        raise RtprepError(f"{d}: not a model folder (no model.json); run `rtprep train` first")
+    meta = json.loads(mpath.read_text(encoding="utf-8"))
+    if "kind" in meta:
+        return {meta["kind"]: FittedModel.load(d)}
+    return {k: FittedModel.load(d / sub) for k, sub in meta.get("models", {}).items()}
+
+
+# ------------------------------------------------------------------------------ prediction
+def _restore_ids(df: pl.DataFrame, cols: tuple[str, ...]) -> pl.DataFrame:
+    """Give id columns back an integer type when every value is an integer."""
+    out = []
+    for c in cols:
+        if c in df.columns and df[c].dtype == pl.String:
+            as_int = df[c].cast(pl.Int64, strict=False)
+            if as_int.null_count() == df[c].null_count():
+                out.append(as_int.alias(c))
+    return df.with_columns(out) if out else df
+
+
+def predict(model_dir: str | Path, injections: str | Path, output: str | Path, *,
+            model: str = "pooled") -> None:
+    """Predicted RT and 95% interval per (injection, compound) for the compounds the model knows.
+
+    ``injections``: CSV or Parquet with ``task_id, species`` (optionally ``species_cluster``)
+    and the model's covariates. A species the model has not seen is predicted through its
+    cluster (or the global effects) by the pooled model; the ridge model predicts only the
+    (species, compound) groups it was fitted on. Output (CSV or Parquet, by suffix): ``task_id,
+    species, species_cluster, compound, compound_class, rt_pred, rt_lower, rt_upper, rt_sd,
+    source, n_obs``, sorted by task_id and compound.
+    """
+    models = load_models(model_dir)
+    if model not in models:
+        raise RtprepError(f"{model_dir}: has no {model!r} model (has {', '.join(models)})")
+    fm = models[model]
+    path = Path(injections)
+    if not path.is_file():
+        raise RtprepError(f"{path}: injections file not found")
+    try:
+        raw = (pl.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq")
+               else pl.read_csv(path, infer_schema_length=10_000))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(path, f"cannot be read: {exc}") from exc
+    require_columns(raw.schema, ["task_id", "species", *fm.covariates.names], path,
+                    "injections: task_id, species and the model's covariates")
+    keep = ["task_id", "species", *(["species_cluster"] if "species_cluster" in raw.columns
+                                    else []), *fm.covariates.names]
+    try:
+        inj = raw.select(keep).with_columns(
+            pl.col("task_id", "species", *(["species_cluster"] if "species_cluster" in keep
+                                           else [])).cast(pl.String),
+            pl.col(fm.covariates.names).cast(pl.Float64, strict=True))
+    except pl.exceptions.PolarsError as exc:
+        raise input_error(path, f"a covariate is not a number: {exc}") from exc
+    if inj["species"].null_count():
+        raise input_error(path, "rows without a species", column="species")
+    compounds = (fm.groups.select("compound", "compound_class").unique()
+                 .sort("compound"))
+    inj = fm._with_cluster(inj)
+    if fm.kind == "ridge":
+        # ridge knows only its groups: pair each injection with its species' compounds
+        grid = inj.join(fm.groups.select(fm.unit, "compound", "compound_class"), on=fm.unit,
+                        how="inner")
+    else:
+        grid = inj.join(compounds, how="cross")
+    grid = fm._with_cluster(grid)
+    pred = fm.predict_frame(grid)
+    res = pl.concat([grid.select("task_id", "species", "species_cluster", "compound",
+                                 "compound_class"), pred], how="horizontal")
+    res = res.filter(pl.col("rt_pred").is_not_null())
+    res = _restore_ids(res, ("task_id", "compound", "compound_class"))
+    res = res.sort("task_id", "compound").select(
+        "task_id", "species", "species_cluster", "compound", "compound_class", "rt_pred",
+        "rt_lower", "rt_upper", "rt_sd", "source", "n_obs")
+    account = RowAccount("predict", rows_in=inj.height, rows_out=res.height)
+    account.extra = {"model": model, "compounds": compounds.height,
+                     "sources": dict(res.group_by("source").len().sort("source").iter_rows())}
+    out = Path(output)
+    with atomic_output(out) as tmp:
+        if out.suffix.lower() in (".parquet", ".pq"):
+            res.write_parquet(tmp, compression="zstd", statistics=True)
+        else:
+            res.write_csv(tmp)
+        write_sidecars(out, account, inputs=(path,), config={"model_dir": str(model_dir),
+                                                             "model": model}, balanced=False)
+    log.info("predict: %d injections → %d predictions (%s)", inj.height, res.height, out)

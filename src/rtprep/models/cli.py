@@ -1,0 +1,125 @@
+"""``rtprep train | evaluate | predict``: the stage-8 subcommands (wired in by rtprep.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rtprep.errors import RtprepError
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from rtprep.models.options import ModelOptions
+
+    config: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise RtprepError(f"{path}: config file not found")
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise RtprepError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(config, dict):
+            raise RtprepError(f"{path}: expected a mapping at the top level")
+    opts = ModelOptions.from_config(config)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "method", None):
+        overrides["method"] = args.method
+    if getattr(args, "group_by", None):
+        overrides["group_by"] = args.group_by
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    if getattr(args, "steps", None) is not None:
+        overrides["advi_steps"] = args.steps
+        overrides["quick_steps"] = args.steps
+    if overrides:
+        from dataclasses import replace
+
+        opts = replace(opts, **overrides)
+    return opts
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``rtprep train``: fit ridge + pooled models on an RT CSV."""
+    from rtprep.models.api import train
+
+    manifest = train(args.input, args.out, options=_options(args), quick=args.quick,
+                     embeddings=args.embeddings)
+    print(f"wrote {args.out}: {manifest['n_groups']:,} groups from "
+          f"{manifest['input']['rows']:,} rows in {manifest['seconds']['total']:.1f}s")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``rtprep evaluate``: score models on held-out test rows."""
+    from rtprep.models.evaluate import evaluate
+
+    result = evaluate(args.model, args.train, args.test, args.out, options=_options(args),
+                      embeddings=args.embeddings, quick=args.quick)
+    print(f"wrote {args.out}/metrics.json ({result['test_rows']:,} test rows)")
+    for model, m in result["overall"].items():
+        rmse = "-" if m["rmse"] is None else f"{m['rmse']:.4g}"
+        cov = "-" if m["coverage95"] is None else f"{m['coverage95']:.3f}"
+        print(f"  {model:<12} RMSE {rmse:>8}  coverage95 {cov:>6}  scored {m['scored']:,}"
+              f" / {m['rows']:,}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``rtprep predict``: RT and 95% interval per (injection, compound)."""
+    from rtprep.artifacts import read_meta
+    from rtprep.models.api import predict
+
+    predict(args.model, args.injections, args.out, model=args.kind)
+    meta = read_meta(args.out)
+    print(f"wrote {args.out}: {meta['rows_out']:,} predictions for {meta['rows_in']:,} "
+          f"injection(s); sources {json.dumps(meta.get('extra', {}).get('sources', {}))}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``train``, ``evaluate`` and ``predict`` to the rtprep CLI."""
+
+    def common(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--config", help="YAML config; its `model:` block (and "
+                       "`covariates.families`) set the options")
+        s.add_argument("--method", choices=["advi", "nuts"], help="override model.method")
+        s.add_argument("--group-by", choices=["species", "species_cluster"],
+                       help="override model.group_by")
+        s.add_argument("--seed", type=int, help="override model.seed")
+        s.add_argument("--steps", type=int, help="ADVI steps (overrides advi/quick steps)")
+        s.add_argument("--quick", action="store_true", help="few ADVI steps: a smoke run")
+        s.add_argument("--embeddings", help="Parquet chem_id, embedding20 (optional: the "
+                       "pooled model then regresses compound effects on embeddings)")
+
+    s = subparsers.add_parser("train", help="step 8: fit ridge + partial-pooling RT models",
+                              description=cmd_train.__doc__)
+    s.add_argument("--input", required=True, help="..._chemclass_rt_prod.csv")
+    s.add_argument("--out", required=True, help="output folder (ridge/, pooled/, model.json)")
+    common(s)
+    s.set_defaults(func=cmd_train)
+
+    s = subparsers.add_parser("evaluate", help="score models on held-out sample sets",
+                              description=cmd_evaluate.__doc__)
+    s.add_argument("--model", help="folder written by `rtprep train --input <train csv>` "
+                   "(default: train here, into <out>/model)")
+    s.add_argument("--train", required=True, help="..._train_cap<N>_chemclass_rt_prod.csv")
+    s.add_argument("--test", required=True, help="..._test_chemclass_rt_prod.parquet")
+    s.add_argument("--out", required=True, help="output folder (metrics.json, metrics.csv, ...)")
+    common(s)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = subparsers.add_parser("predict", help="predict RT + 95%% interval for new injections",
+                              description=cmd_predict.__doc__)
+    s.add_argument("--model", required=True, help="folder written by `rtprep train`")
+    s.add_argument("--injections", required=True,
+                   help="CSV/Parquet: task_id, species, covariates")
+    s.add_argument("--out", required=True, help="output .parquet or .csv")
+    s.add_argument("--kind", choices=["pooled", "ridge"], default="pooled",
+                   help="which model predicts (default: pooled)")
+    s.set_defaults(func=cmd_predict)

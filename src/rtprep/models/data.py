@@ -1,0 +1,242 @@
+"""Reading the RT training / test rows, covariate centring and per-group sufficient statistics.
+
+Everything the models need from the rows is reduced once to per-group sufficient statistics
+(n, Σy, Σx, XᵀX, Xᵀy, yᵀy). After that, fitting and inference never touch rows again, so their
+cost depends on the number of groups and covariates only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rtprep.artifacts import RowAccount
+from rtprep.errors import RtprepError, input_error
+from rtprep.frames import covariate_columns, require_columns
+
+log = logging.getLogger(__name__)
+
+#: Identifier columns of the RT CSV contract (before the covariates and ``rt``).
+ID_COLUMNS: tuple[str, ...] = (
+    "sampleset_id", "worksheet_id", "task_id", "species", "species_cluster", "compound",
+    "compound_class",
+)
+#: Key columns, kept as strings inside the models (ids of any dtype join the same way).
+KEY_COLUMNS: tuple[str, ...] = ("species", "species_cluster", "compound", "compound_class")
+
+#: Rows summed at once when building XᵀX (bounds memory at chunk × p² floats).
+_CHUNK_ROWS = 8192
+
+
+def read_rows(path: str | Path, families: tuple[str, ...], *,
+              required: tuple[str, ...] = (*KEY_COLUMNS, "rt"),
+              features: list[str] | None = None,
+              account: RowAccount | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """Read an RT CSV or test-rows Parquet: key columns as String, covariates and ``rt`` Float64.
+
+    Rows whose ``rt`` is null or not finite are dropped (counted in ``account``). Returns the
+    frame and the covariate columns found (``features`` when given: they must all be present).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RtprepError(f"{path}: file not found")
+    is_parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        schema = (pl.read_parquet_schema(path) if is_parquet
+                  else pl.read_csv(path, n_rows=0, infer_schema_length=0).schema)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(path, f"cannot be read: {exc}") from exc
+    require_columns(schema, required, path, "RT rows")
+    covs = covariate_columns(schema.keys(), families) if features is None else list(features)
+    require_columns(schema, covs, path, "covariates the model was trained on")
+    keep = [c for c in (*ID_COLUMNS, "rt") if c in schema]
+    casts = {c: pl.String for c in keep if c != "rt"}
+    casts.update({c: pl.Float64 for c in [*covs, "rt"] if c in schema})
+    try:
+        if is_parquet:
+            lf = pl.scan_parquet(path)
+        else:
+            lf = pl.scan_csv(path, schema_overrides={c: pl.String for c in keep if c != "rt"},
+                             infer_schema_length=10_000)
+        df = (lf.select([*keep, *covs])
+              .with_columns([pl.col(c).cast(t, strict=True) for c, t in casts.items()])
+              .collect())
+    except pl.exceptions.PolarsError as exc:
+        raise input_error(path, f"a covariate or 'rt' value is not a number: {exc}") from exc
+    n_in = df.height
+    if "rt" in df.columns:
+        df = df.filter(pl.col("rt").is_not_null() & pl.col("rt").is_finite())
+    for c in ("species", "compound"):
+        if c in df.columns and df[c].null_count():
+            raise input_error(path, f"{df[c].null_count()} row(s) have no value", column=c)
+    for c in ("species_cluster", "compound_class"):
+        if c in df.columns:
+            df = df.with_columns(pl.col(c).fill_null("<none>"))
+    if account is not None:
+        account.rows_in += n_in
+        if n_in - df.height:
+            account.drop("rt missing or not finite", n_in - df.height)
+    return df, covs
+
+
+@dataclass
+class Covariates:
+    """Covariate names, the training centre of each and the value a null is filled with."""
+
+    names: list[str]
+    centre: np.ndarray
+    fill: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, df: pl.DataFrame, names: list[str], how: str = "mean") -> Covariates:
+        """Centre on the training rows' non-null values; drop covariates that are all null."""
+        stats = df.select(
+            *[pl.col(c).mean().alias(f"m{i}") for i, c in enumerate(names)],
+            *[pl.col(c).median().alias(f"d{i}") for i, c in enumerate(names)],
+            *[pl.col(c).std().alias(f"s{i}") for i, c in enumerate(names)],
+        ).row(0)
+        k = len(names)
+        means = np.array([np.nan if v is None else v for v in stats[:k]], dtype=float)
+        medians = np.array([np.nan if v is None else v for v in stats[k:2 * k]], dtype=float)
+        sds = np.array([np.nan if v is None else v for v in stats[2 * k:]], dtype=float)
+        ok = np.isfinite(means)
+        dropped = [n for n, o in zip(names, ok, strict=True) if not o]
+        if dropped:
+            log.warning("covariates with no value in the training rows are left out: %s", dropped)
+        means, medians, sds = means[ok], medians[ok], sds[ok]
+        kept = [n for n, o in zip(names, ok, strict=True) if o]
+        fill = {"mean": means, "median": medians, "zero": np.zeros_like(means)}[how]
+        sds = np.where(np.isfinite(sds) & (sds > 0), sds, 1.0)
+        return cls(kept, means, fill, sds)
+
+    def matrix(self, df: pl.DataFrame) -> np.ndarray:
+        """The centred, filled covariate matrix (rows × p, float64, C order)."""
+        if not self.names:
+            return np.zeros((df.height, 0))
+        exprs = [(pl.col(c).fill_null(float(f)) - float(m)).alias(c)
+                 for c, f, m in zip(self.names, self.fill, self.centre, strict=True)]
+        return np.ascontiguousarray(df.select(exprs).to_numpy().astype(np.float64, copy=False))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": self.names, "centre": self.centre.tolist(), "fill": self.fill.tolist(),
+                "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Covariates:
+        return cls(list(d["names"]), np.asarray(d["centre"], float), np.asarray(d["fill"], float),
+                   np.asarray(d["scale"], float))
+
+
+def unit_column(group_by: str) -> str:
+    """The level a group's intercept and slopes are pooled at first: species or cluster."""
+    return "species" if group_by == "species" else "species_cluster"
+
+
+@dataclass
+class GroupStats:
+    """Per-group sufficient statistics on centred covariates, y centred on each group's mean.
+
+    ``groups`` is the table of groups (unit, compound, species_cluster, compound_class, n_obs),
+    sorted by (unit, compound); row ``g`` of every array belongs to group ``g``.
+    """
+
+    groups: pl.DataFrame
+    n: np.ndarray        # (G,)
+    ybar: np.ndarray     # (G,) group mean of y
+    sx: np.ndarray       # (G, p) Σx
+    xtx: np.ndarray      # (G, p, p) XᵀX
+    xty: np.ndarray      # (G, p) Xᵀ(y - ybar)
+    yty: np.ndarray      # (G,) Σ(y - ybar)²
+
+    @property
+    def p(self) -> int:
+        return int(self.sx.shape[1])
+
+
+def group_table(df: pl.DataFrame, unit: str, path: str | Path) -> tuple[pl.DataFrame, np.ndarray]:
+    """Groups (sorted by unit, compound) and each row's group index.
+
+    A group's species_cluster and compound_class must be unique (a species in two clusters, or
+    a compound in two classes, is an input error).
+    """
+    keys = [unit, "compound"]
+    per_group = [pl.len().alias("n_obs")]
+    if unit == "species":
+        per_group += [pl.col("species_cluster").n_unique().alias("_nc"),
+                      pl.col("species_cluster").first()]
+    else:
+        per_group.append(pl.lit(1, dtype=pl.UInt32).alias("_nc"))
+    per_group += [pl.col("compound_class").n_unique().alias("_nk"),
+                  pl.col("compound_class").first()]
+    groups = df.group_by(keys).agg(per_group).sort(keys)
+    for col, what in (("_nc", "species_cluster"), ("_nk", "compound_class")):
+        bad = groups.filter(pl.col(col) > 1)
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise input_error(path, f"group ({row[unit]}, {row['compound']}) has "
+                              f"{row[col]} different values; each must have exactly one",
+                              column=what)
+    if unit == "species":
+        multi = (df.group_by("species").agg(pl.col("species_cluster").n_unique().alias("k"))
+                 .filter(pl.col("k") > 1))
+        if multi.height:
+            raise input_error(path, f"species {multi['species'][0]!r} is in "
+                              f"{multi['k'][0]} clusters; give each species one cluster",
+                              column="species_cluster")
+    multi = (df.group_by("compound").agg(pl.col("compound_class").n_unique().alias("k"))
+             .filter(pl.col("k") > 1))
+    if multi.height:
+        raise input_error(path, f"compound {multi['compound'][0]!r} is in {multi['k'][0]} "
+                          "classes; give each compound one class", column="compound_class")
+    groups = groups.drop("_nc", "_nk").with_row_index("group_index")
+    gid = (df.select(keys).with_row_index("_row")
+           .join(groups.select([*keys, "group_index"]), on=keys, how="left")
+           .sort("_row")["group_index"].to_numpy().astype(np.int64))
+    cols = [unit, "compound"] + (["species_cluster"] if unit == "species" else []) + [
+        "compound_class", "n_obs"]
+    return groups.select(cols), gid
+
+
+def sufficient_stats(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray,
+                     y: np.ndarray) -> GroupStats:
+    """Per-group n, mean y, Σx, XᵀX, Xᵀ(y-ȳ), Σ(y-ȳ)², summed in row order (deterministic)."""
+    g_count = groups.height
+    p = x.shape[1]
+    order = np.argsort(gid, kind="stable")
+    gs = gid[order]
+    xs = x[order]
+    ys = y[order]
+    n = np.bincount(gs, minlength=g_count).astype(np.float64)
+    ybar = np.bincount(gs, weights=ys, minlength=g_count) / n
+    yc = ys - ybar[gs]
+    sx = np.empty((g_count, p))
+    xty = np.empty((g_count, p))
+    for j in range(p):  # a loop over covariates (p ≈ 30), each step vectorised over rows
+        sx[:, j] = np.bincount(gs, weights=xs[:, j], minlength=g_count)
+        xty[:, j] = np.bincount(gs, weights=xs[:, j] * yc, minlength=g_count)
+    yty = np.bincount(gs, weights=yc * yc, minlength=g_count)
+    xtx = np.zeros((g_count, p * p))
+    for start in range(0, len(gs), _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, len(gs))
+        xc = xs[start:stop]
+        outer = (xc[:, :, None] * xc[:, None, :]).reshape(stop - start, p * p)
+        g_chunk = gs[start:stop]
+        seg = np.flatnonzero(np.r_[True, g_chunk[1:] != g_chunk[:-1]])
+        # segments inside one chunk have distinct groups, so += with fancy indexing is exact
+        xtx[g_chunk[seg]] += np.add.reduceat(outer, seg, axis=0)
+    return GroupStats(groups, n, ybar, sx, xtx.reshape(g_count, p, p), xty, yty)
+
+
+def build_stats(df: pl.DataFrame, covs: Covariates, unit: str,
+                path: str | Path) -> GroupStats:
+    """Group the rows and reduce them to sufficient statistics."""
+    groups, gid = group_table(df, unit, path)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy().astype(np.float64)
+    return sufficient_stats(groups, gid, x, y)

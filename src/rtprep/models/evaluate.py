@@ -1,0 +1,281 @@
+"""Held-out evaluation of the RT models and of simple baselines, without leakage.
+
+The models are trained on the train folds' rows only; every row of the test folds (whole sample
+sets never seen in training) is scored. Models: ``ridge``, ``pooled`` and the baselines
+``group_mean`` (training mean of the row's group), ``class_mean`` (training mean of the row's
+compound class) and ``global_mean``. Metrics: RMSE, MAE, 95% interval coverage and mean width,
+rows scored and skipped (with reasons): overall, by support bin (training rows of the row's
+group), by species cluster, and by novelty (seen group, unseen pair, unseen compound, unseen
+species, both unseen: the pooled model's backoff).
+
+Outputs in ``out_dir``: ``metrics.csv`` (long table), ``skipped.csv``, ``predictions.parquet``
+(every test row with each model's prediction and interval), ``rmse_by_support.png`` and
+``metrics.json`` (all tables; written last, with a sidecar).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import stats as sps
+
+from rtprep.artifacts import (
+    RowAccount,
+    atomic_output,
+    file_checksum,
+    write_sidecars,
+)
+from rtprep.errors import RtprepError
+from rtprep.frames import write_csv_atomic, write_parquet_atomic
+from rtprep.models.api import load_models, train
+from rtprep.models.data import read_rows
+from rtprep.models.options import ModelOptions
+
+log = logging.getLogger(__name__)
+
+#: Support bins (training rows of the row's group), as in the issue.
+SUPPORT_BINS: tuple[tuple[str, int, int], ...] = (
+    ("≤1", 1, 1), ("2", 2, 2), ("3–5", 3, 5), ("6–10", 6, 10), ("11–20", 11, 20),
+    ("21–50", 21, 50), ("51–100", 51, 100), (">100", 101, 2**62),
+)
+UNSEEN_BIN = "0 (unseen group)"
+MODEL_ORDER = ("ridge", "pooled", "group_mean", "class_mean", "global_mean")
+
+
+def support_bin(n: pl.Expr) -> pl.Expr:
+    """Label of the support bin of a training row count."""
+    expr = pl.when(n <= 0).then(pl.lit(UNSEEN_BIN))
+    for label, lo, hi in SUPPORT_BINS:
+        expr = expr.when((n >= lo) & (n <= hi)).then(pl.lit(label))
+    return expr.otherwise(pl.lit(UNSEEN_BIN))
+
+
+def _baselines(train: pl.DataFrame, test: pl.DataFrame, unit: str) -> dict[str, pl.DataFrame]:
+    """group / class / global mean predictions with t intervals from the within-level spread."""
+    q = float(sps.norm.ppf(0.975))
+    out: dict[str, pl.DataFrame] = {}
+    for name, keys, reason in (("group_mean", [unit, "compound"], "unseen group"),
+                               ("class_mean", ["compound_class"], "unseen class")):
+        lvl = train.group_by(keys).agg(
+            pl.col("rt").mean().alias("_m"), pl.len().alias("_n"),
+            ((pl.col("rt") - pl.col("rt").mean()) ** 2).sum().alias("_ss"))
+        dof = float((lvl["_n"] - 1).sum())
+        pooled_sd = float(np.sqrt(lvl["_ss"].sum() / dof)) if dof > 0 else float("nan")
+        tq = float(sps.t.ppf(0.975, dof)) if dof > 0 else q
+        if name == "class_mean":
+            # classes differ in spread; each class's own sd where it has a few rows
+            lvl = lvl.with_columns(pl.when(pl.col("_n") > 2)
+                                   .then((pl.col("_ss") / (pl.col("_n") - 1)).sqrt())
+                                   .otherwise(pooled_sd).alias("_sd"))
+        else:
+            lvl = lvl.with_columns(pl.lit(pooled_sd).alias("_sd"))
+        j = (test.select(keys).with_row_index("_r").join(lvl, on=keys, how="left").sort("_r"))
+        half = tq * j["_sd"] * (1 + 1 / j["_n"].cast(pl.Float64)).sqrt()
+        out[name] = pl.DataFrame({
+            "rt_pred": j["_m"], "rt_lower": j["_m"] - half, "rt_upper": j["_m"] + half,
+            "skip": j.select(pl.when(pl.col("_m").is_null()).then(pl.lit(reason))
+                             .otherwise(pl.lit(None, dtype=pl.String)).alias("skip"))["skip"],
+        })
+    m = float(train["rt"].mean())
+    sd = float(train["rt"].std())
+    half = q * sd * np.sqrt(1 + 1 / train.height)
+    out["global_mean"] = pl.DataFrame({
+        "rt_pred": np.full(test.height, m), "rt_lower": np.full(test.height, m - half),
+        "rt_upper": np.full(test.height, m + half),
+        "skip": pl.Series([None] * test.height, dtype=pl.String),
+    })
+    return out
+
+
+def _metrics(long: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    err = pl.col("rt") - pl.col("rt_pred")
+    ok = pl.col("rt_pred").is_not_null()
+    return (long.group_by([*by, "model"]).agg(
+        pl.len().alias("rows"),
+        ok.sum().alias("scored"),
+        (~ok).sum().alias("skipped"),
+        (err.filter(ok) ** 2).mean().sqrt().alias("rmse"),
+        err.filter(ok).abs().mean().alias("mae"),
+        ((pl.col("rt") >= pl.col("rt_lower")) & (pl.col("rt") <= pl.col("rt_upper")))
+        .filter(ok).cast(pl.Float64).mean().alias("coverage95"),
+        (pl.col("rt_upper") - pl.col("rt_lower")).filter(ok).mean().alias("width95"),
+    ))
+
+
+def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str | Path,
+             out_dir: str | Path, *, options: ModelOptions | None = None,
+             embeddings: str | Path | None = None, quick: bool = False) -> dict[str, Any]:
+    """Score the models trained on ``train_csv`` on every row of ``test_rows``.
+
+    ``model_dir``: a folder written by :func:`rtprep.models.train` from exactly ``train_csv``
+    (checked by checksum: a model trained on other rows could have seen the test rows). With
+    ``None`` the models are trained here, into ``<out_dir>/model``. Returns the metrics dict
+    (also written to ``<out_dir>/metrics.json``).
+    """
+    opts = options or ModelOptions()
+    out = Path(out_dir)
+    if model_dir is None:
+        model_dir = out / "model"
+        train(train_csv, model_dir, options=opts, quick=quick, embeddings=embeddings)
+    models = load_models(model_dir)
+    checksum = file_checksum(train_csv)
+    for kind, fm in models.items():
+        trained_on = fm.meta.get("input", {}).get("checksum")
+        if trained_on != checksum:
+            raise RtprepError(
+                f"{model_dir}: the {kind} model was trained on "
+                f"{fm.meta.get('input', {}).get('path')!r}, not on {train_csv} (checksums "
+                "differ); train on the train-fold CSV so the test rows stay unseen")
+    any_model = next(iter(models.values()))
+    unit = any_model.unit
+    families = tuple(any_model.meta.get("options", {}).get("families", opts.families))
+    account = RowAccount("evaluate")
+    train_df, _ = read_rows(train_csv, families, features=[])
+    test_df, _ = read_rows(test_rows, families, features=any_model.covariates.names,
+                           account=account)
+    if "sampleset_id" in train_df.columns and "sampleset_id" in test_df.columns:
+        shared = set(train_df["sampleset_id"].unique().to_list()) & set(
+            test_df["sampleset_id"].unique().to_list())
+        if shared:
+            raise RtprepError(
+                f"{test_rows}: {len(shared)} sample set(s) are also in the training rows "
+                f"{train_csv} (e.g. {sorted(shared)[:5]}); folds must hold whole sample sets")
+    # novelty and support of each test row, relative to the training rows
+    seen_units = train_df[unit].unique()
+    seen_cpds = train_df["compound"].unique()
+    counts = train_df.group_by([unit, "compound"]).agg(pl.len().alias("support"))
+    rows = (test_df.with_row_index("_r")
+            .join(counts, on=[unit, "compound"], how="left").sort("_r")
+            .with_columns(pl.col("support").fill_null(0)))
+    u_seen = pl.col(unit).is_in(seen_units.implode())
+    c_seen = pl.col("compound").is_in(seen_cpds.implode())
+    rows = rows.with_columns(
+        support_bin(pl.col("support")).alias("support_bin"),
+        pl.when(pl.col("support") > 0).then(pl.lit("seen group"))
+        .when(u_seen & c_seen).then(pl.lit("unseen pair"))
+        .when(u_seen).then(pl.lit("unseen compound"))
+        .when(c_seen).then(pl.lit("unseen species"))
+        .otherwise(pl.lit("unseen species and compound")).alias("novelty"),
+    )
+    preds: dict[str, pl.DataFrame] = {}
+    for kind in ("ridge", "pooled"):
+        if kind in models:
+            p = models[kind].predict_frame(test_df)
+            preds[kind] = p.select(
+                "rt_pred", "rt_lower", "rt_upper",
+                pl.when(pl.col("rt_pred").is_null()).then(
+                    pl.lit("unseen group (") + pl.col("source") + pl.lit(")"))
+                .otherwise(None).alias("skip"))
+    preds.update(_baselines(train_df, test_df, unit))
+    base_cols = rows.select("species", "species_cluster", "compound", "compound_class", "rt",
+                            "support", "support_bin", "novelty")
+    long = pl.concat([
+        pl.concat([base_cols, preds[k].select("rt_pred", "rt_lower", "rt_upper", "skip")],
+                  how="horizontal").with_columns(pl.lit(k).alias("model"))
+        for k in MODEL_ORDER if k in preds
+    ])
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    tables = []
+    overall = _metrics(long, []).with_columns(pl.lit("overall").alias("slice_kind"),
+                                              pl.lit("all").alias("slice"))
+    tables.append(overall)
+    for kind, col in (("support_bin", "support_bin"), ("species_cluster", "species_cluster"),
+                      ("novelty", "novelty")):
+        tables.append(_metrics(long, [col]).rename({col: "slice"})
+                      .with_columns(pl.lit(kind).alias("slice_kind")))
+    bin_order = {b[0]: i for i, b in enumerate(SUPPORT_BINS)} | {UNSEEN_BIN: -1}
+    metrics = (pl.concat([t.select("slice_kind", "slice", "model", "rows", "scored", "skipped",
+                                   "rmse", "mae", "coverage95", "width95") for t in tables])
+               .with_columns(
+                   pl.col("slice_kind").replace_strict(
+                       {"overall": 0, "support_bin": 1, "species_cluster": 2, "novelty": 3},
+                       return_dtype=pl.Int64).alias("_k"),
+                   pl.col("slice").replace_strict(bin_order, default=100,
+                                                  return_dtype=pl.Int64).alias("_b"),
+                   pl.col("model").replace_strict(order, return_dtype=pl.Int64).alias("_m"))
+               .sort("_k", "_b", "slice", "_m").drop("_k", "_b", "_m"))
+    skipped = (long.filter(pl.col("skip").is_not_null()).group_by("model", "skip").len()
+               .rename({"skip": "reason", "len": "rows"}).sort("model", "reason"))
+    # per-row predictions (wide) for plots and inspection
+    wide = rows.select("sampleset_id", "task_id", "species", "species_cluster", "compound",
+                       "compound_class", "rt", "support", "support_bin", "novelty")
+    for k in MODEL_ORDER:
+        if k in preds:
+            wide = wide.with_columns(preds[k]["rt_pred"].alias(f"{k}_pred"),
+                                     preds[k]["rt_lower"].alias(f"{k}_lower"),
+                                     preds[k]["rt_upper"].alias(f"{k}_upper"))
+    account.rows_out = test_df.height
+    account.extra = {"train_rows": train_df.height, "test_sample_sets":
+                     int(test_df["sampleset_id"].n_unique()) if "sampleset_id" in test_df.columns
+                     else None}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(metrics, out / "metrics.csv")
+    write_csv_atomic(skipped, out / "skipped.csv")
+    write_parquet_atomic(wide, out / "predictions.parquet")
+    plot = _plot(metrics, out / "rmse_by_support.png")
+    result = {
+        "model_dir": str(model_dir), "train": str(train_csv), "test": str(test_rows),
+        "test_rows": test_df.height, "train_rows": train_df.height,
+        "test_sample_sets": account.extra["test_sample_sets"],
+        "overall": {r["model"]: {k: r[k] for k in ("rows", "scored", "skipped", "rmse", "mae",
+                                                   "coverage95", "width95")}
+                    for r in overall.iter_rows(named=True)},
+        "metrics": metrics.to_dicts(),
+        "skipped": skipped.to_dicts(),
+        "files": ["metrics.csv", "skipped.csv", "predictions.parquet",
+                  *(["rmse_by_support.png"] if plot else [])],
+    }
+    with atomic_output(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2, default=_nan_none) + "\n", encoding="utf-8")
+        write_sidecars(out / "metrics.json", account, inputs=(train_csv, test_rows),
+                       config={"model_dir": str(model_dir), **opts.to_dict()})
+    log.info("evaluate: %d test rows; %s", test_df.height,
+             ", ".join(f"{m} RMSE {v['rmse']:.4g}" for m, v in result["overall"].items()
+                       if v["rmse"] is not None))
+    return json.loads(json.dumps(result, default=_nan_none))
+
+
+def _nan_none(o: Any) -> Any:
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _plot(metrics: pl.DataFrame, path: Path) -> bool:
+    """RMSE by support bin per model (PNG); skipped quietly when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return False
+    sub = metrics.filter(pl.col("slice_kind") == "support_bin")
+    labels = [UNSEEN_BIN] + [b[0] for b in SUPPORT_BINS]
+    labels = [b for b in labels if b in set(sub["slice"].to_list())]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for model in MODEL_ORDER:
+        m = sub.filter(pl.col("model") == model)
+        if m.height == 0:
+            continue
+        vals = dict(zip(m["slice"].to_list(), m["rmse"].to_list(), strict=True))
+        ax.plot(labels, [vals.get(b) if vals.get(b) is not None else np.nan for b in labels],
+                marker="o", label=model)
+    ax.set_xlabel("training rows of the group")
+    ax.set_ylabel("held-out RMSE (min)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True
+

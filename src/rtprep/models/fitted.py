@@ -1,0 +1,330 @@
+"""The fitted state of an RT model: group summaries (+ backoff effects), saved and applied.
+
+On disk (readable without rtprep: Parquet with fixed-size lists, plus JSON)::
+
+    <dir>/model.json       kind, group_by, covariates (names, centre, fill), λ, fit details,
+                           hyperparameters used for backoff, species → cluster map
+    <dir>/groups.parquet   one row per group: <unit>, compound, [species_cluster],
+                           compound_class, n_obs, mean [p+1], cov [(p+1)²] (row-major, intercept
+                           first), noise_var, noise_df (inf: normal quantiles)
+    <dir>/effects.parquet  pooled only: level (global, cluster, species, class, compound,
+                           embedding), key, intercept_mean, intercept_var, slope_mean [p],
+                           slope_cov [p²], log_noise_sd
+
+A prediction for a row with centred covariates x and z = (1, x) is ``zᵀmean`` with variance
+``zᵀ cov z + noise_var``; the 95% interval uses a t quantile with ``noise_df`` degrees of freedom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import stats as sps
+
+from rtprep.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
+from rtprep.errors import RtprepError
+from rtprep.models.data import Covariates, unit_column
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+Z95 = float(sps.norm.ppf(0.975))
+_APPLY_CHUNK = 16_384
+
+#: Where a prediction came from (column ``source``).
+SOURCES = ("group", "unseen_pair", "unseen_compound", "unseen_species",
+           "unseen_species_and_compound")
+
+
+@dataclass
+class FittedModel:
+    """One fitted model (``kind`` = ``ridge`` or ``pooled``): what :meth:`save` writes."""
+
+    kind: str
+    group_by: str
+    covariates: Covariates
+    ridge_lambda: float
+    groups: pl.DataFrame           # keys, n_obs, compound_class, [species_cluster]
+    mean: np.ndarray               # (G, p+1)
+    cov: np.ndarray                # (G, (p+1)²)
+    noise_var: np.ndarray          # (G,)
+    noise_df: np.ndarray           # (G,)
+    meta: dict[str, Any] = field(default_factory=dict)
+    effects: pl.DataFrame | None = None
+    species_map: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        return unit_column(self.group_by)
+
+    @property
+    def p(self) -> int:
+        return len(self.covariates.names)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def summary_frame(self) -> pl.DataFrame:
+        """The per-group summary table (as written to ``groups.parquet``)."""
+        p1 = self.p + 1
+        return self.groups.with_columns(
+            pl.Series("mean", self.mean, dtype=pl.Array(pl.Float64, p1)),
+            pl.Series("cov", self.cov, dtype=pl.Array(pl.Float64, p1 * p1)),
+            pl.Series("noise_var", self.noise_var, dtype=pl.Float64),
+            pl.Series("noise_df", self.noise_df, dtype=pl.Float64),
+        )
+
+    def save(self, out_dir: str | Path, *, account: RowAccount | None = None,
+             inputs: tuple[str | Path, ...] = (), config: dict[str, Any] | None = None) -> Path:
+        """Write ``groups.parquet`` (+ sidecars), ``effects.parquet`` and ``model.json``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        acc = account or RowAccount(f"train_{self.kind}")
+        files = ["groups.parquet"]
+        with atomic_output(out / "groups.parquet") as tmp:
+            self.summary_frame().write_parquet(tmp, compression="zstd", statistics=True)
+            write_sidecars(out / "groups.parquet", acc, inputs=inputs, config=config,
+                           seeds={"seed": int(self.meta.get("options", {}).get("seed", 0))})
+        if self.effects is not None:
+            with atomic_output(out / "effects.parquet") as tmp:
+                self.effects.write_parquet(tmp, compression="zstd", statistics=True)
+            files.append("effects.parquet")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "group_by": self.group_by,
+            "unit_column": self.unit,
+            "group_keys": [self.unit, "compound"],
+            "ridge_lambda": self.ridge_lambda,
+            "covariates": self.covariates.to_json(),
+            "parameters": ["intercept", *self.covariates.names],
+            "n_groups": self.groups.height,
+            "files": files,
+            "species_map": [[k, v] for k, v in sorted(self.species_map.items())],
+            **{k: v for k, v in self.meta.items() if k not in ("species_map",)},
+        }
+        write_text_atomic(out / "model.json",
+                          json.dumps(meta, indent=2, default=_json_default) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> FittedModel:
+        """Read a model written by :meth:`save`."""
+        d = Path(model_dir)
+        mpath = d / "model.json"
+        if not mpath.is_file():
+            raise RtprepError(f"{d}: not a model folder (no model.json); give the folder that "
+                              "`rtprep train` wrote (or its ridge/ or pooled/ subfolder)")
+        meta = json.loads(mpath.read_text(encoding="utf-8"))
+        if "kind" not in meta:
+            raise RtprepError(f"{mpath}: not a single model's model.json (no 'kind')")
+        covs = Covariates.from_json(meta["covariates"])
+        summ = pl.read_parquet(d / "groups.parquet")
+        p1 = len(covs.names) + 1
+        mean = summ["mean"].to_numpy().reshape(-1, p1).astype(np.float64)
+        cov = summ["cov"].to_numpy().reshape(-1, p1 * p1).astype(np.float64)
+        effects = (pl.read_parquet(d / "effects.parquet")
+                   if (d / "effects.parquet").is_file() else None)
+        skip = ("format_version", "kind", "group_by", "unit_column", "group_keys", "ridge_lambda",
+                "covariates", "parameters", "n_groups", "files", "species_map")
+        return cls(
+            kind=meta["kind"], group_by=meta["group_by"], covariates=covs,
+            ridge_lambda=float(meta["ridge_lambda"]),
+            groups=summ.drop("mean", "cov", "noise_var", "noise_df"),
+            mean=mean, cov=cov, noise_var=summ["noise_var"].to_numpy().astype(np.float64),
+            noise_df=summ["noise_df"].to_numpy().astype(np.float64),
+            meta={k: v for k, v in meta.items() if k not in skip}, effects=effects,
+            species_map={k: v for k, v in meta.get("species_map", [])},
+        )
+
+    # -- prediction ------------------------------------------------------------------------------
+    def predict_frame(self, df: pl.DataFrame, *, level: float = 0.95) -> pl.DataFrame:
+        """Predict ``rt`` for every row of ``df`` (key columns as String, covariates Float64).
+
+        Returns the row order of ``df`` with ``rt_pred, rt_sd, rt_lower, rt_upper, source,
+        n_obs`` (training rows of the row's group; 0 when unseen). Rows a model cannot predict
+        (ridge: unseen group) get nulls and ``source`` = the reason.
+        """
+        unit = self.unit
+        df = self._with_cluster(df)
+        keys = [unit, "compound"]
+        idx_tab = self.groups.select([*keys, "n_obs"]).with_row_index("_g")
+        rows = (df.select(keys).with_row_index("_row")
+                .join(idx_tab, on=keys, how="left").sort("_row"))
+        g_idx = rows["_g"].to_numpy(allow_copy=True)
+        seen = ~rows["_g"].is_null().to_numpy()
+        g_idx = np.where(seen, np.nan_to_num(g_idx.astype(np.float64)), 0).astype(np.int64)
+        source = np.full(df.height, "group", dtype=object)
+        mean_tab, cov_tab = self.mean, self.cov
+        noise_var, noise_df = self.noise_var, self.noise_df
+        if (~seen).any():
+            known_units = set(self.groups[unit].unique().to_list())
+            known_cpds = set(self.groups["compound"].unique().to_list())
+            u_known = df[unit].is_in(list(known_units)).to_numpy()
+            c_known = df["compound"].is_in(list(known_cpds)).to_numpy()
+            source = np.where(seen, "group", np.where(
+                u_known & c_known, "unseen_pair", np.where(
+                    u_known, "unseen_compound", np.where(
+                        c_known, "unseen_species", "unseen_species_and_compound")))).astype(object)
+            if self.effects is not None:
+                combo_cols = list(dict.fromkeys([unit, "species_cluster", "compound",
+                                                 "compound_class"]))
+                combos = (df.filter(pl.Series(~seen)).select(combo_cols)
+                          .unique(maintain_order=True))
+                b_mean, b_cov, b_var = self._backoff(combos)
+                base = len(mean_tab)
+                mean_tab = np.vstack([mean_tab, b_mean])
+                cov_tab = np.vstack([cov_tab, b_cov])
+                noise_var = np.concatenate([noise_var, b_var])
+                noise_df = np.concatenate([noise_df, np.full(len(b_var), np.inf)])
+                combo_idx = (df.select(combo_cols)
+                             .with_row_index("_row")
+                             .join(combos.with_row_index("_b"), on=combo_cols,
+                                   how="left", nulls_equal=True)
+                             .sort("_row")["_b"].fill_null(0).to_numpy().astype(np.int64))
+                g_idx = np.where(seen, g_idx, base + combo_idx)
+        usable = seen | (self.effects is not None)
+        x = self.covariates.matrix(df)
+        pred, var = _apply(mean_tab, cov_tab, noise_var, g_idx, x)
+        q = np.where(np.isfinite(noise_df[g_idx]),
+                     sps.t.ppf(0.5 + level / 2, np.maximum(noise_df[g_idx], 1e-9)),
+                     sps.norm.ppf(0.5 + level / 2))
+        sd = np.sqrt(var)
+        pred = np.where(usable, pred, np.nan)
+        sd = np.where(usable, sd, np.nan)
+        n_obs = np.where(seen, rows["n_obs"].fill_null(0).to_numpy(), 0)
+        return pl.DataFrame({
+            "rt_pred": pred, "rt_sd": sd, "rt_lower": pred - q * sd, "rt_upper": pred + q * sd,
+            "source": source.astype(str), "n_obs": n_obs.astype(np.int64),
+        }).with_columns(pl.col("rt_pred", "rt_sd", "rt_lower", "rt_upper").fill_nan(None))
+
+    def _with_cluster(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Add (or fill) species_cluster from the training species → cluster map."""
+        if "species_cluster" in df.columns and df["species_cluster"].null_count() == 0:
+            return df
+        mapping = pl.DataFrame({"species": list(self.species_map.keys()),
+                                "_cl": list(self.species_map.values())},
+                               schema={"species": pl.String, "_cl": pl.String})
+        out = df.join(mapping, on="species", how="left", maintain_order="left")
+        if "species_cluster" in df.columns:
+            out = out.with_columns(pl.coalesce("species_cluster", "_cl").alias("species_cluster"))
+        else:
+            out = out.with_columns(pl.col("_cl").alias("species_cluster"))
+        out = out.drop("_cl").with_columns(pl.col("species_cluster").fill_null("<unknown>"))
+        if "compound_class" not in out.columns:
+            out = out.with_columns(pl.lit("<unknown>").alias("compound_class"))
+        return out
+
+    def _backoff(self, combos: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, covariance and noise variance of unseen groups from the pooled effects.
+
+        Unseen species → its cluster's effect (or the global one); unseen compound → its
+        class effect (+ the embedding regression when the compound has an embedding).
+        The spread of the skipped levels (τ²) is added to the variance.
+        """
+        assert self.effects is not None
+        eff = self.effects
+        hyper = self.meta["hyper"]
+        p = self.p
+        unit = self.unit
+        n = combos.height
+
+        def level(name: str, key_col: str) -> pl.DataFrame:
+            tab = eff.filter(pl.col("level") == name).drop("level")
+            return combos.select(pl.col(key_col).alias("key")).with_row_index("_i").join(
+                tab, on="key", how="left").sort("_i")
+
+        glob = eff.filter(pl.col("level") == "global").row(0, named=True)
+        unit_level = "species" if unit == "species" else "cluster"
+        u = level(unit_level, unit)
+        cl = level("cluster", "species_cluster")
+        k = level("class", "compound_class")
+        cp = level("compound", "compound")
+        em = level("embedding", "compound")
+        u_ok = u["intercept_mean"].is_not_null().to_numpy()
+        cl_ok = cl["intercept_mean"].is_not_null().to_numpy() & (unit == "species")
+        k_ok = k["intercept_mean"].is_not_null().to_numpy()
+        c_ok = cp["intercept_mean"].is_not_null().to_numpy()
+        e_ok = em["intercept_mean"].is_not_null().to_numpy()
+
+        def col(tab: pl.DataFrame, name: str) -> np.ndarray:
+            return tab[name].fill_null(0.0).to_numpy().astype(np.float64)
+
+        def arr(tab: pl.DataFrame, name: str, width: int, fallback: np.ndarray) -> np.ndarray:
+            out = np.broadcast_to(fallback, (n, width)).copy()
+            ok = tab[name].is_not_null().to_numpy()
+            if ok.any():
+                out[ok] = tab.filter(pl.Series(ok))[name].to_numpy().reshape(-1, width)
+            return out
+
+        t2 = {k_: float(v) for k_, v in hyper.items() if not isinstance(v, list)}
+        # intercept: alpha0 + unit effect + compound effect (+ group deviation)
+        im = np.full(n, glob["intercept_mean"])
+        iv = np.full(n, glob["intercept_var"]) + t2["tau_group2"]
+        unit_mean = np.where(u_ok, col(u, "intercept_mean"),
+                             np.where(cl_ok, col(cl, "intercept_mean"), 0.0))
+        unit_var = np.where(u_ok, col(u, "intercept_var"), np.where(
+            cl_ok, col(cl, "intercept_var") + t2["tau_species2"],
+            t2["tau_species2"] + (t2["tau_cluster2"] if unit == "species" else 0.0)))
+        emb_mean = np.where(e_ok, col(em, "intercept_mean"), 0.0)
+        emb_var = np.where(e_ok, col(em, "intercept_var"), 0.0)
+        cpd_mean = np.where(c_ok, col(cp, "intercept_mean"),
+                            np.where(k_ok, col(k, "intercept_mean"), 0.0) + emb_mean)
+        cpd_var = np.where(c_ok, col(cp, "intercept_var"), np.where(
+            k_ok, col(k, "intercept_var"), t2["tau_class2"]) + emb_var + t2["tau_compound2"])
+        im = im + unit_mean + cpd_mean
+        iv = iv + unit_var + cpd_var
+        # slopes: the unit's mean, else the cluster's, else the global one
+        g_slope = np.asarray(glob["slope_mean"], dtype=np.float64)
+        g_cov = np.asarray(glob["slope_cov"], dtype=np.float64)
+        tsp = np.asarray(hyper["tau_slope_species2"], dtype=np.float64)
+        tsc = np.asarray(hyper["tau_slope_cluster2"], dtype=np.float64)
+        sm = np.where(u_ok[:, None], arr(u, "slope_mean", p, g_slope),
+                      np.where(cl_ok[:, None], arr(cl, "slope_mean", p, g_slope), g_slope))
+        sc = np.where(u_ok[:, None], arr(u, "slope_cov", p * p, g_cov),
+                      np.where(cl_ok[:, None], arr(cl, "slope_cov", p * p, g_cov), g_cov))
+        extra = np.where(u_ok[:, None], 0.0, tsp[None, :]) + np.where(
+            (u_ok | cl_ok)[:, None] | (unit != "species"), 0.0, tsc[None, :])
+        # noise: log sd = log σ0 + unit effect + class effect; unseen levels add their spread
+        lsd = (glob["log_noise_sd"] + np.where(u_ok, col(u, "log_noise_sd"), 0.0)
+               + np.where(k_ok, col(k, "log_noise_sd"), 0.0))
+        lvar = (np.where(u_ok, 0.0, t2["tau_noise_species2"])
+                + np.where(k_ok, 0.0, t2["tau_noise_class2"]))
+        noise = np.exp(2 * lsd + 2 * lvar)
+        mean = np.concatenate([im[:, None], sm], axis=1)
+        cov = np.zeros((n, p + 1, p + 1))
+        cov[:, 0, 0] = iv
+        cov[:, 1:, 1:] = sc.reshape(n, p, p)
+        diag = np.arange(p)
+        cov[:, 1 + diag, 1 + diag] += extra + (noise / self.ridge_lambda)[:, None]
+        return mean, cov.reshape(n, (p + 1) ** 2), noise
+
+
+def _apply(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, g_idx: np.ndarray,
+           x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive mean and variance per row: zᵀθ and zᵀΣz + σ², in bounded-memory chunks."""
+    n, p = x.shape
+    pred = np.empty(n)
+    var = np.empty(n)
+    for start in range(0, n, _APPLY_CHUNK):
+        stop = min(start + _APPLY_CHUNK, n)
+        z = np.concatenate([np.ones((stop - start, 1)), x[start:stop]], axis=1)
+        g = g_idx[start:stop]
+        pred[start:stop] = np.einsum("ri,ri->r", mean[g], z)
+        sig = cov[g].reshape(-1, p + 1, p + 1)
+        var[start:stop] = np.einsum("ri,rij,rj->r", z, sig, z) + noise_var[g]
+    return pred, np.maximum(var, 0.0)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,139 @@
+"""Options of the stage-8 RT models, read from the workflow config's ``model`` block."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from rtprep.errors import RtprepError
+from rtprep.frames import DEFAULT_COVARIATE_FAMILIES
+
+GROUP_BY_CHOICES = ("species", "species_cluster")
+METHOD_CHOICES = ("advi", "nuts")
+FILL_CHOICES = ("mean", "median", "zero")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How the ridge and partial-pooling RT models are fitted.
+
+    - ``group_by``: a group is (``species``, compound) or (``species_cluster``, compound).
+    - ``ridge_lambda``: ridge penalty on the centred covariates' slopes (the intercept is not
+      penalised). In the pooled model it is the fixed precision ratio of a group's slopes around
+      its species mean: ``slope ~ N(species_mean, noise_var / ridge_lambda)``.
+    - ``families``: covariate column prefixes, in RT CSV order.
+    - ``fill``: how a null covariate is filled: the training ``mean`` (default), ``median`` or
+      ``zero`` (before centring).
+    - ``method``: ``advi`` (mean-field ADVI; ``advi_steps``, or ``quick_steps`` when quick) or
+      ``nuts`` (``nuts_draws``, ``nuts_tune``, ``nuts_chains``).
+    - ``summary_draws``: posterior draws used to summarise the pooled fit per group.
+    - ``seed``: every random choice of the fit (ADVI, NUTS, draws).
+    """
+
+    group_by: str = "species"
+    ridge_lambda: float = 1.0
+    families: tuple[str, ...] = DEFAULT_COVARIATE_FAMILIES
+    fill: str = "mean"
+    method: str = "advi"
+    advi_steps: int = 20_000
+    quick_steps: int = 3_000
+    learning_rate: float = 0.02
+    nuts_draws: int = 500
+    nuts_tune: int = 500
+    nuts_chains: int = 2
+    summary_draws: int = 40
+    seed: int = 0
+    quick: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.group_by not in GROUP_BY_CHOICES:
+            raise RtprepError(
+                f"model option group_by={self.group_by!r}: use one of {', '.join(GROUP_BY_CHOICES)}"
+            )
+        if self.method not in METHOD_CHOICES:
+            raise RtprepError(
+                f"model option method={self.method!r}: use one of {', '.join(METHOD_CHOICES)}"
+            )
+        if self.fill not in FILL_CHOICES:
+            raise RtprepError(
+                f"model option fill={self.fill!r}: use one of {', '.join(FILL_CHOICES)}"
+            )
+        if not self.ridge_lambda > 0:
+            raise RtprepError(f"model option ridge_lambda={self.ridge_lambda!r}: must be > 0")
+        for name in ("advi_steps", "quick_steps", "nuts_draws", "nuts_tune", "nuts_chains",
+                     "summary_draws"):
+            if int(getattr(self, name)) < 1:
+                raise RtprepError(f"model option {name}={getattr(self, name)!r}: must be >= 1")
+        if not self.families:
+            raise RtprepError("model option families: give at least one covariate family")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None,
+                    families: Sequence[str] | None = None) -> ModelOptions:
+        """Build options from the config's ``model`` block (or the whole config, which has one).
+
+        Accepts ``nuts: {draws, tune, chains}`` as in ``config/schema.yaml`` or flat ``nuts_*``
+        keys; values given as strings (``--config`` on the Snakemake command line) are coerced.
+        ``families`` (the config's ``covariates.families``) overrides a ``families`` key.
+        """
+        cfg: dict[str, Any] = dict(config or {})
+        if "model" in cfg and isinstance(cfg["model"], Mapping):
+            covs = cfg.get("covariates")
+            if families is None and isinstance(covs, Mapping) and covs.get("families"):
+                families = list(covs["families"])
+            cfg = dict(cfg["model"])
+        nuts = cfg.pop("nuts", None) or {}
+        for key in ("draws", "tune", "chains"):
+            if key in nuts:
+                cfg[f"nuts_{key}"] = nuts[key]
+        if families is not None:
+            cfg["families"] = families
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in cfg.items():
+            if key not in known:
+                extra[key] = value  # workflow switches such as train/evaluate
+                continue
+            kwargs[key] = _coerce(key, value, type(getattr(cls(), key)))
+        return cls(**kwargs, extra=extra)
+
+    def steps(self) -> int:
+        """ADVI steps for this run (``quick_steps`` when quick)."""
+        return int(self.quick_steps if self.quick else self.advi_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the values used, for metadata)."""
+        d = asdict(self)
+        d.pop("extra", None)
+        d["families"] = list(self.families)
+        return d
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Coerce a config value (possibly a string from ``--config``) to the option's type."""
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off", ""):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is tuple:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.strip("[]").split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise RtprepError(f"model option {key}={value!r}: expected {kind.__name__}") from exc

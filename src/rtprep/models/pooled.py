@@ -1,0 +1,579 @@
+"""Partial-pooling RT model in PyMC, fitted from per-group sufficient statistics.
+
+The model (one group g = (species, compound); u = its species, c = its compound)::
+
+    rt_i = a_g + x_i·b_g + ε_i,        ε_i ~ N(0, σ²_cell(g)),   x centred on training rows
+    a_g ~ N(α0 + species_u + compound_c, τ_group²)
+    b_g ~ N(slope_species_u, σ²_cell / λ · I)           λ: the ridge penalty (fixed)
+    species_u = cluster_{cl(u)} + τ_species·z            slope_species_u = slope_cluster + τ·z
+    cluster   = τ_cluster·z                              slope_cluster  = slope_global + τ·z
+    compound_c = class_{k(c)} + embedding_c·γ + τ_compound·z,   class_k = τ_class·z
+    log σ_cell = log σ0 + τ_noise_species·z_u + τ_noise_class·z_k     (cell = (species, class))
+
+All group effects are non-centred (z ~ N(0, 1)); priors are scaled by the spread of rt and of
+the covariates. The group's own intercept deviation and slopes are integrated out analytically
+(:mod:`rtprep.models.algebra`), so the likelihood is a ``pm.Potential`` over per-group
+precomputed arrays: a gradient costs O(groups × p + cells × p²) and does not depend on the
+number of rows. With ``group_by: species_cluster`` the cluster takes the species' place and the
+cluster level above it is dropped.
+
+Inference: mean-field ADVI (Adam with a decaying step and iterate averaging over the last
+quarter, which removes most of the stochastic-gradient jitter from the means) or NUTS. Group
+posteriors (mean and covariance of intercept and slopes, noise variance) are then exact given
+each posterior draw of the hyperparameters, averaged over draws by the law of total covariance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rtprep.models.algebra import LOG_2PI, GroupAlgebra
+from rtprep.models.data import Covariates, GroupStats, unit_column
+from rtprep.models.fitted import FittedModel
+from rtprep.models.options import ModelOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embeddings:
+    """Standardised compound embeddings (rows in ``chem_ids`` order)."""
+
+    chem_ids: list[str]
+    values: np.ndarray  # (n, d) standardised per dimension
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame) -> Embeddings:
+        vals = np.asarray(df["embedding20"].to_list(), dtype=np.float64)
+        ok = np.isfinite(vals).all(axis=1)
+        vals = vals[ok]
+        ids = [str(v) for v, keep in zip(df["chem_id"].to_list(), ok, strict=True) if keep]
+        centre = vals.mean(axis=0)
+        scale = vals.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        return cls(ids, (vals - centre) / scale)
+
+    def for_keys(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for ``keys`` (zeros where a key has no embedding) and a has-embedding mask."""
+        index = {k: i for i, k in enumerate(self.chem_ids)}
+        pos = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        has = pos >= 0
+        out = np.zeros((len(keys), self.values.shape[1]))
+        out[has] = self.values[pos[has]]
+        return out, has
+
+
+@dataclass
+class PooledData:
+    """Index maps and precomputed arrays the PyMC model is built on."""
+
+    units: list[str]
+    clusters: list[str]
+    compounds: list[str]
+    classes: list[str]
+    unit_g: np.ndarray
+    cpd_g: np.ndarray
+    cell_g: np.ndarray
+    cluster_u: np.ndarray
+    class_c: np.ndarray
+    unit_cell: np.ndarray
+    class_cell: np.ndarray
+    n_cell: np.ndarray
+    hm_cell: np.ndarray      # (cells, p)  Σ_g λKc
+    hmm_cell: np.ndarray     # (cells, p, p)  Σ_g λ(I - λK)
+    emb: np.ndarray | None   # (compounds, d)
+    has_parent: bool
+    const: float
+    y_mean: float
+    y_sd: float
+    y_sd_within: float
+    sigma_init: float
+
+
+def _codes(values: pl.Series) -> tuple[list[str], np.ndarray]:
+    levels = sorted(values.unique().to_list())
+    index = {v: i for i, v in enumerate(levels)}
+    return levels, np.array([index[v] for v in values.to_list()], dtype=np.int64)
+
+
+def prepare(stats: GroupStats, alg: GroupAlgebra, group_by: str, sigma_init: float,
+            embeddings: Embeddings | None) -> PooledData:
+    """Index the groups by species / cluster / compound / class / noise cell; sum cell terms."""
+    g = stats.groups
+    unit = unit_column(group_by)
+    units, unit_g = _codes(g[unit])
+    compounds, cpd_g = _codes(g["compound"])
+    classes, class_g = _codes(g["compound_class"])
+    has_parent = unit == "species"
+    if has_parent:
+        pairs = g.select(unit, "species_cluster").unique().sort(unit)
+        clusters = sorted(pairs["species_cluster"].unique().to_list())
+        cidx = {v: i for i, v in enumerate(clusters)}
+        cluster_u = np.array([cidx[v] for v in pairs["species_cluster"].to_list()], np.int64)
+    else:
+        clusters, cluster_u = ["<all>"], np.zeros(len(units), np.int64)
+    class_c = np.zeros(len(compounds), np.int64)
+    class_c[cpd_g] = class_g
+    cell_key = unit_g * len(classes) + class_g
+    cells, cell_g = np.unique(cell_key, return_inverse=True)
+    n_cells = len(cells)
+    p = alg.p
+    hm_cell = np.zeros((n_cells, p))
+    np.add.at(hm_cell, cell_g, alg.h_m)
+    hmm_cell = np.zeros((n_cells, p, p))
+    np.add.at(hmm_cell, cell_g, alg.h_mm())
+    n_cell = np.bincount(cell_g, weights=alg.n, minlength=n_cells)
+    emb = None
+    if embeddings is not None:
+        emb, has = embeddings.for_keys(compounds)
+        if not has.all():
+            log.warning("pooled: %d of %d compounds have no embedding; their embedding term is 0",
+                        int((~has).sum()), len(has))
+    # y scale from the group means and within-group spread (sufficient statistics only)
+    n_tot = alg.n.sum()
+    y_mean = float((alg.n * alg.ybar).sum() / n_tot)
+    y_var = float(((alg.yty + alg.n * (alg.ybar - y_mean) ** 2).sum()) / max(n_tot - 1, 1))
+    return PooledData(
+        units=units, clusters=clusters, compounds=compounds, classes=classes, unit_g=unit_g,
+        cpd_g=cpd_g, cell_g=cell_g, cluster_u=cluster_u, class_c=class_c,
+        unit_cell=cells // len(classes), class_cell=cells % len(classes), n_cell=n_cell,
+        hm_cell=hm_cell, hmm_cell=hmm_cell, emb=emb, has_parent=has_parent,
+        const=float(-0.5 * (n_tot * LOG_2PI + alg.logdet.sum())), y_mean=y_mean,
+        y_sd=float(np.sqrt(max(y_var, 1e-12))),
+        y_sd_within=float(np.sqrt(max(alg.yty.sum() / n_tot, sigma_init**2, 1e-12))),
+        sigma_init=float(sigma_init),
+    )
+
+
+def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
+    """State the pooled model in PyMC (named coords, non-centred effects, integrated groups)."""
+    import pymc as pm
+    import pytensor
+    import pytensor.sparse as ps
+    import pytensor.tensor as pt
+    import scipy.sparse as sp
+
+    def shared(name: str, value: np.ndarray) -> Any:
+        # data as shared variables, not constants: the compiled C code then does not depend on
+        # the values, so it is reused (cached) across datasets instead of recompiled
+        arr = np.asarray(value)
+        return pytensor.shared(np.ascontiguousarray(arr) if arr.ndim else arr, name=name)
+
+    coords: dict[str, Any] = {"cluster": d.clusters, "species": d.units,
+                              "compound": d.compounds, "compound_class": d.classes,
+                              "covariate": covs.names}
+    if d.emb is not None:
+        coords["embedding_dim"] = [f"e{i}" for i in range(d.emb.shape[1])]
+    # Data-dependent scales are shared variables too (a literal constant would be compiled
+    # into fused C code, which is then rebuilt for every dataset).
+    sd_y = shared("sd_y", np.float64(d.y_sd))
+    # slopes and group deviations live on the within-group scale of rt, not its spread across
+    # compounds: a slope's prior scale is the within-group sd of rt per sd of the covariate
+    sd_w = shared("sd_w", np.float64(d.y_sd_within))
+    slope_scale = shared("slope_scale", d.y_sd_within / covs.scale)
+    y_mean = shared("y_mean", np.float64(d.y_mean))
+    log_sigma_init = shared("log_sigma_init", np.float64(np.log(d.sigma_init)))
+    ll_const = shared("ll_const", np.float64(d.const))
+    # per-group arrays as constants: the Potential only ever sees these, never rows
+    h_aa = shared("h_aa", alg.h_aa)
+    h_a = shared("h_a", alg.h_a)
+    c0 = shared("c0", alg.c0)
+    ybar = shared("ybar", alg.ybar)
+    n_cell = shared("n_cell", d.n_cell)
+    hm_cell = shared("hm_cell", d.hm_cell)
+    hmm_cell = shared("hmm_cell", d.hmm_cell)
+    g_n, p_n = alg.h_am.shape
+    ham_sparse = pytensor.shared(sp.csr_matrix(
+        (alg.h_am.ravel(),
+         (np.repeat(np.arange(g_n), p_n),
+          (d.unit_g[:, None] * p_n + np.arange(p_n)[None, :]).ravel())),
+        shape=(g_n, max(len(d.units), 1) * p_n)) if p_n else sp.csr_matrix((g_n, 0)),
+        name="ham_sparse")
+    unit_g = shared("unit_g", d.unit_g)
+    cpd_g = shared("cpd_g", d.cpd_g)
+    cell_g = shared("cell_g", d.cell_g)
+    unit_cell = shared("unit_cell", d.unit_cell)
+    class_cell = shared("class_cell", d.class_cell)
+    cluster_u = shared("cluster_u", d.cluster_u)
+    class_c = shared("class_c", d.class_c)
+    with pm.Model(coords=coords) as model:
+        z_alpha = pm.Normal("z_alpha", 0.0, 1.0)
+        alpha0 = pm.Deterministic("alpha0", y_mean + sd_y * z_alpha)
+        # intercept effects
+        if d.has_parent:
+            tau_cluster = pm.HalfNormal("tau_cluster", sd_y)
+            z_cluster = pm.Normal("z_cluster", 0.0, 1.0, dims="cluster")
+            cluster_eff = pm.Deterministic("cluster_effect", tau_cluster * z_cluster,
+                                           dims="cluster")
+            parent_int = cluster_eff[cluster_u]
+        else:
+            parent_int = pt.zeros(len(d.units))
+        tau_species = pm.HalfNormal("tau_species", sd_y)
+        z_species = pm.Normal("z_species", 0.0, 1.0, dims="species")
+        species_eff = pm.Deterministic("species_effect", parent_int + tau_species * z_species,
+                                       dims="species")
+        tau_class = pm.HalfNormal("tau_class", sd_y)
+        z_class = pm.Normal("z_class", 0.0, 1.0, dims="compound_class")
+        class_eff = pm.Deterministic("class_effect", tau_class * z_class, dims="compound_class")
+        cpd_prior = class_eff[class_c]
+        if d.emb is not None:
+            # the embedding regression shrinks as a whole (τ_gamma): with few compounds per
+            # dimension an unshrunk 20-D regression overfits
+            tau_gamma = pm.HalfNormal("tau_gamma", sd_y / float(np.sqrt(d.emb.shape[1])))
+            z_gamma = pm.Normal("z_gamma", 0.0, 1.0, dims="embedding_dim")
+            gamma = pm.Deterministic("gamma", tau_gamma * z_gamma, dims="embedding_dim")
+            cpd_prior = cpd_prior + pt.dot(shared("embedding", d.emb), gamma)
+        tau_compound = pm.HalfNormal("tau_compound", sd_y)
+        z_compound = pm.Normal("z_compound", 0.0, 1.0, dims="compound")
+        compound_eff = pm.Deterministic("compound_effect", cpd_prior + tau_compound * z_compound,
+                                        dims="compound")
+        tau_group = pm.HalfNormal("tau_group", sd_w)
+        # slopes
+        z_slope = pm.Normal("z_slope", 0.0, 1.0, dims="covariate")
+        slope_global = pm.Deterministic("slope_global", slope_scale * z_slope, dims="covariate")
+        if d.has_parent:
+            tau_sc = pm.HalfNormal("tau_slope_cluster", slope_scale, dims="covariate")
+            z_sc = pm.Normal("z_slope_cluster", 0.0, 1.0, dims=("cluster", "covariate"))
+            slope_cluster = pm.Deterministic("slope_cluster", slope_global + tau_sc * z_sc,
+                                             dims=("cluster", "covariate"))
+            parent_slope = slope_cluster[cluster_u]
+        else:
+            parent_slope = slope_global[None, :]
+        tau_ss = pm.HalfNormal("tau_slope_species", slope_scale, dims="covariate")
+        z_ss = pm.Normal("z_slope_species", 0.0, 1.0, dims=("species", "covariate"))
+        slope_species = pm.Deterministic("slope_species", parent_slope + tau_ss * z_ss,
+                                         dims=("species", "covariate"))
+        # noise
+        z_ls = pm.Normal("z_log_sigma", 0.0, 1.0)
+        log_sigma0 = pm.Deterministic("log_sigma0", log_sigma_init + z_ls)
+        tau_ns = pm.HalfNormal("tau_noise_species", 0.5)
+        z_ns = pm.Normal("z_noise_species", 0.0, 1.0, dims="species")
+        noise_species = pm.Deterministic("noise_species", tau_ns * z_ns, dims="species")
+        tau_nk = pm.HalfNormal("tau_noise_class", 0.5)
+        z_nk = pm.Normal("z_noise_class", 0.0, 1.0, dims="compound_class")
+        noise_class = pm.Deterministic("noise_class", tau_nk * z_nk, dims="compound_class")
+        # integrated likelihood of every group
+        log_s_cell = log_sigma0 + noise_species[unit_cell] + noise_class[class_cell]
+        s2_cell = pt.exp(2.0 * log_s_cell)
+        s2 = s2_cell[cell_g]
+        tau2 = tau_group**2
+        mu = alpha0 + species_eff[unit_g] + compound_eff[cpd_g] - ybar
+        # H_am,g · m_unit(g) for every group as one sparse (groups × units·p) product: its
+        # gradient is a sparse transpose product, where a gather's is a slow scatter-add
+        ham_m = ps.structured_dot(ham_sparse, pt.reshape(slope_species, (-1, 1)))[:, 0]
+        q0 = c0 - 2.0 * mu * h_a + mu**2 * h_aa + 2.0 * mu * ham_m
+        m_c = slope_species[unit_cell]
+        q_cell = (-2.0 * pt.sum(m_c * hm_cell, axis=1)
+                  + pt.sum(m_c * pt.batched_dot(hmm_cell, m_c), axis=1))
+        q1 = h_a - mu * h_aa - ham_m
+        ll = ll_const - 0.5 * (
+            pt.sum(n_cell * 2.0 * log_s_cell) + pt.sum(q_cell / s2_cell)
+            + pt.sum(pt.log1p(tau2 * h_aa / s2) + q0 / s2
+                     - tau2 * q1**2 / (s2 * (s2 + tau2 * h_aa)))
+        )
+        pm.Potential("integrated_groups", ll)
+    return model
+
+
+_DRAW_VARS = ("alpha0", "species_effect", "class_effect", "compound_effect", "tau_group",
+              "slope_global", "slope_species", "log_sigma0", "noise_species", "noise_class",
+              "tau_species", "tau_class", "tau_compound", "tau_slope_species",
+              "tau_noise_species", "tau_noise_class")
+
+
+def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
+    """Start from moment estimates: compound and class effects from the group means."""
+    n_c = len(d.compounds)
+    w = np.bincount(d.cpd_g, weights=alg.n, minlength=n_c)
+    v_hat = np.bincount(d.cpd_g, weights=alg.n * alg.ybar, minlength=n_c) / w - d.y_mean
+    n_k = len(d.classes)
+    k_hat = (np.bincount(d.class_c, weights=v_hat, minlength=n_k)
+             / np.maximum(np.bincount(d.class_c, minlength=n_k), 1))
+    tau_k = float(max(np.std(k_hat), 0.05 * d.y_sd))
+    resid = v_hat - k_hat[d.class_c]
+    tau_c = float(max(np.std(resid), 0.05 * d.y_sd))
+    start: dict[str, Any] = {
+        "tau_class": tau_k, "z_class": k_hat / tau_k, "tau_compound": tau_c,
+        "z_compound": resid / tau_c, "tau_species": 0.05 * d.y_sd,
+        "tau_group": d.y_sd_within, "tau_noise_species": 0.1, "tau_noise_class": 0.1,
+        "tau_slope_species": np.full(len(d.hm_cell[0]), 0.1),
+    }
+    if d.has_parent:
+        start["tau_slope_cluster"] = np.full(len(d.hm_cell[0]), 0.1)
+        start["tau_cluster"] = 0.05 * d.y_sd
+    if d.emb is not None:
+        start["z_gamma"] = np.zeros(d.emb.shape[1])
+        start["tau_gamma"] = 0.1 * d.y_sd
+    return start
+
+
+def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Mean-field ADVI on the PyMC model's compiled log density and gradient.
+
+    The same objective as ``pm.fit(method="advi")`` (Gaussian q in the unconstrained space,
+    reparameterised ELBO gradient, one Monte Carlo draw per step, Adam), stepped in numpy:
+    here ``pm.fit``'s per-step overhead was ~15× the cost of the gradient itself. Steps use a
+    constant rate for half the run, then a cosine decay to 1/50; the variational parameters are
+    averaged over the last quarter (iterate averaging removes most stochastic-gradient jitter
+    from the means).
+    """
+    from pymc.blocking import DictToArrayBijection
+    from pymc.initial_point import make_initial_point_fn
+
+    steps = options.steps()
+    t0 = time.perf_counter()
+    value_vars = model.value_vars
+    ip = make_initial_point_fn(model=model, overrides=start, jitter_rvs={},
+                               return_transformed=True)(options.seed)
+    raveled = DictToArrayBijection.map({v.name: ip[v.name] for v in value_vars})
+    fn = model.logp_dlogp_function(grad_vars=value_vars, ravel_inputs=True)
+    fn.set_extra_values({})
+    t_compile = time.perf_counter() - t0
+    rng = np.random.default_rng(options.seed)
+    mu = np.asarray(raveled.data, dtype=np.float64).copy()
+    omega = np.full_like(mu, np.log(0.1))
+    params = np.concatenate([mu, omega])
+    m1 = np.zeros_like(params)
+    m2 = np.zeros_like(params)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    dim = len(mu)
+    avg = np.zeros_like(params)
+    n_avg = 0
+    avg_from = int(steps * 0.75)
+    losses = np.empty(steps)
+    skipped = 0
+    for t in range(1, steps + 1):  # optimisation steps (each one vectorised over parameters)
+        mu, omega = params[:dim], params[dim:]
+        sd = np.exp(omega)
+        e = rng.standard_normal(dim)
+        logp, grad = fn(mu + sd * e)
+        if not (np.isfinite(logp) and np.all(np.isfinite(grad))):
+            skipped += 1
+            losses[t - 1] = np.nan
+            continue
+        losses[t - 1] = -(float(logp) + float(omega.sum()))
+        g = np.concatenate([grad, grad * e * sd + 1.0])
+        frac = min(1.0, max(0.0, (t - steps / 2) / (steps / 2)))
+        lr = options.learning_rate * (0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * frac)))
+        m1 = beta1 * m1 + (1 - beta1) * g
+        m2 = beta2 * m2 + (1 - beta2) * g * g
+        step = lr * (m1 / (1 - beta1**t)) / (np.sqrt(m2 / (1 - beta2**t)) + eps)
+        params = params + step  # ascent on the ELBO
+        if t > avg_from:
+            avg += params
+            n_avg += 1
+    if n_avg:
+        params = avg / n_avg
+    if skipped > steps // 10:
+        log.warning("pooled: %d of %d ADVI steps hit a non-finite density", skipped, steps)
+    mu, sd = params[:dim], np.exp(params[dim:])
+    draws_x = mu[None, :] + sd[None, :] * np.random.default_rng(options.seed + 1).standard_normal(
+        (options.summary_draws, dim))
+    points = [DictToArrayBijection.rmap(type(raveled)(x, raveled.point_map_info))
+              for x in draws_x]
+    draws = _deterministics(model, points)
+    tail = losses[-max(1, min(200, steps // 10)):]
+    info = {"method": "advi", "steps": steps, "seconds": round(time.perf_counter() - t0, 3),
+            "compile_seconds": round(t_compile, 3),
+            "final_loss": float(np.nanmean(tail)) if np.isfinite(tail).any() else None,
+            "learning_rate": options.learning_rate, "averaged_steps": n_avg,
+            "nonfinite_steps": skipped, "parameters": dim}
+    log.info("pooled: ADVI %d steps (%d parameters) in %.1fs, final loss %.6g", steps, dim,
+             info["seconds"], info["final_loss"] or float("nan"))
+    return draws, info
+
+
+def _deterministics(model: Any, points: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Values of the summarised variables at each point (dicts of transformed values)."""
+    names = _present(model, _DRAW_VARS)
+    outs = model.replace_rvs_by_values([model[n] for n in names])
+    fn = model.compile_fn(outs, point_fn=True)
+    vals = [fn(pt_) for pt_ in points]
+    return {n: np.stack([np.asarray(v[i], dtype=np.float64) for v in vals])
+            for i, n in enumerate(names)}
+
+
+def _fit_nuts(model: Any, options: ModelOptions, start: dict[str, Any],
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    import arviz as az
+    import pymc as pm
+
+    t0 = time.perf_counter()
+    with model:
+        idata = pm.sample(draws=options.nuts_draws, tune=options.nuts_tune,
+                          chains=options.nuts_chains, cores=1, random_seed=options.seed,
+                          initvals=start, progressbar=False, compute_convergence_checks=False)
+    free = [v.name for v in model.free_RVs]
+    rhat = az.rhat(idata, var_names=free)
+    ess = az.ess(idata, var_names=free, method="bulk")
+    rhat_max = float(max(float(np.nanmax(rhat[v].values)) for v in free))
+    ess_min = float(min(float(np.nanmin(ess[v].values)) for v in free))
+    worst = {v: float(np.nanmax(rhat[v].values)) for v in free}
+    div = int(idata.sample_stats["diverging"].values.sum())
+    info = {"method": "nuts", "draws": options.nuts_draws, "tune": options.nuts_tune,
+            "chains": options.nuts_chains, "seconds": round(time.perf_counter() - t0, 3),
+            "rhat_max": rhat_max, "ess_bulk_min": ess_min, "divergences": div,
+            "rhat_by_variable": worst}
+    log.info("pooled: NUTS r-hat max %.3f, bulk ESS min %.0f, %d divergences", rhat_max,
+             ess_min, div)
+    draws = _draws(idata, model)
+    total = next(iter(draws.values())).shape[0]
+    keep = np.unique(np.linspace(0, total - 1, min(options.summary_draws, total)).astype(int))
+    return {k: v[keep] for k, v in draws.items()}, info
+
+
+def _present(model: Any, names: tuple[str, ...]) -> list[str]:
+    have = set(model.named_vars)
+    return [n for n in (*names, "cluster_effect", "slope_cluster", "gamma", "tau_cluster",
+                        "tau_slope_cluster") if n in have]
+
+
+def _draws(idata: Any, model: Any) -> dict[str, np.ndarray]:
+    post = idata.posterior
+    out = {}
+    for name in _present(model, _DRAW_VARS):
+        v = post[name].values  # (chain, draw, ...)
+        out[name] = v.reshape(-1, *v.shape[2:]).astype(np.float64)
+    return out
+
+
+def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: ModelOptions, *,
+               sigma_init: float, embeddings: Embeddings | None = None,
+               meta: dict[str, Any] | None = None,
+               species_map: dict[str, str] | None = None) -> FittedModel:
+    """Fit the pooled model and summarise it per group and per effect level."""
+    d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
+    model = build_model(alg, d, covs)
+    start = _initial_point(alg, d)
+    if options.method == "nuts":
+        draws, info = _fit_nuts(model, options, start)
+    else:
+        draws, info = _fit_advi(model, options, start)
+    mean, cov, noise_var = group_posteriors(alg, d, draws)
+    effects, hyper = effect_tables(d, draws, embeddings, covs)
+    meta = dict(meta or {})
+    meta["fit"] = info
+    meta["hyper"] = hyper
+    meta["pooled"] = {"n_species": len(d.units), "n_clusters": len(d.clusters),
+                      "n_compounds": len(d.compounds), "n_classes": len(d.classes),
+                      "n_noise_cells": len(d.n_cell), "embeddings": d.emb is not None,
+                      "summary_draws": int(next(iter(draws.values())).shape[0])}
+    return FittedModel(kind="pooled", group_by=options.group_by, covariates=covs,
+                       ridge_lambda=alg.lam, groups=stats.groups, mean=mean, cov=cov,
+                       noise_var=noise_var, noise_df=np.full(len(noise_var), np.inf),
+                       meta=meta, effects=effects, species_map=dict(species_map or {}))
+
+
+def _cell_sigma2(d: PooledData, draws: dict[str, np.ndarray], i: int) -> np.ndarray:
+    log_s = (draws["log_sigma0"][i] + draws["noise_species"][i][d.unit_cell]
+             + draws["noise_class"][i][d.class_cell])
+    return np.exp(2.0 * log_s)
+
+
+def group_posteriors(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.ndarray],
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group posterior mean and covariance of (intercept, slopes) and noise variance.
+
+    Exact given each draw of the hyperparameters; combined over draws by the law of total
+    covariance: E[Cov | draw] + Cov[E | draw].
+    """
+    g, p = alg.ks.shape
+    n_draws = draws["alpha0"].shape[0]
+    s_theta = np.zeros((g, p + 1))
+    s_outer = np.zeros((g, (p + 1) ** 2))
+    s_w = np.zeros(g)
+    s_ws = np.zeros(g)
+    for i in range(n_draws):  # a loop over posterior draws (tens), each vectorised over groups
+        s2 = _cell_sigma2(d, draws, i)[d.cell_g]
+        rho = s2 / draws["tau_group"][i] ** 2
+        mu = (draws["alpha0"][i] + draws["species_effect"][i][d.unit_g]
+              + draws["compound_effect"][i][d.cpd_g] - alg.ybar)
+        m = draws["slope_species"][i][d.unit_g]
+        a, b, s_schur = alg.posterior(rho, mu, m)
+        theta = np.concatenate([(alg.ybar + a)[:, None], b], axis=1)
+        s_theta += theta
+        s_outer += (theta[:, :, None] * theta[:, None, :]).reshape(g, -1)
+        s_w += s2
+        s_ws += s2 / s_schur
+    mean = s_theta / n_draws
+    between = s_outer / n_draws - (mean[:, :, None] * mean[:, None, :]).reshape(g, -1)
+    cov = alg.covariance(s_w / n_draws, s_ws / n_draws) + between
+    return mean, cov, s_w / n_draws
+
+
+def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embeddings | None,
+                  covs: Covariates) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Effects per level for backoff, and the hyperparameters (E[τ²]) the backoff needs."""
+    p = len(covs.names)
+
+    def mv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x.mean(axis=0), x.var(axis=0)
+
+    def slope_cov(x: np.ndarray) -> np.ndarray:
+        # x: (draws, levels, p) -> (levels, p*p)
+        c = x - x.mean(axis=0)
+        return np.einsum("dli,dlj->lij", c, c).reshape(x.shape[1], p * p) / x.shape[0]
+
+    frames: list[pl.DataFrame] = []
+
+    def add(level: str, keys: list[str], parent: list[str | None] | None,
+            int_draws: np.ndarray, slopes: np.ndarray | None = None,
+            noise: np.ndarray | None = None) -> None:
+        m, v = mv(int_draws)
+        n = len(keys)
+        frame = pl.DataFrame({
+            "level": [level] * n, "key": keys,
+            "parent": parent if parent is not None else [None] * n,
+            "intercept_mean": m, "intercept_var": v,
+        }, schema_overrides={"parent": pl.String})
+        if slopes is not None:
+            frame = frame.with_columns(
+                pl.Series("slope_mean", slopes.mean(axis=0), dtype=pl.Array(pl.Float64, p)),
+                pl.Series("slope_cov", slope_cov(slopes), dtype=pl.Array(pl.Float64, p * p)))
+        else:
+            frame = frame.with_columns(
+                pl.lit(None, dtype=pl.Array(pl.Float64, p)).alias("slope_mean"),
+                pl.lit(None, dtype=pl.Array(pl.Float64, p * p)).alias("slope_cov"))
+        frame = frame.with_columns(
+            pl.Series("log_noise_sd", noise.mean(axis=0) if noise is not None
+                      else np.full(n, np.nan), dtype=pl.Float64).fill_nan(None))
+        frames.append(frame)
+
+    add("global", ["global"], None, draws["alpha0"][:, None], draws["slope_global"][:, None, :],
+        draws["log_sigma0"][:, None])
+    unit_level = "species" if d.has_parent else "cluster"
+    if d.has_parent:
+        add("cluster", d.clusters, None, draws["cluster_effect"], draws["slope_cluster"])
+    add(unit_level, d.units,
+        [d.clusters[i] for i in d.cluster_u] if d.has_parent else None,
+        draws["species_effect"], draws["slope_species"], draws["noise_species"])
+    add("class", d.classes, None, draws["class_effect"], None, draws["noise_class"])
+    add("compound", d.compounds, [d.classes[i] for i in d.class_c], draws["compound_effect"])
+    if embeddings is not None and "gamma" in draws:
+        add("embedding", embeddings.chem_ids, None, draws["gamma"] @ embeddings.values.T)
+    effects = pl.concat(frames, how="vertical")
+
+    def e2(name: str) -> Any:
+        v = (draws[name] ** 2).mean(axis=0)
+        return v.tolist() if np.ndim(v) else float(v)
+
+    hyper = {
+        "tau_group2": e2("tau_group"), "tau_species2": e2("tau_species"),
+        "tau_cluster2": e2("tau_cluster") if d.has_parent else 0.0,
+        "tau_class2": e2("tau_class"), "tau_compound2": e2("tau_compound"),
+        "tau_noise_species2": e2("tau_noise_species"), "tau_noise_class2": e2("tau_noise_class"),
+        "tau_slope_species2": e2("tau_slope_species"),
+        "tau_slope_cluster2": e2("tau_slope_cluster") if d.has_parent else [0.0] * p,
+        "log_sigma0": float(draws["log_sigma0"].mean()),
+        "alpha0": float(draws["alpha0"].mean()),
+    }
+    if "gamma" in draws:
+        hyper["gamma"] = draws["gamma"].mean(axis=0).tolist()
+    return effects, hyper

@@ -1,0 +1,392 @@
+"""Stage 8: ridge + partial-pooling RT models, evaluation, prediction, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.stats import multivariate_normal
+from sklearn.linear_model import Ridge
+
+from rtprep.errors import RtprepError
+from rtprep.models import FittedModel, ModelOptions, evaluate, load_models, predict, train
+from rtprep.models.algebra import GroupAlgebra, integrated_loglik_np
+from rtprep.models.data import Covariates, build_stats, group_table, read_rows
+from rtprep.models.synthetic import SyntheticData, generate
+
+FAMILIES = ("IS", "RS", "ES_")
+
+
+def _small(seed: int = 3, **kw: object) -> SyntheticData:
+    args: dict[str, object] = dict(n_species=6, n_clusters=2, n_compounds=120, n_classes=5,
+                                   n_covariates=4, n_sample_sets=150, n_test_sets=35,
+                                   holdout_compounds=0.15, seed=seed)
+    args.update(kw)
+    return generate(**args)  # type: ignore[arg-type]
+
+
+def _prepared(df: pl.DataFrame, lam: float = 0.7):
+    df = df.with_columns(pl.col("species", "species_cluster", "compound", "compound_class")
+                         .cast(pl.String))
+    names = [c for c in df.columns if c.startswith(("IS", "RS", "ES_"))]
+    covs = Covariates.fit(df, names)
+    stats = build_stats(df, covs, "species", "rows.csv")
+    return df, covs, stats, GroupAlgebra.from_stats(stats, lam)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One small synthetic library, trained once (quick ADVI) and evaluated."""
+    root = tmp_path_factory.mktemp("models")
+    data = _small()
+    paths = data.write(root / "data")
+    opts = ModelOptions(quick_steps=1500, summary_draws=30, seed=1)
+    manifest = train(paths["train"], root / "model", options=opts, quick=True,
+                     embeddings=paths["embeddings"])
+    result = evaluate(root / "model", paths["train"], paths["test"], root / "eval",
+                      options=opts)
+    return {"root": root, "data": data, "paths": paths, "opts": opts, "manifest": manifest,
+            "eval": result}
+
+
+# ----------------------------------------------------------------------- exact linear algebra
+def test_sufficient_stats_equal_direct_computation() -> None:
+    df, covs, stats, _ = _prepared(_small(n_sample_sets=40, n_test_sets=5).train)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy()
+    _, gid = group_table(df, "species", "rows.csv")
+    for g in (0, 3, stats.groups.height - 1):
+        xg, yg = x[gid == g], y[gid == g]
+        assert stats.n[g] == len(yg) == stats.groups["n_obs"][g]
+        np.testing.assert_allclose(stats.ybar[g], yg.mean(), rtol=1e-12)
+        np.testing.assert_allclose(stats.sx[g], xg.sum(axis=0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(stats.xtx[g], xg.T @ xg, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(stats.xty[g], xg.T @ (yg - yg.mean()), rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(stats.yty[g], ((yg - yg.mean()) ** 2).sum(), rtol=1e-10)
+
+
+def test_centring_and_null_fill_use_training_means() -> None:
+    df = pl.DataFrame({"IS1": [1.0, None, 3.0], "RS1": [2.0, 2.0, 5.0]})
+    covs = Covariates.fit(df, ["IS1", "RS1"])
+    np.testing.assert_allclose(covs.centre, [2.0, 3.0])
+    np.testing.assert_allclose(covs.matrix(df), [[-1.0, -1.0], [0.0, -1.0], [1.0, 2.0]])
+
+
+def test_ridge_coefficients_equal_scikit_learn() -> None:
+    df, covs, stats, alg = _prepared(_small(n_sample_sets=60, n_test_sets=5).train, lam=0.7)
+    from rtprep.models.ridge import fit_ridge
+
+    model = fit_ridge(stats, covs, alg, group_by="species")
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy()
+    _, gid = group_table(df, "species", "rows.csv")
+    checked = 0
+    for g in range(stats.groups.height):
+        if stats.n[g] < 2 or checked >= 6:
+            continue
+        sk = Ridge(alpha=0.7, fit_intercept=True).fit(x[gid == g], y[gid == g])
+        np.testing.assert_allclose(model.mean[g, 0], sk.intercept_, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(model.mean[g, 1:], sk.coef_, rtol=1e-7, atol=1e-9)
+        # covariance = σ² (ZᵀZ + diag(0, λI))⁻¹
+        z = np.column_stack([np.ones(int(stats.n[g])), x[gid == g]])
+        pen = np.diag([0.0] + [0.7] * x.shape[1])
+        expect = model.noise_var[g] * np.linalg.inv(z.T @ z + pen)
+        np.testing.assert_allclose(model.cov[g].reshape(expect.shape), expect, rtol=1e-7,
+                                   atol=1e-12)
+        checked += 1
+    assert checked == 6
+
+
+def test_integrated_slope_loglik_equals_brute_force_mvn() -> None:
+    df, covs, _stats, alg = _prepared(_small(n_sample_sets=40, n_test_sets=5).train, lam=0.7)
+    rng = np.random.default_rng(0)
+    g_n, p = alg.ks.shape
+    mu = rng.normal(8, 2, g_n)
+    m = rng.normal(0, 0.3, (g_n, p))
+    s2 = rng.uniform(0.002, 0.01, g_n)
+    tau2 = 0.04
+    ll = integrated_loglik_np(alg, mu - alg.ybar, m, s2, tau2)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy()
+    _, gid = group_table(df, "species", "rows.csv")
+    for g in (0, 1, g_n // 2, g_n - 1):
+        xg, yg = x[gid == g], y[gid == g]
+        n = len(yg)
+        cov = s2[g] * np.eye(n) + tau2 * np.ones((n, n)) + s2[g] / 0.7 * xg @ xg.T
+        brute = multivariate_normal(mu[g] + xg @ m[g], cov).logpdf(yg)
+        np.testing.assert_allclose(ll[g], brute, rtol=1e-9)
+
+
+def test_pymc_potential_equals_numpy_reference() -> None:
+    from rtprep.models.pooled import build_model, prepare
+
+    _, covs, stats, alg = _prepared(_small(n_sample_sets=40, n_test_sets=5).train)
+    d = prepare(stats, alg, "species", 0.05, None)
+    model = build_model(alg, d, covs)
+    names = ["integrated_groups", "alpha0", "species_effect", "compound_effect",
+             "slope_species", "log_sigma0", "noise_species", "noise_class", "tau_group"]
+    fn = model.compile_fn(model.replace_rvs_by_values([model[n] for n in names]),
+                          point_fn=True)
+    rng = np.random.default_rng(1)
+    point = {k: rng.normal(0, 0.5, np.shape(v)) for k, v in model.initial_point().items()}
+    pot, a0, se, ce, ss, ls0, ns, nc, tg = fn(point)
+    s2 = np.exp(2 * (ls0 + ns[d.unit_g] + nc[d.class_cell[d.cell_g]]))
+    mu = a0 + se[d.unit_g] + ce[d.cpd_g]
+    ref = integrated_loglik_np(alg, mu - alg.ybar, ss[d.unit_g], s2, tg**2).sum()
+    np.testing.assert_allclose(pot, ref, rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------- the pooled fit
+def _metric(result: dict, kind: str, slice_: str, model: str, col: str = "rmse") -> float:
+    for r in result["metrics"]:
+        if r["slice_kind"] == kind and r["slice"] == slice_ and r["model"] == model:
+            return r[col]
+    raise KeyError((kind, slice_, model))
+
+
+def test_pooled_beats_ridge_on_low_support_and_matches_truth(fitted: dict) -> None:
+    res = fitted["eval"]
+    data: SyntheticData = fitted["data"]  # type: ignore[assignment]
+    for b in ("≤1", "2", "3–5"):
+        assert _metric(res, "support_bin", b, "pooled") <= 0.8 * _metric(
+            res, "support_bin", b, "ridge"), b
+    # seen groups: close to the noise of the truth
+    pred = pl.read_parquet(Path(fitted["root"]) / "eval" / "predictions.parquet")
+    test = data.test
+    assert pred.height == test.height
+    seen = (pred["novelty"] == "seen group").to_numpy()
+    oracle = float(np.sqrt(((test["rt"] - test["rt_true"]).to_numpy()[seen] ** 2).mean()))
+    pooled = float(np.sqrt(((pred["rt"] - pred["pooled_pred"]).to_numpy()[seen] ** 2).mean()))
+    assert pooled <= 1.15 * oracle
+    cov = _metric(res, "novelty", "seen group", "pooled", "coverage95")
+    assert 0.90 <= cov <= 0.99
+    # backoff for unseen compounds: better than the class mean and the global mean
+    un = _metric(res, "novelty", "unseen compound", "pooled")
+    assert un <= _metric(res, "novelty", "unseen compound", "class_mean")
+    assert un < _metric(res, "novelty", "unseen compound", "global_mean")
+
+
+def test_pooled_recovers_group_parameters(fitted: dict) -> None:
+    data: SyntheticData = fitted["data"]  # type: ignore[assignment]
+    pooled = load_models(Path(fitted["root"]) / "model")["pooled"]
+    summ = pooled.summary_frame().with_columns(pl.col("compound").cast(pl.Int64))
+    truth = data.truth
+    j = summ.join(truth, on=["species", "compound"], how="inner").filter(pl.col("n_obs") >= 5)
+    assert j.height > 50
+    # intercepts are at the training centre of the covariates; the truth at its base values:
+    # compare the prediction at the truth's base point instead
+    centre = pooled.covariates.centre
+    base_shift = np.asarray(j["mean"].to_list())[:, 1:] @ (np.zeros_like(centre))
+    est = np.asarray(j["mean"].to_list())[:, 0] + base_shift
+    slopes = np.asarray(j["mean"].to_list())[:, 1:]
+    true_slopes = np.asarray(j["slopes"].to_list())
+    assert np.corrcoef(est, j["intercept"].to_numpy())[0, 1] > 0.99
+    assert np.sqrt(np.mean((slopes.mean(axis=0) - true_slopes.mean(axis=0)) ** 2)) < 0.1
+    noise = np.sqrt(j["noise_var"].to_numpy())
+    assert np.median(noise / j["noise_sd"].to_numpy()) == pytest.approx(1.0, abs=0.25)
+
+
+# ----------------------------------------------------------------------- files, I/O, determinism
+def test_train_writes_summaries_readable_without_rtprep(fitted: dict) -> None:
+    root = Path(fitted["root"]) / "model"
+    manifest = json.loads((root / "model.json").read_text())
+    assert manifest["models"] == {"ridge": "ridge", "pooled": "pooled"}
+    for kind in ("ridge", "pooled"):
+        meta = json.loads((root / kind / "model.json").read_text())
+        p1 = len(meta["covariates"]["names"]) + 1
+        assert meta["parameters"][0] == "intercept" and len(meta["parameters"]) == p1
+        import pyarrow.parquet as pq
+
+        tab = pq.read_table(root / kind / "groups.parquet")
+        assert {"species", "compound", "species_cluster", "compound_class", "n_obs", "mean",
+                "cov", "noise_var"} <= set(tab.column_names)
+        assert tab.schema.field("mean").type.list_size == p1
+        assert tab.schema.field("cov").type.list_size == p1 * p1
+        assert (root / kind / "groups.parquet.meta.json").is_file()
+    eff = pl.read_parquet(root / "pooled" / "effects.parquet")
+    assert set(eff["level"].unique()) == {"global", "cluster", "species", "class", "compound",
+                                          "embedding"}
+
+
+def test_save_load_round_trip(fitted: dict, tmp_path: Path) -> None:
+    src = Path(fitted["root"]) / "model" / "pooled"
+    m1 = FittedModel.load(src)
+    m1.save(tmp_path / "again")
+    m2 = FittedModel.load(tmp_path / "again")
+    assert m1.summary_frame().equals(m2.summary_frame())
+    assert m1.effects is not None and m2.effects is not None
+    assert m1.effects.equals(m2.effects)
+    test, _ = read_rows(fitted["paths"]["test"], FAMILIES)  # type: ignore[index]
+    assert m1.predict_frame(test).equals(m2.predict_frame(test))
+
+
+def test_same_seed_gives_same_summaries(tmp_path: Path) -> None:
+    data = _small(seed=8, n_sample_sets=60, n_test_sets=5)
+    paths = data.write(tmp_path / "d")
+    opts = ModelOptions(quick_steps=200, summary_draws=10, seed=5)
+    for out in ("a", "b"):
+        train(paths["train"], tmp_path / out, options=opts, quick=True)
+    a = pl.read_parquet(tmp_path / "a" / "pooled" / "groups.parquet")
+    b = pl.read_parquet(tmp_path / "b" / "pooled" / "groups.parquet")
+    for col in ("mean", "cov"):
+        x = np.asarray(a[col].to_list())
+        y = np.asarray(b[col].to_list())
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(a["noise_var"].to_numpy(), b["noise_var"].to_numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- prediction
+def test_predict_gives_interval_per_injection_and_compound(fitted: dict, tmp_path: Path) -> None:
+    data: SyntheticData = fitted["data"]  # type: ignore[assignment]
+    inj = (data.test.select("task_id", "species", pl.col("^(IS|RS|ES_).*$"))
+           .unique("task_id", keep="first").sort("task_id").head(3))
+    inj = pl.concat([inj, inj.head(1).with_columns(pl.lit("new_species").alias("species"),
+                                                   pl.lit(1).cast(pl.Int64).alias("task_id"))])
+    inj_path = tmp_path / "inj.csv"
+    inj.write_csv(inj_path)
+    out = tmp_path / "pred.parquet"
+    predict(Path(fitted["root"]) / "model", inj_path, out)
+    res = pl.read_parquet(out)
+    assert res.columns == ["task_id", "species", "species_cluster", "compound",
+                           "compound_class", "rt_pred", "rt_lower", "rt_upper", "rt_sd",
+                           "source", "n_obs"]
+    n_cpd = load_models(Path(fitted["root"]) / "model")["pooled"].groups["compound"].n_unique()
+    assert res.height == 4 * n_cpd
+    assert res["task_id"].dtype == pl.Int64 and res["compound"].dtype == pl.Int64
+    assert (res["rt_lower"] < res["rt_pred"]).all() and (res["rt_pred"] < res["rt_upper"]).all()
+    new = res.filter(pl.col("species") == "new_species")
+    assert set(new["source"]) <= {"unseen_species"} and (new["n_obs"] == 0).all()
+    assert (out.parent / "pred.parquet.meta.json").is_file()
+    # ridge predicts only its own groups
+    out_r = tmp_path / "pred_ridge.csv"
+    predict(Path(fitted["root"]) / "model", inj_path, out_r, model="ridge")
+    r = pl.read_csv(out_r)
+    assert 0 < r.height < res.height and set(r["source"]) == {"group"}
+
+
+def test_predict_reports_missing_covariate(fitted: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "inj.csv"
+    pl.DataFrame({"task_id": [1], "species": ["sp000"], "IS1": [1.0]}).write_csv(bad)
+    with pytest.raises(RtprepError, match="IS2"):
+        predict(Path(fitted["root"]) / "model", bad, tmp_path / "o.csv")
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def test_evaluation_tables(fitted: dict) -> None:
+    res = fitted["eval"]
+    ev = Path(fitted["root"]) / "eval"
+    m = pl.read_csv(ev / "metrics.csv")
+    assert m.columns == ["slice_kind", "slice", "model", "rows", "scored", "skipped", "rmse",
+                         "mae", "coverage95", "width95"]
+    assert set(m["model"]) == {"ridge", "pooled", "group_mean", "class_mean", "global_mean"}
+    assert set(m["slice_kind"]) == {"overall", "support_bin", "species_cluster", "novelty"}
+    n_test = fitted["data"].test.height  # type: ignore[union-attr]
+    overall = m.filter(pl.col("slice_kind") == "overall")
+    assert (overall["rows"] == n_test).all()
+    assert (overall["scored"] + overall["skipped"] == n_test).all()
+    assert overall.filter(pl.col("model") == "pooled")["skipped"][0] == 0
+    bins = m.filter((pl.col("slice_kind") == "support_bin") & (pl.col("model") == "pooled"))
+    assert bins["rows"].sum() == n_test
+    assert res["test_sample_sets"] >= 30
+    sk = pl.read_csv(ev / "skipped.csv")
+    ridge_skipped = overall.filter(pl.col("model") == "ridge")["skipped"][0]
+    assert sk.filter(pl.col("model") == "ridge")["rows"].sum() == ridge_skipped > 0
+    assert json.loads((ev / "metrics.json").read_text())["overall"]["pooled"]["rows"] == n_test
+    assert (ev / "metrics.json.meta.json").is_file()
+
+
+def test_evaluate_refuses_leaks_and_foreign_models(fitted: dict, tmp_path: Path) -> None:
+    paths = fitted["paths"]
+    leaky = tmp_path / "leaky.parquet"
+    pl.read_csv(paths["train"]).head(20).write_parquet(leaky)  # type: ignore[index]
+    with pytest.raises(RtprepError, match="also in the training rows"):
+        evaluate(Path(fitted["root"]) / "model", paths["train"], leaky,  # type: ignore[index]
+                 tmp_path / "e")
+    other = tmp_path / "other.csv"
+    pl.read_csv(paths["train"]).head(100).write_csv(other)  # type: ignore[index]
+    with pytest.raises(RtprepError, match="checksums"):
+        evaluate(Path(fitted["root"]) / "model", other, paths["test"],  # type: ignore[index]
+                 tmp_path / "e")
+
+
+# ------------------------------------------------------------------------- options, input, CLI
+def test_options_from_config_coerces_and_validates() -> None:
+    o = ModelOptions.from_config({"model": {"group_by": "species_cluster", "ridge_lambda": "2",
+                                            "quick": "true", "nuts": {"draws": "10"},
+                                            "train": True},
+                                  "covariates": {"families": ["IS", "RS"]}})
+    assert o.group_by == "species_cluster" and o.ridge_lambda == 2.0 and o.quick
+    assert o.nuts_draws == 10 and o.families == ("IS", "RS") and o.steps() == o.quick_steps
+    with pytest.raises(RtprepError, match="group_by"):
+        ModelOptions.from_config({"group_by": "genus"})
+    with pytest.raises(RtprepError, match="ridge_lambda"):
+        ModelOptions(ridge_lambda=0)
+
+
+def test_bad_input_names_file_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "rt.csv"
+    pl.DataFrame({"species": ["a"], "compound": [1], "rt": [1.0]}).write_csv(bad)
+    with pytest.raises(RtprepError, match="compound_class"):
+        train(bad, tmp_path / "m", options=ModelOptions())
+    bad2 = tmp_path / "rt2.csv"
+    pl.DataFrame({"species": ["a", "a"], "species_cluster": ["c", "c"], "compound": [1, 1],
+                  "compound_class": [1, 2], "IS1": [1.0, 2.0], "rt": [1.0, 2.0]}).write_csv(bad2)
+    with pytest.raises(RtprepError, match="compound_class"):
+        train(bad2, tmp_path / "m", options=ModelOptions())
+
+
+def test_group_by_species_cluster_trains_and_predicts(tmp_path: Path) -> None:
+    data = _small(seed=11, n_sample_sets=60, n_test_sets=8)
+    paths = data.write(tmp_path / "d")
+    opts = ModelOptions(group_by="species_cluster", quick_steps=300, summary_draws=10)
+    train(paths["train"], tmp_path / "m", options=opts, quick=True)
+    pooled = load_models(tmp_path / "m")["pooled"]
+    assert pooled.groups.columns[:2] == ["species_cluster", "compound"]
+    test, _ = read_rows(paths["test"], FAMILIES)
+    pred = pooled.predict_frame(test.drop("species_cluster"))
+    assert pred["rt_pred"].null_count() == 0
+
+
+def test_cli_train_evaluate_predict(tmp_path: Path) -> None:
+    from rtprep.models.cli import register
+
+    data = _small(seed=12, n_sample_sets=70, n_test_sets=10)
+    paths = data.write(tmp_path / "d")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model:\n  quick_steps: 200\n  seed: 3\n")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="cmd"))
+
+    def run(*argv: str) -> None:
+        args = parser.parse_args(list(argv))
+        assert args.func(args) == 0
+
+    run("train", "--input", str(paths["train"]), "--out", str(tmp_path / "m"), "--quick",
+        "--config", str(cfg))
+    assert (tmp_path / "m" / "pooled" / "groups.parquet").is_file()
+    run("evaluate", "--model", str(tmp_path / "m"), "--train", str(paths["train"]),
+        "--test", str(paths["test"]), "--out", str(tmp_path / "ev"), "--config", str(cfg))
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    inj = tmp_path / "inj.parquet"
+    data.test.select("task_id", "species", pl.col("^(IS|RS|ES_).*$")).unique(
+        "task_id", keep="first").head(2).write_parquet(inj)
+    run("predict", "--model", str(tmp_path / "m"), "--injections", str(inj), "--out",
+        str(tmp_path / "p.csv"))
+    assert pl.read_csv(tmp_path / "p.csv").height > 0
+
+
+@pytest.mark.slow
+def test_nuts_reports_rhat_and_ess(tmp_path: Path) -> None:
+    data = _small(seed=13, n_species=4, n_compounds=25, n_sample_sets=50, n_test_sets=5)
+    paths = data.write(tmp_path / "d")
+    opts = replace(ModelOptions(), method="nuts", nuts_draws=100, nuts_tune=100, nuts_chains=2,
+                   summary_draws=20)
+    manifest = train(paths["train"], tmp_path / "m", options=opts)
+    fit = manifest["fit"]
+    assert fit["method"] == "nuts" and fit["rhat_max"] > 0.9 and fit["ess_bulk_min"] > 0
