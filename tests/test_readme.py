@@ -1,0 +1,80 @@
+"""The README's two commands, as written, in a copy of the checkout.
+
+The copy gets its own virtual environment (``--system-site-packages``: the dependencies are the
+ones installed already, so ``pip install -e`` only links the copy), so the commands run exactly as
+a new user types them without touching the environment the tests run in. The second command runs
+the test suite; inside this test it skips the slow tests (``RTPREP_README_TEST``), or it would
+run itself again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.workflow_util import REPO
+
+SKIP_PARTS = {".git", "demo", "results", "logs", ".snakemake", ".pytest_cache", ".ruff_cache",
+              ".hypothesis", "__pycache__", "benchmarks"}
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README's 'The two commands' section, in order."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_readme_has_two_commands() -> None:
+    cmds = readme_commands()
+    assert len(cmds) == 2
+    assert "snakemake --cores" in cmds[0]
+    assert "pytest" in cmds[1]
+
+
+def copy_checkout(dest: Path) -> Path:
+    def ignore(_dir: str, names: list[str]) -> set[str]:
+        return {n for n in names if n in SKIP_PARTS or n.endswith(".egg-info")}
+
+    shutil.copytree(REPO, dest, ignore=ignore)
+    # benchmarks/ is not needed to run, but keep its files so the copy is a whole checkout
+    if (REPO / "benchmarks").is_dir():
+        shutil.copytree(REPO / "benchmarks", dest / "benchmarks",
+                        ignore=shutil.ignore_patterns("out", "runs", "__pycache__"))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RTPREP_README_TEST") == "1", reason="already inside it")
+def test_readme_commands_work_in_a_fresh_copy(tmp_path: Path) -> None:
+    checkout = copy_checkout(tmp_path / "rtprep")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(venv), "RTPREP_README_TEST": "1"}
+    env.pop("PYTHONPATH", None)
+    # `snakemake` must be the venv's so that its scripts import the copy's rtprep.
+    shims = {"snakemake": "snakemake", "pytest": "pytest"}
+    for name, module in shims.items():
+        shim = venv / "bin" / name
+        shim.write_text(f'#!/bin/sh\nexec "{venv / "bin" / "python"}" -m {module} "$@"\n')
+        shim.chmod(0o755)
+    for cmd in readme_commands():
+        proc = subprocess.run(["bash", "-c", cmd], cwd=checkout, env=env, capture_output=True,
+                              text=True, timeout=1800)
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    # the demo command built every RT CSV, model and evaluation of the shipped config
+    data = checkout / "demo/repo_export"
+    assert len(list(data.glob("*_cap5_chemclass_rt_prod.csv"))) == 5
+    assert len(list((checkout / "results/rt_prod").glob("*/*/eval/metrics.json"))) >= 5
+    linked = subprocess.run([str(venv / "bin/python"), "-c",
+                             "import rtprep, sys; sys.stdout.write(rtprep.__file__)"],
+                            capture_output=True, text=True, env=env, check=True)
+    assert linked.stdout.startswith(str(checkout)), linked.stdout
