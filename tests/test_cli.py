@@ -1,0 +1,84 @@
+"""The `rtprep` command line: help, every stage through the CLI on a tiny demo, errors without
+tracebacks, and `rtprep run` through Snakemake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.workflow_util import copy_workflow
+
+H208 = "5684639a28c04bc5af7c4fd1a75e62b5"
+
+
+def rtprep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rtprep.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_the_steps() -> None:
+    proc = rtprep("--help")
+    assert proc.returncode == 0
+    for cmd in ("merge", "split", "summarize", "sample", "chem-classes", "attach", "rt-csv",
+                "run", "demo"):
+        assert cmd in proc.stdout
+    sample = rtprep("sample", "--help")
+    assert "--cap-per-pair" in sample.stdout and "--seed" in sample.stdout
+
+
+def test_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = rtprep("merge", "-i", str(tmp_path / "no_such_export"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "no_such_export" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "demo"
+    proc = rtprep("demo", "--out", str(out), "--rows", "20000", "--libs", "208")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_every_step_through_the_cli(demo_dir: Path) -> None:
+    data = demo_dir / "repo_export"
+    steps = [
+        ("merge", "-i", str(data / H208)),
+        ("split", str(data / f"merged_training_{H208}.parquet"), "--rt-range", "0", "40"),
+        ("summarize", str(data / f"merged_training_{H208}_lib208.parquet")),
+        ("sample", str(data / f"merged_training_{H208}_lib208.parquet"), "--cap-per-pair", "5",
+         "--seed", "42"),
+        ("chem-classes", "--embeddings",
+         str(demo_dir / "resources/metabolites/embeddings_chemberta_pca20.parquet"),
+         "--n-clusters", "8"),
+        ("attach", "--input", str(data / f"merged_training_{H208}_lib208_cap5.parquet"),
+         "--lib-mapping", str(data / "lib_comp_chem_mapping_lib208.csv"),
+         "--classes", str(demo_dir / "resources/metabolites/chem_classes_k8.parquet")),
+        ("rt-csv", "--input", str(data / f"merged_training_{H208}_lib208_cap5_chemclass.parquet"),
+         "--species-mapping", str(data / f"merged_training_{H208}_lib208_species_mapping.csv")),
+    ]
+    for step in steps:
+        proc = rtprep(*step)
+        assert proc.returncode == 0, (step[0], proc.stderr)
+    csv = pl.read_csv(data / f"merged_training_{H208}_lib208_cap5_chemclass_rt_prod.csv")
+    assert csv.columns[:7] == ["sampleset_id", "worksheet_id", "task_id", "species",
+                               "species_cluster", "compound", "compound_class"]
+    assert csv.columns[-1] == "rt"
+    assert csv.height > 0
+    assert (data / f"merged_training_{H208}_lib208_species_compounds.csv").is_file()
+    assert (data / f"merged_training_{H208}_lib208_cap5_chemclass_rt_prod.csv.meta.json").is_file()
+
+
+def test_run_dry_run_goes_through_snakemake(tmp_path: Path) -> None:
+    wd = copy_workflow(tmp_path)
+    proc = rtprep("run", "--libs", "209", "--cap", "100", "--quick", "--dry-run",
+                  "--configfile", "config/test.yaml", "--cores", "1", cwd=wd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "lib209_cap100_chemclass_rt_prod.csv" in proc.stdout
+    assert "lib208" not in proc.stdout
