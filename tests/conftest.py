@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+from tests.workflow_util import copy_workflow, snakemake
+
+
+@pytest.fixture(scope="session")
+def test_config_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real `snakemake --cores 2` run of config/test.yaml in a copy of the checkout, shared by
+    the workflow and report tests (each may add targets of its own to it, never remove any)."""
+    wd = copy_workflow(tmp_path_factory.mktemp("test_config_run"))
+    snakemake(wd, "--cores", "2")
+    return wd
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

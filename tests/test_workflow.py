@@ -35,10 +35,9 @@ def meta(workdir: Path, rel: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real run of the test config (and of the uncapped files used for exact accounting)."""
-    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
-    snakemake(wd, "--cores", "2")
+def run_dir(test_config_run: Path) -> Path:
+    """The real run of the test config, plus the uncapped files used for exact accounting."""
+    wd = test_config_run
     targets = [lib_file(lib, f"_cap{BIG_CAP}_chemclass_rt_prod.csv") for lib in HASHES]
     snakemake(wd, "--cores", "2", *targets)
     return wd

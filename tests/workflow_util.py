@@ -13,7 +13,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = (
-    "Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "resources",
+    "Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "resources", "report",
 )
 
 

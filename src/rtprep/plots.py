@@ -56,15 +56,18 @@ def plot_coverage(species_compounds_csv: str | Path, caps: Sequence[int], out: s
     ax.set_xlabel("rows per (species_matrix_type, comp_id) pair")
     ax.set_ylabel("pairs")
     for cap in caps:
-        ax.axvline(cap, color="#c44e52", ls="--", lw=1)
-        ax.text(cap, ax.get_ylim()[1] * 0.95, f" cap {cap}", color="#c44e52", va="top", fontsize=8)
+        # Between n = cap (kept whole) and n = cap + 1 (capped).
+        ax.axvline(cap + 0.5, color="#c44e52", ls="--", lw=1)
+        ax.text(cap + 0.5, ax.get_ylim()[1] * 0.95, f" cap {cap}", color="#c44e52", va="top",
+                fontsize=8)
     ax.set_title(f"{len(n):,} pairs, {int(n.sum()):,} rows")
     kept = [int(np.minimum(n, c).sum()) for c in caps]
     ax2.bar([str(c) for c in caps], kept, color="#55a868")
     ax2.set_xlabel("cap per pair")
     ax2.set_ylabel("rows kept")
+    total = max(int(n.sum()), 1)
     for i, k in enumerate(kept):
-        ax2.text(i, k, f"{k:,}", ha="center", va="bottom", fontsize=8)
+        ax2.text(i, k, f"{k:,} ({100 * k / total:.0f}%)", ha="center", va="bottom", fontsize=8)
     _save(fig, out)
 
 
@@ -122,14 +125,23 @@ def plot_classes(embeddings: str | Path, classes: str | Path, out: str | Path) -
     k = int(labels.max()) + 1 if labels.size else 0
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = np.bincount(labels, minlength=k)
-    ax.bar(np.arange(k), sizes, color="#4c72b0")
+    cmap = plt.get_cmap("tab20")
+    colors = [cmap(i % 20) for i in range(k)]
+    ax.bar(np.arange(k), sizes, color=colors)
     ax.set_xlabel("compound_class")
     ax.set_ylabel("chemicals")
     ax.set_title(f"{df.height:,} chemicals in {k} classes")
-    sc = ax2.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=8)
+    for c in range(k):
+        pts = xy[labels == c]
+        if not len(pts):
+            continue
+        ax2.scatter(pts[:, 0], pts[:, 1], color=colors[c], s=8)
+        cx, cy = np.median(pts, axis=0)
+        ax2.text(cx, cy, str(c), fontsize=8, weight="bold", ha="center", va="center",
+                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0})
     ax2.set_xlabel("PC1 of embeddings")
     ax2.set_ylabel("PC2")
-    fig.colorbar(sc, ax=ax2, label="compound_class")
+    ax2.set_title("embeddings (2-D PCA); numbers: class at its median")
     _save(fig, out)
 
 
@@ -140,7 +152,7 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
     eval_dir = Path(eval_dir)
     metrics = pl.read_csv(eval_dir / "metrics.csv")
     pred = pl.read_parquet(eval_dir / "predictions.parquet")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
     ax = axes[0, 0]
     obs_col = "rt" if "rt" in pred.columns else pred.columns[0]
     pcol = "pooled_pred" if "pooled_pred" in pred.columns else None
@@ -161,21 +173,31 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
         models = [m for m in MODEL_ORDER if m in present]
         models += sorted(present - set(MODEL_ORDER))
         w = 0.8 / max(len(models), 1)
+        every = metrics.filter(pl.col("slice_kind") == kind)
         for i, m in enumerate(models):
             color = MODEL_COLORS.get(m)
             vals = [sub.filter(pl.col("slice") == s, pl.col("model") == m)[value].to_list()
                     for s in slices]
-            ax.bar(np.arange(len(slices)) + i * w, [v[0] if v else np.nan for v in vals],
-                   width=w, label=m, color=color)
-        ax.set_xticks(np.arange(len(slices)) + 0.4 - w / 2, slices, rotation=30, ha="right",
-                      fontsize=8)
+            xs = np.arange(len(slices)) + i * w
+            heights = [v[0] if v else np.nan for v in vals]
+            ax.bar(xs, heights, width=w, label=m, color=color)
+            for x, h in zip(xs, heights, strict=True):
+                if np.isnan(h):  # this model cannot predict these rows (e.g. unseen groups)
+                    ax.text(x, 0.02, "n/a", rotation=90, fontsize=6, ha="center", va="bottom",
+                            transform=ax.get_xaxis_transform())
+        rows = [every.filter(pl.col("slice") == s)["rows"].max() for s in slices]
+        ticks = [f"{s}\nn={r:,}" if r is not None else s for s, r in zip(slices, rows, strict=True)]
+        ax.set_xticks(np.arange(len(slices)) + 0.4 - w / 2, ticks, rotation=30, ha="right",
+                      fontsize=7)
         ax.set_ylabel(value)
         ax.set_title(title)
-        ax.legend(fontsize=7)
 
     grouped(axes[0, 1], "support_bin", "RMSE by training rows per group")
     grouped(axes[1, 0], "species_cluster", "RMSE by species cluster")
     grouped(axes[1, 1], "support_bin", "95% interval coverage by support", value="coverage95")
     axes[1, 1].axhline(0.95, color="black", lw=0.8, ls=":")
-    fig.tight_layout()
+    axes[1, 1].set_ylim(0.8, 1.0)
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=2.0)
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
     _save(fig, out)
