@@ -6,10 +6,15 @@ Input (``docs/internals.md``):
 injection). Hive keys are columns taken from the folder names.
 
 The peaks are processed one hive partition (``lib_id``, ``group``) at a time: a re-processed datum
-repeats rows of its own partition, so exact duplicates are found inside a partition and memory is
-bounded by the largest partition, not by the export. The predictors (one row per injection, small)
-are read first. Partitions are appended in ``lib_id`` order with a ``pyarrow`` ``ParquetWriter``,
-buffered per lib so that no row group spans two libs: split reads only its lib's row groups.
+repeats rows of its own partition, so exact duplicates are found inside a partition. Inside a
+partition the shards are read one at a time, twice: pass 1 keeps only a 64-bit hash of each row
+(8 bytes a row) to find the hashes seen more than once; pass 2 re-reads each shard, passes the rows
+with a unique hash straight through and resolves the few candidate rows exactly (full-row
+comparison against the candidates kept so far), so memory is one shard plus 8 bytes per row of the
+partition, not the partition's rows (measured: benchmarks/README.md). The predictors (one row per
+injection, small) are read first. Rows are appended in ``lib_id`` order with a ``pyarrow``
+``ParquetWriter`` (on a background thread, overlapping the reading), buffered per lib so that no
+row group spans two libs: split reads only its lib's row groups.
 
 Drop reasons, in the order applied: ``duplicate_row``, ``cpd_status_not_kept``,
 ``sample_type_excluded``, ``no_predictor_row``.
@@ -17,10 +22,12 @@ Drop reasons, in the order applied: ``duplicate_row``, ``cpd_status_not_kept``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,12 +368,24 @@ class _LibBufferedWriter:
                                         write_statistics=True)
         self._buf: list[pl.DataFrame] = []
         self._n = 0
+        # pyarrow encodes and compresses without the GIL: one background thread writes while
+        # the caller reads the next shard. One write in flight at most (bounded memory); a
+        # single worker keeps the writes in order, so the bytes are those of a serial writer.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-writer")
+        self._pending: Future[None] | None = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a write error here, in the caller's thread
 
     def _write(self, df: pl.DataFrame) -> None:
         table = df.to_arrow()
         if table.schema != self._schema:
             table = table.cast(self._schema)
-        self._writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table,
+                                          row_group_size=ROW_GROUP_SIZE)
 
     def append(self, df: pl.DataFrame) -> None:
         if df.height == 0:
@@ -387,10 +406,49 @@ class _LibBufferedWriter:
 
     def close(self) -> None:
         self.flush()
+        self._wait()
+        self._pool.shutdown()
         self._writer.close()
 
     def abort(self) -> None:
+        with contextlib.suppress(Exception):  # the original error is being raised already
+            self._wait()
+        self._pool.shutdown()
         self._writer.close()
+
+
+def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
+                 renames: Mapping[str, str]) -> Iterator[tuple[pl.DataFrame, int, int]]:
+    """The rows of one partition's shards (in order) without exact duplicates, shard by shard:
+    yields ``(rows, rows read, duplicate rows dropped)`` per shard.
+
+    The same rows, in the same order, as ``pl.concat(shards).unique(keep="first",
+    maintain_order=True)``, without holding the partition: pass 1 keeps a 64-bit hash per row
+    (``hash_rows``: equal rows hash equally, -0.0/0.0 and NaNs included, as ``unique`` compares
+    them) and finds the hashes seen twice; pass 2 re-reads each shard and decides only the rows
+    with such a hash, by full-row comparison (a hash collision between different rows keeps
+    both). ``hash_rows`` may change between polars versions; that only changes which rows are
+    compared in full, never the result.
+    """
+    hashes = [_read_shard(s, schema, renames).hash_rows() for s in members]
+    seen_twice = pl.concat(hashes) if hashes else pl.Series(dtype=pl.UInt64)
+    seen_twice = seen_twice.filter(seen_twice.is_duplicated()).unique()
+    del hashes
+    kept: pl.DataFrame | None = None  # the candidate rows kept so far (few)
+    for s in members:
+        df = _read_shard(s, schema, renames)
+        n_read = df.height
+        if seen_twice.len():
+            cand = df.hash_rows().is_in(seen_twice.implode())
+            if cand.any():
+                rows = df.filter(cand)
+                both = rows if kept is None else pl.concat([kept, rows], how="vertical")
+                first = both.select(pl.struct(pl.all()).is_first_distinct()).to_series()
+                first = first.slice(both.height - rows.height)
+                kept = rows.filter(first) if kept is None else pl.concat(
+                    [kept, rows.filter(first)], how="vertical")
+                df = df.filter((~cand).scatter(cand.arg_true(), first))
+        yield df, n_read, n_read - df.height
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,27 +560,28 @@ def merge_export(export_dir: str | Path, output: str | Path,
                 if lib != current_lib:
                     writer.flush()
                     current_lib = lib
-                df = pl.concat([_read_shard(s, peak_schema, renames) for s in members],
-                               how="vertical")
-                counts = {"rows_in": df.height}
-                df = df.unique(keep="first", maintain_order=True)
-                counts["duplicate_row"] = counts["rows_in"] - df.height
-                n = df.height
-                df = df.filter(pl.col("cpd_status").is_in(keep_status).fill_null(False))
-                counts["cpd_status_not_kept"] = n - df.height
-                n = df.height
-                df = df.filter(~pl.col("sample_type").is_in(exclude_type).fill_null(False))
-                counts["sample_type_excluded"] = n - df.height
-                n = df.height
                 pred = preds_by_lib.get(lib, preds.clear()) if preds_by_lib else preds
-                missing = df.join(pred, on=key, how="anti")
-                joined = df.join(pred, on=key, how="inner", maintain_order="left")
-                counts["no_predictor_row"] = n - joined.height
-                counts["rows_out"] = joined.height
-                if missing.height:
-                    account.drop("no_predictor_row", 0, column="task_id",
-                                 ids=missing["task_id"].drop_nulls().unique().to_list())
-                writer.append(joined.select(out_columns))
+                counts = dict.fromkeys(("rows_in", *DROP_REASONS, "rows_out"), 0)
+                # Shard by shard: every step below is row-local (the dedupe is resolved by
+                # _unique_rows), so the rows and their order are those of the whole partition.
+                for df, n_read, n_dup in _unique_rows(members, peak_schema, renames):
+                    counts["rows_in"] += n_read
+                    counts["duplicate_row"] += n_dup
+                    n = df.height
+                    df = df.filter(pl.col("cpd_status").is_in(keep_status).fill_null(False))
+                    counts["cpd_status_not_kept"] += n - df.height
+                    n = df.height
+                    df = df.filter(~pl.col("sample_type").is_in(exclude_type).fill_null(False))
+                    counts["sample_type_excluded"] += n - df.height
+                    n = df.height
+                    missing = df.join(pred, on=key, how="anti")
+                    joined = df.join(pred, on=key, how="inner", maintain_order="left")
+                    counts["no_predictor_row"] += n - joined.height
+                    counts["rows_out"] += joined.height
+                    if missing.height:
+                        account.drop("no_predictor_row", 0, column="task_id",
+                                     ids=missing["task_id"].drop_nulls().unique().to_list())
+                    writer.append(joined.select(out_columns))
 
                 account.rows_in += counts["rows_in"]
                 for reason in DROP_REASONS:
