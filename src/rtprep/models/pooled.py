@@ -4,22 +4,11 @@ The model (one group g = (species, compound); u = its species, c = its compound)
 
     rt_i = a_g + x_i·b_g + ε_i,        ε_i ~ N(0, σ²_cell(g)),   x centred on training rows
     a_g ~ N(α0 + species_u + compound_c, τ_group²)
-    b_g ~ N(slope_species_u + t_c·κ, σ²_cell / λ · I)   λ: the ridge penalty (fixed)
+    b_g ~ N(slope_species_u, σ²_cell / λ · I)           λ: the ridge penalty (fixed)
     species_u = cluster_{cl(u)} + τ_species·z            slope_species_u = slope_cluster + τ·z
     cluster   = τ_cluster·z                              slope_cluster  = slope_global + τ·z
     compound_c = class_{k(c)} + embedding_c·γ + τ_compound·z,   class_k = τ_class·z
     log σ_cell = log σ0 + τ_noise_species·z_u + τ_noise_class·z_k     (cell = (species, class))
-
-``t_c`` is the compound's training mean rt minus the overall mean, and ``κ`` (``slope_rt``, one
-per covariate) lets the slopes change along the gradient: an injection that runs a little slower
-(standards later by a factor ``1 + s``) moves a late eluter more than an early one, so a
-compound's slope on the standards' RTs grows with its own RT. Without this term every compound
-of a species shares one slope vector, which is wrong for all but mid-gradient compounds. ``κ``
-is estimated once, in closed form, from the within-group variation of all rows (species slopes
-and κ by least squares on the within-group sufficient statistics), and then held fixed: with κ
-known, ``y - t_c x·κ`` has slopes ``b_g - t_c κ ~ N(slope_species_u, σ²/λ)``, so the fit runs on
-shifted sufficient statistics (exact, :meth:`GroupAlgebra.shifted`) at no cost per step, and
-``t_c κ`` is added back to the slopes of the group summaries.
 
 All group effects are non-centred (z ~ N(0, 1)); priors are scaled by the spread of rt and of
 the covariates. The group's own intercept deviation and slopes are integrated out analytically
@@ -455,59 +444,12 @@ def _draws(idata: Any, model: Any) -> dict[str, np.ndarray]:
     return out
 
 
-@dataclass
-class SlopeRt:
-    """The fixed slope-along-the-gradient term: ``κ`` and each group's ``t_g``."""
-
-    kappa: np.ndarray    # (p,)
-    t_g: np.ndarray      # (G,) compound's training mean rt minus ``centre``
-    centre: float
-
-
-def slope_rt(alg: GroupAlgebra, d: PooledData, ridge: float = 1e-6) -> SlopeRt:
-    """Estimate ``κ`` by least squares on the within-group sufficient statistics.
-
-    Within group g (rows centred on the group means) ``yc ≈ Xw (β_u + t_g κ)`` with ``Xw`` the
-    within-centred covariates: the normal equations need only ``W_g = XᵀX - s sᵀ/n`` and
-    ``c_g = Xᵀyc``. The species slopes ``β_u`` are eliminated per species (Schur complement), so
-    the cost is O(groups × p² + species × p³). ``ridge`` (relative to the mean diagonal of W)
-    keeps species with too few rows solvable.
-    """
-    n_c = len(d.compounds)
-    w_c = np.bincount(d.cpd_g, weights=alg.n, minlength=n_c)
-    t_c = np.bincount(d.cpd_g, weights=alg.n * alg.ybar, minlength=n_c) / np.maximum(w_c, 1e-300)
-    centre = float((alg.n * alg.ybar).sum() / alg.n.sum())
-    t_g = t_c[d.cpd_g] - centre
-    p = alg.p
-    if p == 0:
-        return SlopeRt(np.zeros(0), t_g, centre)
-    w = alg.xtx - alg.s[:, :, None] * alg.s[:, None, :] / alg.n[:, None, None]
-    n_u = len(d.units)
-
-    def per_unit(v: np.ndarray) -> np.ndarray:
-        out = np.zeros((n_u, *v.shape[1:]))
-        np.add.at(out, d.unit_g, v)
-        return out
-
-    a_u = per_unit(w)
-    b_u = per_unit(t_g[:, None, None] * w)
-    c_u = per_unit(alg.c)
-    eps = ridge * max(float(np.trace(a_u.sum(axis=0)) / p), 1e-12)
-    a_u = a_u + eps * np.eye(p)[None]
-    ainv_b = np.linalg.solve(a_u, b_u)
-    ainv_c = np.linalg.solve(a_u, c_u[:, :, None])[:, :, 0]
-    lhs = (t_g[:, None, None] ** 2 * w).sum(axis=0) - np.einsum("uji,ujk->ik", b_u, ainv_b)
-    rhs = (t_g[:, None] * alg.c).sum(axis=0) - np.einsum("uji,uj->i", b_u, ainv_c)
-    kappa = np.linalg.solve(lhs + eps * np.eye(p), rhs)
-    return SlopeRt(kappa, t_g, centre)
-
-
 def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: ModelOptions, *,
                sigma_init: float, embeddings: Embeddings | None = None,
                meta: dict[str, Any] | None = None,
                species_map: dict[str, str] | None = None) -> FittedModel:
     """Fit the pooled model and summarise it per group and per effect level."""
-    d, alg, srt = prepare_fit(stats, alg, options, sigma_init, embeddings)
+    d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
     model = build_model(alg, d, covs)
     start = _initial_point(alg, d)
     if options.method == "nuts":
@@ -516,11 +458,6 @@ def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: 
         draws, info = _fit_advi(model, options, start)
     mean, cov, noise_var = group_posteriors(alg, d, draws)
     effects, hyper = effect_tables(d, draws, embeddings, covs)
-    if srt is not None:
-        mean[:, 1:] += srt.t_g[:, None] * srt.kappa[None, :]
-        # backoff slopes: slope mean + (predicted intercept - slope_rt_centre) · slope_rt
-        hyper["slope_rt"] = srt.kappa.tolist()
-        hyper["slope_rt_centre"] = srt.centre
     meta = dict(meta or {})
     meta["fit"] = info
     meta["hyper"] = hyper
@@ -532,20 +469,6 @@ def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: 
                        ridge_lambda=alg.lam, groups=stats.groups, mean=mean, cov=cov,
                        noise_var=noise_var, noise_df=np.full(len(noise_var), np.inf),
                        meta=meta, effects=effects, species_map=dict(species_map or {}))
-
-
-def prepare_fit(stats: GroupStats, alg: GroupAlgebra, options: ModelOptions, sigma_init: float,
-                embeddings: Embeddings | None,
-                ) -> tuple[PooledData, GroupAlgebra, SlopeRt | None]:
-    """:func:`prepare`, with the slope-along-the-gradient term estimated and the statistics
-    shifted by it when ``options.slope_by_rt`` (returns the algebra the fit runs on)."""
-    d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
-    if not (options.slope_by_rt and alg.p):
-        return d, alg, None
-    srt = slope_rt(alg, d)
-    log.info("pooled: slope along the gradient |κ| = %.4g per min", float(np.abs(srt.kappa).sum()))
-    alg = alg.shifted(srt.t_g, srt.kappa)
-    return prepare(stats, alg, options.group_by, sigma_init, embeddings), alg, srt
 
 
 def _cell_sigma2(d: PooledData, draws: dict[str, np.ndarray], i: int) -> np.ndarray:
