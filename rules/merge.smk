@@ -14,8 +14,8 @@ rule merge:
         ENV
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wc, input: 1000 + int(0.5 * input.size_mb),
+        runtime=lambda wc, input: 5 + int(input.size_mb / 100),
     params:
         export=lambda wc: f"{DATA}/{wc.hash}",
         merge=config["merge"],
@@ -36,8 +36,8 @@ rule split:
         ENV
     threads: 2
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=1000,
+        runtime=lambda wc, input: 5 + int(input.size_mb / 250),
     params:
         rt_range=lambda wc: rt_range(config, wc.lib),
     script:
@@ -56,8 +56,8 @@ rule coverage:
         ENV
     threads: 2
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=500,
+        runtime=5,
     params:
         caps=config["coverage_caps"],
     script:

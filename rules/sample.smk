@@ -34,8 +34,8 @@ rule cap:
         ENV
     threads: 2
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=1000,
+        runtime=lambda wc, input: 5 + int(input.size_mb / 500),
     params:
         cap=lambda wc: int(wc.cap),
         seed=config["cap_seed"],
@@ -55,8 +55,8 @@ rule cap_train:
         ENV
     threads: 2
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=1000,
+        runtime=lambda wc, input: 5 + int(input.size_mb / 500),
     params:
         cap=lambda wc: int(wc.cap),
         seed=config["cap_seed"],
