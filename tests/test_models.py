@@ -383,10 +383,132 @@ def test_cli_train_evaluate_predict(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_nuts_reports_rhat_and_ess(tmp_path: Path) -> None:
-    data = _small(seed=13, n_species=4, n_compounds=25, n_sample_sets=50, n_test_sets=5)
+    data = _small(seed=13, n_species=4, n_compounds=15, n_sample_sets=40, n_test_sets=5)
     paths = data.write(tmp_path / "d")
-    opts = replace(ModelOptions(), method="nuts", nuts_draws=100, nuts_tune=100, nuts_chains=2,
-                   summary_draws=20)
+    # no outlier screen here (its first ADVI fit is not what this test is about); few draws: this
+    # is about the route and its diagnostics (NUTS on this posterior costs ~0.5 s per draw)
+    opts = replace(ModelOptions(), method="nuts", nuts_draws=30, nuts_tune=30, nuts_chains=2,
+                   summary_draws=20, outlier_k=0.0)
     manifest = train(paths["train"], tmp_path / "m", options=opts)
     fit = manifest["fit"]
     assert fit["method"] == "nuts" and fit["rhat_max"] > 0.9 and fit["ess_bulk_min"] > 0
+
+
+# ------------------------------------------------------- robustness, slopes along the gradient
+def test_shifted_algebra_equals_statistics_of_shifted_rows() -> None:
+    df, covs, stats, alg = _prepared(_small(n_sample_sets=40, n_test_sets=5).train, lam=0.7)
+    rng = np.random.default_rng(4)
+    kappa = rng.normal(0, 0.05, stats.p)
+    t = rng.normal(0, 3.0, stats.groups.height)
+    x = covs.matrix(df)
+    _, gid = group_table(df, "species", "rows.csv")
+    y2 = df["rt"].to_numpy() - t[gid] * (x @ kappa)
+    from rtprep.models.data import sufficient_stats
+
+    direct = GroupAlgebra.from_stats(sufficient_stats(stats.groups, gid, x, y2), 0.7)
+    shifted = alg.shifted(t, kappa)
+    for name in ("ybar", "c", "yty", "kc", "skc", "ckc"):
+        np.testing.assert_allclose(getattr(shifted, name), getattr(direct, name), rtol=1e-8,
+                                   atol=1e-9, err_msg=name)
+
+
+def test_slope_rt_recovers_slopes_that_grow_along_the_gradient() -> None:
+    from rtprep.models.pooled import choose_lambda, prepare, slope_rt
+
+    data = _small(n_sample_sets=80, n_test_sets=5)
+    df, covs, stats, alg = _prepared(data.train)
+    d = prepare(stats, alg, "species", 0.05, None)
+    x = covs.matrix(df)
+    _, gid = group_table(df, "species", "rows.csv")
+    kappa = np.array([0.2, -0.1, 0.3, 0.0])
+    t_c = np.bincount(d.cpd_g, weights=alg.n * alg.ybar) / np.bincount(d.cpd_g, weights=alg.n)
+    t_g = t_c[d.cpd_g] - (alg.n * alg.ybar).sum() / alg.n.sum()
+    # add t_g κ to every group's slopes: the estimate finds κ (the species slopes absorb the rest)
+    df2 = df.with_columns(pl.Series("rt", df["rt"].to_numpy() + t_g[gid] * (x @ kappa)))
+    _, _, stats2, alg2 = _prepared(df2)
+    srt = slope_rt(alg2, prepare(stats2, alg2, "species", 0.05, None))
+    # the standards' RTs move together (collinear), so κ is identified along the directions the
+    # covariates vary in: compare its effect on the rows
+    effect, fitted = t_g[gid] * (x @ kappa), t_g[gid] * (x @ srt.kappa)
+    assert np.sqrt(np.mean((fitted - effect) ** 2)) < 0.1 * np.std(effect)
+    # t_g: the compound's training mean rt minus the overall mean
+    t2 = (np.bincount(d.cpd_g, weights=alg2.n * alg2.ybar) / np.bincount(d.cpd_g, weights=alg2.n))
+    np.testing.assert_allclose(srt.t_g, t2[d.cpd_g] - (alg2.n * alg2.ybar).sum() / alg2.n.sum(),
+                               rtol=1e-9, atol=1e-9)
+    # group slopes deviate by sd 0.02 against noise sd ~0.05: λ = σ²/0.02² ≈ 6
+    lam, info = choose_lambda(alg2, d, srt)
+    assert 1.0 <= lam <= 100.0 and not info["at_grid_edge"]
+
+
+def test_robust_flags_use_each_cell_and_kind_scale() -> None:
+    from rtprep.models.robust import robust_flags
+
+    rng = np.random.default_rng(0)
+    r = np.concatenate([rng.normal(0, 0.1, 200), rng.normal(0, 1.0, 200)])
+    cell = np.repeat([0, 1], 200)
+    r[[5, 250]] = [0.9, 9.0]  # 9 sd in cell 0, 9 sd in cell 1
+    r[[6, 251]] = [0.3, 3.0]  # 3 sd: kept
+    flags, info = robust_flags(r, cell, 5.0)
+    assert set(np.flatnonzero(flags)) == {5, 250}
+    assert info["cells_own_scale"] == 2
+    # cells too small for their own scale use their kind's global scale
+    flags, _ = robust_flags(np.array([0.0, 0.1, -0.1, 5.0]), np.arange(4), 5.0,
+                            stratum=np.zeros(4, np.int64))
+    assert flags.tolist() == [False, False, False, True]
+
+
+def test_outlier_screen_drops_misassigned_rows_and_counts_them(tmp_path: Path) -> None:
+    data = _small(seed=21, n_species=4, n_compounds=60, n_sample_sets=80, n_test_sets=5)
+    train_df = data.train.with_row_index("_i")
+    bad = np.arange(7, train_df.height, train_df.height // 12)[:12]
+    shifted = train_df.with_columns(
+        pl.when(pl.col("_i").is_in(bad.tolist())).then(pl.col("rt") + 4.0)
+        .otherwise(pl.col("rt")).alias("rt")).drop("_i")
+    csv = tmp_path / "rows.csv"
+    shifted.write_csv(csv)
+    opts = ModelOptions(quick_steps=400, screen_steps=400, summary_draws=10, seed=2)
+    manifest = train(csv, tmp_path / "m", options=opts, quick=True)
+    screen = manifest["outlier_screen"]
+    assert screen["outliers"] >= len(bad) and screen["outliers"] <= len(bad) + 0.01 * shifted.height
+    meta = json.loads((tmp_path / "m" / "pooled" / "groups.parquet.meta.json").read_text())
+    assert meta["drops"]["rt_outlier"] == screen["outliers"]
+    assert meta["rows_out"] == shifted.height - screen["outliers"]
+    # the noise estimate is not inflated by the 4-minute outliers
+    pooled = load_models(tmp_path / "m")["pooled"]
+    assert np.median(np.sqrt(pooled.noise_var)) < 3 * data.noise_sd
+    with pytest.raises(RtprepError, match="outlier_k"):
+        replace(opts, outlier_k=-1.0)
+
+
+def test_truth_report_on_hand_made_rows(tmp_path: Path) -> None:
+    from rtprep.models.truth import truth_report, truth_table
+
+    truth = pl.DataFrame({
+        "sample_set_id": [1, 1, 2, 2, 2], "task_id": [10, 10, 20, 20, 20],
+        "chem_id": [100, 101, 100, 101, 102], "apex_rt": [5.0, 6.0, 5.2, 9.0, 7.0],
+        "rt_true": [5.1, 6.0, 5.1, 6.1, 7.0], "is_misassigned": [False, False, False, True, False],
+        "comp_id": [1, 2, 1, 2, 3], "lib_id": [9] * 5, "species": ["a"] * 5,
+    })
+    truth = pl.concat([truth, truth.head(1)])  # a re-processed datum repeats a row
+    truth.write_parquet(tmp_path / "truth.parquet")
+    pred = pl.DataFrame({
+        "sampleset_id": ["1", "1", "2", "2"], "task_id": ["10", "10", "20", "20"],
+        "compound": ["100", "101", "100", "101"], "rt": [5.0, 6.0, 5.2, 9.0],
+        "support_bin": ["2", "≤1", "2", ">100"], "novelty": ["seen group"] * 4,
+        "pooled_pred": [5.0, 6.5, 5.0, 6.0], "pooled_lower": [4.0, 6.1, 4.9, 5.0],
+        "pooled_upper": [6.0, 7.0, 5.1, 7.0],
+        "ridge_pred": [5.0, None, 5.4, 6.0], "ridge_lower": [4.0, None, 5.0, 5.0],
+        "ridge_upper": [6.0, None, 6.0, 7.0],
+    })
+    rep = truth_report(pred, tmp_path / "truth.parquet")
+    assert rep["rows_matched"] == 4 and rep["misassigned_rows"] == 1
+    assert rep["all"]["truth_rmse"] == pytest.approx(np.sqrt((0.01 + 0 + 0.01 + 2.9**2) / 4))
+    clean = rep["clean"]
+    assert clean["rows"] == 3
+    assert clean["models"]["pooled"]["rmse"] == pytest.approx(np.sqrt((0 + 0.25 + 0.04) / 3))
+    assert clean["models"]["pooled"]["coverage95"] == pytest.approx(1 / 3)
+    assert clean["models"]["ridge"]["scored"] == 2
+    assert clean["support_le5"]["rows"] == 2  # the rows both models scored
+    table = truth_table(rep)
+    assert table.filter((pl.col("subset") == "clean") & (pl.col("model") == "truth"))[
+        "rmse"].item() == pytest.approx(np.sqrt(0.02 / 3))

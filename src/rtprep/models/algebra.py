@@ -74,6 +74,24 @@ class GroupAlgebra:
     def p(self) -> int:
         return int(self.s.shape[1])
 
+    def shifted(self, t: np.ndarray, kappa: np.ndarray) -> GroupAlgebra:
+        """The algebra of ``y' = y - t_g x·κ`` (same X, so ``K`` is reused), exactly.
+
+        With ``u = x·κ``: ``ȳ' = ȳ - t s·κ/n``, ``yc' = yc - t (X - 1sᵀ/n)κ``, so
+        ``c' = c - t Wκ`` and ``yc'ᵀyc' = ycᵀyc - 2t κ·c + t² κᵀWκ`` with ``W = XᵀX - ssᵀ/n``.
+        """
+        wk = (np.einsum("gij,j->gi", self.xtx, kappa)
+              - self.s * (self.s @ kappa)[:, None] / self.n[:, None])
+        c = self.c - t[:, None] * wk
+        yty = self.yty - 2.0 * t * (self.c @ kappa) + t * t * (wk @ kappa)
+        ybar = self.ybar - t * (self.s @ kappa) / self.n
+        kc = np.einsum("gij,gj->gi", self.k, c)
+        return GroupAlgebra(
+            lam=self.lam, n=self.n, ybar=ybar, s=self.s, c=c, yty=np.maximum(yty, 0.0),
+            xtx=self.xtx, k=self.k, ks=self.ks, kc=kc, sks=self.sks,
+            skc=np.einsum("gi,gi->g", self.s, kc), ckc=np.einsum("gi,gi->g", c, kc),
+            logdet=self.logdet)
+
     # -- pieces of the integrated likelihood ---------------------------------------------------
     @property
     def h_aa(self) -> np.ndarray:

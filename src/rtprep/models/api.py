@@ -22,11 +22,19 @@ from rtprep.artifacts import (
 from rtprep.errors import RtprepError, input_error
 from rtprep.frames import require_columns
 from rtprep.models.algebra import GroupAlgebra
-from rtprep.models.data import Covariates, build_stats, read_rows, unit_column
+from rtprep.models.data import (
+    Covariates,
+    GroupStats,
+    group_table,
+    read_rows,
+    sufficient_stats,
+    unit_column,
+)
 from rtprep.models.fitted import FittedModel
 from rtprep.models.options import ModelOptions
 from rtprep.models.pooled import Embeddings, fit_pooled
 from rtprep.models.ridge import fit_ridge
+from rtprep.models.robust import screen_outliers
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,12 @@ def read_embeddings(path: str | Path) -> Embeddings:
 def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
           quick: bool = False, embeddings: str | Path | None = None) -> dict[str, Any]:
     """Fit the ridge and pooled models on an RT CSV; write ``<out>/{ridge,pooled}/`` and
-    ``<out>/model.json`` (a manifest, written last). Returns the manifest."""
+    ``<out>/model.json`` (a manifest, written last). Returns the manifest.
+
+    Unless ``options.outlier_k`` is 0, training rows a first pooled fit finds far off (peaks
+    assigned to the wrong compound) are left out of both models and counted as ``rt_outlier``
+    in the sidecars (:mod:`rtprep.models.robust`).
+    """
     t0 = time.perf_counter()
     opts = replace(options, quick=bool(quick or options.quick))
     out = Path(out_dir)
@@ -68,10 +81,31 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
                     input_csv, list(opts.families))
     covs = Covariates.fit(df, names, opts.fill)
     unit = unit_column(opts.group_by)
-    stats = build_stats(df, covs, unit, input_csv)
+    emb = read_embeddings(embeddings) if embeddings is not None else None
+    groups, gid = group_table(df, unit, input_csv)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy().astype(np.float64)
+    stats = sufficient_stats(groups, gid, x, y)
+    alg = GroupAlgebra.from_stats(stats, opts.ridge_lambda)
+    screen: dict[str, Any] | None = None
+    t_screen = time.perf_counter()
+    if opts.outlier_k > 0 and stats.groups.height:
+        flags, screen = screen_outliers(stats, covs, alg, gid, x, y, opts,
+                                        sigma_init=_sigma_init(stats, covs, alg, opts),
+                                        embeddings=emb)
+        if flags.any():
+            account.drop("rt_outlier", int(flags.sum()))
+            df = df.filter(pl.Series(~flags))
+            x, y = x[~flags], y[~flags]  # rebinding frees the unscreened arrays
+            groups, gid = group_table(df, unit, input_csv)
+            stats = sufficient_stats(groups, gid, x, y)
+            alg = GroupAlgebra.from_stats(stats, opts.ridge_lambda)
+    del x, y, gid
+    t_screen = time.perf_counter() - t_screen
     species_map = dict(df.select("species", "species_cluster").unique().sort("species").iter_rows())
     account.rows_out = df.height
-    account.extra = {"groups": stats.groups.height}
+    account.extra = {"groups": stats.groups.height,
+                     "rt_outlier": 0 if screen is None else screen["outliers"]}
     del df
     t_stats = time.perf_counter()
     log.info("train: %d rows, %d groups, %d covariates; statistics in %.1fs", account.rows_out,
@@ -83,19 +117,16 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
         "options": opts.to_dict(),
         "support": {"groups": stats.groups.height, "min": int(support.min()),
                     "median": float(support.median()), "max": int(support.max())},
+        "outlier_screen": screen,
     }
-    alg = GroupAlgebra.from_stats(stats, opts.ridge_lambda)
     inputs = (input_csv,) if embeddings is None else (input_csv, embeddings)
     config = opts.to_dict()
     ridge = fit_ridge(stats, covs, alg, group_by=opts.group_by, meta=base_meta,
                       species_map=species_map)
     ridge.save(out / "ridge", account=account, inputs=inputs, config=config)
     t_ridge = time.perf_counter()
-    pooled_var = ridge.meta["ridge"]["pooled_noise_var"]
-    sigma_init = float(np.sqrt(pooled_var)) if np.isfinite(pooled_var) and pooled_var > 0 \
-        else 0.1 * float(np.sqrt(max(float(np.var(stats.ybar)), 1e-6)))
-    emb = read_embeddings(embeddings) if embeddings is not None else None
-    pooled = fit_pooled(stats, covs, alg, opts, sigma_init=sigma_init, embeddings=emb,
+    pooled = fit_pooled(stats, covs, alg, opts, sigma_init=_sigma_init_from(ridge, stats),
+                        embeddings=emb,
                         meta={**base_meta, "embeddings": None if embeddings is None
                               else str(embeddings)},
                         species_map=species_map)
@@ -107,13 +138,27 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
         "embeddings": None if embeddings is None else str(embeddings),
         "n_groups": stats.groups.height,
         "covariates": covs.names,
-        "seconds": {"statistics": round(t_stats - t0, 3), "ridge": round(t_ridge - t_stats, 3),
+        "seconds": {"statistics": round(t_stats - t0 - t_screen, 3),
+                    "outlier_screen": round(t_screen, 3), "ridge": round(t_ridge - t_stats, 3),
                     "pooled": round(t_end - t_ridge, 3), "total": round(t_end - t0, 3)},
         "fit": pooled.meta.get("fit", {}),
     }
     write_text_atomic(out / "model.json", json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("train: wrote %s in %.1fs", out, t_end - t0)
     return manifest
+
+
+def _sigma_init_from(ridge: FittedModel, stats: GroupStats) -> float:
+    """Starting noise sd of the pooled fit: the ridge fit's pooled residual sd."""
+    pooled_var = ridge.meta["ridge"]["pooled_noise_var"]
+    if np.isfinite(pooled_var) and pooled_var > 0:
+        return float(np.sqrt(pooled_var))
+    return 0.1 * float(np.sqrt(max(float(np.var(stats.ybar)), 1e-6)))
+
+
+def _sigma_init(stats: GroupStats, covs: Covariates, alg: GroupAlgebra,
+                opts: ModelOptions) -> float:
+    return _sigma_init_from(fit_ridge(stats, covs, alg, group_by=opts.group_by), stats)
 
 
 def load_models(model_dir: str | Path) -> dict[str, FittedModel]:

@@ -60,13 +60,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rtprep.models.evaluate import evaluate
 
     result = evaluate(args.model, args.train, args.test, args.out, options=_options(args),
-                      embeddings=args.embeddings, quick=args.quick)
+                      embeddings=args.embeddings, quick=args.quick, truth=args.truth)
     print(f"wrote {args.out}/metrics.json ({result['test_rows']:,} test rows)")
     for model, m in result["overall"].items():
         rmse = "-" if m["rmse"] is None else f"{m['rmse']:.4g}"
         cov = "-" if m["coverage95"] is None else f"{m['coverage95']:.3f}"
         print(f"  {model:<12} RMSE {rmse:>8}  coverage95 {cov:>6}  scored {m['scored']:,}"
               f" / {m['rows']:,}")
+    if "truth" in result:
+        for subset in ("all", "clean"):
+            b = result["truth"][subset]
+            pooled = b["models"].get("pooled", {})
+            print(f"  truth ({subset} rows): truth RMSE {b['truth_rmse']:.4g}, pooled "
+                  f"{pooled.get('rmse') or float('nan'):.4g} "
+                  f"(x{b.get('pooled_over_truth') or float('nan'):.3f}), coverage95 "
+                  f"{pooled.get('coverage95') or float('nan'):.3f}")
     return 0
 
 
@@ -111,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     s.add_argument("--train", required=True, help="..._train_cap<N>_chemclass_rt_prod.csv")
     s.add_argument("--test", required=True, help="..._test_chemclass_rt_prod.parquet")
     s.add_argument("--out", required=True, help="output folder (metrics.json, metrics.csv, ...)")
+    s.add_argument("--truth", help="the demo's truth/truth_peaks.parquet: also report the truth "
+                   "RMSE and the acceptance numbers (truth.json, truth.csv)")
     common(s)
     s.set_defaults(func=cmd_evaluate)
 

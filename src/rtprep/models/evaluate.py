@@ -109,8 +109,13 @@ def _metrics(long: pl.DataFrame, by: list[str]) -> pl.DataFrame:
 
 def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str | Path,
              out_dir: str | Path, *, options: ModelOptions | None = None,
-             embeddings: str | Path | None = None, quick: bool = False) -> dict[str, Any]:
+             embeddings: str | Path | None = None, quick: bool = False,
+             truth: str | Path | None = None) -> dict[str, Any]:
     """Score the models trained on ``train_csv`` on every row of ``test_rows``.
+
+    ``truth``: the demo's ``truth/truth_peaks.parquet``; the truth RMSE and the issue's
+    acceptance numbers (all rows and rows not mis-assigned) are then added as ``truth`` to the
+    result and written to ``truth.json`` and ``truth.csv`` (see :mod:`rtprep.models.truth`).
 
     ``model_dir``: a folder written by :func:`rtprep.models.train` from exactly ``train_csv``
     (checked by checksum: a model trained on other rows could have seen the test rows). With
@@ -218,6 +223,15 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     write_csv_atomic(skipped, out / "skipped.csv")
     write_parquet_atomic(wide, out / "predictions.parquet")
     plot = _plot(metrics, out / "rmse_by_support.png")
+    truth_block = None
+    if truth is not None:
+        from rtprep.models.truth import truth_report, truth_table
+
+        truth_block = truth_report(wide, truth)
+        write_csv_atomic(truth_table(truth_block), out / "truth.csv")
+        with atomic_output(out / "truth.json") as tmp:
+            tmp.write_text(json.dumps(truth_block, indent=2, default=_nan_none) + "\n",
+                           encoding="utf-8")
     result = {
         "model_dir": str(model_dir), "train": str(train_csv), "test": str(test_rows),
         "test_rows": test_df.height, "train_rows": train_df.height,
@@ -228,8 +242,11 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
         "metrics": metrics.to_dicts(),
         "skipped": skipped.to_dicts(),
         "files": ["metrics.csv", "skipped.csv", "predictions.parquet",
-                  *(["rmse_by_support.png"] if plot else [])],
+                  *(["rmse_by_support.png"] if plot else []),
+                  *(["truth.json", "truth.csv"] if truth_block is not None else [])],
     }
+    if truth_block is not None:
+        result["truth"] = truth_block
     with atomic_output(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2, default=_nan_none) + "\n", encoding="utf-8")
         write_sidecars(out / "metrics.json", account, inputs=(train_csv, test_rows),

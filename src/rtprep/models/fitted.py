@@ -287,6 +287,10 @@ class FittedModel:
                       np.where(cl_ok[:, None], arr(cl, "slope_mean", p, g_slope), g_slope))
         sc = np.where(u_ok[:, None], arr(u, "slope_cov", p * p, g_cov),
                       np.where(cl_ok[:, None], arr(cl, "slope_cov", p * p, g_cov), g_cov))
+        if "slope_rt" in hyper:
+            # slopes grow along the gradient: the unseen group's predicted intercept sets where
+            sm = sm + (im - float(hyper["slope_rt_centre"]))[:, None] * np.asarray(
+                hyper["slope_rt"], dtype=np.float64)[None, :]
         extra = np.where(u_ok[:, None], 0.0, tsp[None, :]) + np.where(
             (u_ok | cl_ok)[:, None] | (unit != "species"), 0.0, tsc[None, :])
         # noise: log sd = log σ0 + unit effect + class effect; unseen levels add their spread

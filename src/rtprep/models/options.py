@@ -20,13 +20,21 @@ class ModelOptions:
 
     - ``group_by``: a group is (``species``, compound) or (``species_cluster``, compound).
     - ``ridge_lambda``: ridge penalty on the centred covariates' slopes (the intercept is not
-      penalised). In the pooled model it is the fixed precision ratio of a group's slopes around
-      its species mean: ``slope ~ N(species_mean, noise_var / ridge_lambda)``.
+      penalised).
     - ``families``: covariate column prefixes, in RT CSV order.
     - ``fill``: how a null covariate is filled: the training ``mean`` (default), ``median`` or
       ``zero`` (before centring).
     - ``method``: ``advi`` (mean-field ADVI; ``advi_steps``, or ``quick_steps`` when quick) or
       ``nuts`` (``nuts_draws``, ``nuts_tune``, ``nuts_chains``).
+    - ``pooled_lambda``: the pooled model's slope precision ratio ``λ`` (slopes ~
+      N(species mean, noise_var / λ)); 0 (default): chosen by the within-group restricted
+      likelihood on a grid (covariates in any unit); ``ridge_lambda`` stays the ridge penalty.
+    - ``slope_by_rt``: the pooled model's slope prior mean moves with the compound's mean rt
+      (``slope_rt``: injection drift that scales the gradient moves late eluters more).
+    - ``outlier_k``: training rows whose residual from a first pooled fit exceeds ``outlier_k``
+      robust SDs (1.4826 × MAD of the residuals in their noise cell) are left out of both models
+      and counted as ``rt_outlier`` (mis-assigned peaks); 0 turns the screen off.
+    - ``screen_steps``: ADVI steps of that first fit (at most the run's steps).
     - ``summary_draws``: posterior draws used to summarise the pooled fit per group.
     - ``seed``: every random choice of the fit (ADVI, NUTS, draws).
     """
@@ -38,11 +46,15 @@ class ModelOptions:
     method: str = "advi"
     advi_steps: int = 20_000
     quick_steps: int = 3_000
-    learning_rate: float = 0.02
+    learning_rate: float = 0.05
     nuts_draws: int = 500
     nuts_tune: int = 500
     nuts_chains: int = 2
     summary_draws: int = 40
+    pooled_lambda: float = 0.0
+    slope_by_rt: bool = True
+    outlier_k: float = 5.0
+    screen_steps: int = 1_000
     seed: int = 0
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -60,10 +72,16 @@ class ModelOptions:
             raise RtprepError(
                 f"model option fill={self.fill!r}: use one of {', '.join(FILL_CHOICES)}"
             )
+        if not self.outlier_k >= 0:
+            raise RtprepError(f"model option outlier_k={self.outlier_k!r}: must be >= 0 "
+                              "(0: no outlier screen)")
+        if not self.pooled_lambda >= 0:
+            raise RtprepError(f"model option pooled_lambda={self.pooled_lambda!r}: must be >= 0 "
+                              "(0: chosen from the data)")
         if not self.ridge_lambda > 0:
             raise RtprepError(f"model option ridge_lambda={self.ridge_lambda!r}: must be > 0")
         for name in ("advi_steps", "quick_steps", "nuts_draws", "nuts_tune", "nuts_chains",
-                     "summary_draws"):
+                     "summary_draws", "screen_steps"):
             if int(getattr(self, name)) < 1:
                 raise RtprepError(f"model option {name}={getattr(self, name)!r}: must be >= 1")
         if not self.families:

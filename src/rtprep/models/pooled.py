@@ -4,11 +4,27 @@ The model (one group g = (species, compound); u = its species, c = its compound)
 
     rt_i = a_g + x_i·b_g + ε_i,        ε_i ~ N(0, σ²_cell(g)),   x centred on training rows
     a_g ~ N(α0 + species_u + compound_c, τ_group²)
-    b_g ~ N(slope_species_u, σ²_cell / λ · I)           λ: the ridge penalty (fixed)
+    b_g ~ N(slope_species_u + t_c·κ, σ²_cell / λ · I)   λ: fixed (see :func:`choose_lambda`)
     species_u = cluster_{cl(u)} + τ_species·z            slope_species_u = slope_cluster + τ·z
     cluster   = τ_cluster·z                              slope_cluster  = slope_global + τ·z
     compound_c = class_{k(c)} + embedding_c·γ + τ_compound·z,   class_k = τ_class·z
     log σ_cell = log σ0 + τ_noise_species·z_u + τ_noise_class·z_k     (cell = (species, class))
+
+``t_c`` is the compound's training mean rt minus the overall mean, and ``κ`` (``slope_rt``, one
+per covariate) lets the slopes change along the gradient: an injection that runs a little slower
+(standards later by a factor ``1 + s``) moves a late eluter more than an early one, so a
+compound's slope on the standards' RTs grows with its own RT. Without this term every compound
+of a species shares one slope vector, which is wrong for all but mid-gradient compounds. ``κ``
+is estimated once, in closed form, from the within-group variation of all rows (species slopes
+and κ by least squares on the within-group sufficient statistics), and then held fixed: with κ
+known, ``y - t_c x·κ`` has slopes ``b_g - t_c κ ~ N(slope_species_u, σ²/λ)``, so the fit runs on
+shifted sufficient statistics (exact, :meth:`GroupAlgebra.shifted`) at no cost per step, and
+``t_c κ`` is added back to the slopes of the group summaries.
+
+``λ`` sets how far a group's slopes may stray from that mean. It is in the covariates' units
+(a drift of a tenth of a minute makes XᵀX small), so a fixed default fits no dataset: it is
+chosen by the within-group restricted likelihood (:func:`choose_lambda`, closed form on a grid)
+unless ``pooled_lambda`` fixes it; each group's ``XᵀX + λI`` is then factored once, as before.
 
 All group effects are non-centred (z ~ N(0, 1)); priors are scaled by the spread of rt and of
 the covariates. The group's own intercept deviation and slopes are integrated out analytically
@@ -297,6 +313,14 @@ def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
              / np.maximum(np.bincount(d.class_c, minlength=n_k), 1))
     tau_k = float(max(np.std(k_hat), 0.05 * d.y_sd))
     resid = v_hat - k_hat[d.class_c]
+    gamma = None
+    if d.emb is not None:
+        # start the embedding regression at its ridge fit to the compound residuals: started
+        # at 0 with z_compound absorbing everything, only the weak prior pull on z_compound
+        # moves γ, and ADVI would leave it near 0 for thousands of steps
+        emb = d.emb
+        gamma = np.linalg.solve(emb.T @ emb + np.eye(emb.shape[1]), emb.T @ resid)
+        resid = resid - emb @ gamma
     tau_c = float(max(np.std(resid), 0.05 * d.y_sd))
     start: dict[str, Any] = {
         "tau_class": tau_k, "z_class": k_hat / tau_k, "tau_compound": tau_c,
@@ -307,9 +331,10 @@ def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
     if d.has_parent:
         start["tau_slope_cluster"] = np.full(len(d.hm_cell[0]), 0.1)
         start["tau_cluster"] = 0.05 * d.y_sd
-    if d.emb is not None:
-        start["z_gamma"] = np.zeros(d.emb.shape[1])
-        start["tau_gamma"] = 0.1 * d.y_sd
+    if gamma is not None:
+        tau_g = float(max(np.sqrt(np.mean(gamma**2)), 0.01 * d.y_sd))
+        start["z_gamma"] = gamma / tau_g
+        start["tau_gamma"] = tau_g
     return start
 
 
@@ -349,19 +374,27 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
     avg_from = int(steps * 0.75)
     losses = np.empty(steps)
     skipped = 0
+    rate_scale = 1.0
+    last_good = params.copy()
     for t in range(1, steps + 1):  # optimisation steps (each one vectorised over parameters)
         mu, omega = params[:dim], params[dim:]
         sd = np.exp(omega)
         e = rng.standard_normal(dim)
         logp, grad = fn(mu + sd * e)
         if not (np.isfinite(logp) and np.all(np.isfinite(grad))):
+            # a step too far: back to the last good point, with half the step from now on
+            # (skipping alone can leave the iterate where every later draw is non-finite)
             skipped += 1
             losses[t - 1] = np.nan
+            params = last_good.copy()
+            rate_scale *= 0.5
             continue
+        last_good = params.copy()
         losses[t - 1] = -(float(logp) + float(omega.sum()))
         g = np.concatenate([grad, grad * e * sd + 1.0])
         frac = min(1.0, max(0.0, (t - steps / 2) / (steps / 2)))
-        lr = options.learning_rate * (0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * frac)))
+        lr = rate_scale * options.learning_rate * (
+            0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * frac)))
         m1 = beta1 * m1 + (1 - beta1) * g
         m2 = beta2 * m2 + (1 - beta2) * g * g
         step = lr * (m1 / (1 - beta1**t)) / (np.sqrt(m2 / (1 - beta2**t)) + eps)
@@ -384,7 +417,7 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
             "compile_seconds": round(t_compile, 3),
             "final_loss": float(np.nanmean(tail)) if np.isfinite(tail).any() else None,
             "learning_rate": options.learning_rate, "averaged_steps": n_avg,
-            "nonfinite_steps": skipped, "parameters": dim}
+            "nonfinite_steps": skipped, "rate_scale": rate_scale, "parameters": dim}
     log.info("pooled: ADVI %d steps (%d parameters) in %.1fs, final loss %.6g", steps, dim,
              info["seconds"], info["final_loss"] or float("nan"))
     return draws, info
@@ -444,12 +477,108 @@ def _draws(idata: Any, model: Any) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass
+class SlopeRt:
+    """The fixed slope-along-the-gradient term: ``κ`` and each group's ``t_g``."""
+
+    kappa: np.ndarray    # (p,)
+    t_g: np.ndarray      # (G,) compound's training mean rt minus ``centre``
+    centre: float
+    beta_u: np.ndarray   # (units, p) least-squares species slopes beside κ
+
+
+def slope_rt(alg: GroupAlgebra, d: PooledData, ridge: float = 1e-6) -> SlopeRt:
+    """Estimate ``κ`` by least squares on the within-group sufficient statistics.
+
+    Within group g (rows centred on the group means) ``yc ≈ Xw (β_u + t_g κ)`` with ``Xw`` the
+    within-centred covariates: the normal equations need only ``W_g = XᵀX - s sᵀ/n`` and
+    ``c_g = Xᵀyc``. The species slopes ``β_u`` are eliminated per species (Schur complement), so
+    the cost is O(groups × p² + species × p³). ``ridge`` (relative to the mean diagonal of W)
+    keeps species with too few rows solvable.
+    """
+    n_c = len(d.compounds)
+    w_c = np.bincount(d.cpd_g, weights=alg.n, minlength=n_c)
+    t_c = np.bincount(d.cpd_g, weights=alg.n * alg.ybar, minlength=n_c) / np.maximum(w_c, 1e-300)
+    centre = float((alg.n * alg.ybar).sum() / alg.n.sum())
+    t_g = t_c[d.cpd_g] - centre
+    p = alg.p
+    if p == 0:
+        return SlopeRt(np.zeros(0), t_g, centre, np.zeros((len(d.units), 0)))
+    import scipy.sparse as sp
+
+    w = alg.xtx - alg.s[:, :, None] * alg.s[:, None, :] / alg.n[:, None, None]
+    n_u, g_n = len(d.units), len(t_g)
+    w_flat = w.reshape(g_n, p * p)
+
+    def per_unit(weights: np.ndarray, v: np.ndarray) -> np.ndarray:
+        # Σ_g∈u weight_g v_g as a sparse (units × groups) product: no (G, p, p) temporaries
+        u = sp.csr_matrix((weights, (d.unit_g, np.arange(g_n))), shape=(n_u, g_n))
+        return np.asarray(u @ v)
+
+    ones = np.ones(g_n)
+    a_u = per_unit(ones, w_flat).reshape(n_u, p, p)
+    b_u = per_unit(t_g, w_flat).reshape(n_u, p, p)
+    c_u = per_unit(ones, alg.c)
+    eps = ridge * max(float(np.trace(a_u.sum(axis=0)) / p), 1e-12)
+    a_u = a_u + eps * np.eye(p)[None]
+    ainv_b = np.linalg.solve(a_u, b_u)
+    ainv_c = np.linalg.solve(a_u, c_u[:, :, None])[:, :, 0]
+    lhs = (t_g**2 @ w_flat).reshape(p, p) - np.einsum("uji,ujk->ik", b_u, ainv_b)
+    rhs = t_g @ alg.c - np.einsum("uji,uj->i", b_u, ainv_c)
+    kappa = np.linalg.solve(lhs + eps * np.eye(p), rhs)
+    beta_u = ainv_c - np.einsum("uij,j->ui", ainv_b, kappa)
+    return SlopeRt(kappa, t_g, centre, beta_u)
+
+
+#: Grid of slope precision ratios λ searched by :func:`choose_lambda` (log10).
+LAMBDA_GRID = np.arange(-2.0, 5.01, 0.25)
+
+
+def choose_lambda(alg: GroupAlgebra, d: PooledData, srt: SlopeRt | None) -> tuple[float,
+                                                                                   dict[str, Any]]:
+    """The slope precision ratio λ that maximises the within-group (restricted) likelihood.
+
+    Within group g (rows centred on their mean; the intercept drops out), with the prior slope
+    mean ``m_g`` (least-squares species slopes + ``t_g κ``): ``yc ~ N(Xw m_g, σ²(P + Xw Xwᵀ/λ))``.
+    With ``W = V diag(e) Vᵀ`` (one batched eigendecomposition) and ``r = c - W m``:
+    ``Q_g = ycᵀyc - 2m·c + mᵀWm - Σ_i (Vᵀr)_i² / (e_i + λ)``, ``logdet = Σ_i log(1 + e_i/λ)``;
+    σ² is profiled out. The grid search costs O(groups × p × grid) after the O(groups × p³)
+    decomposition.
+    """
+    p = alg.p
+    w = alg.xtx - alg.s[:, :, None] * alg.s[:, None, :] / alg.n[:, None, None]
+    if srt is not None:
+        m = srt.beta_u[d.unit_g] + srt.t_g[:, None] * srt.kappa[None, :]
+    else:
+        m = np.zeros((len(alg.n), p))
+    e, v = np.linalg.eigh(w)
+    e = np.maximum(e, 0.0)
+    wm = np.einsum("gij,gj->gi", w, m)
+    r = alg.c - wm
+    q_base = alg.yty - 2.0 * np.einsum("gi,gi->g", m, alg.c) + np.einsum("gi,gi->g", m, wm)
+    vr2 = np.einsum("gji,gj->gi", v, r) ** 2
+    dof = float((alg.n - 1).sum())
+    scores = []
+    for lg in LAMBDA_GRID:  # a loop over ~30 grid values, each vectorised over groups
+        lam = 10.0**lg
+        q = q_base - (vr2 / (e + lam)).sum(axis=1)
+        logdet = np.log1p(e / lam).sum()
+        sigma2 = max(float(q.sum()) / max(dof, 1.0), 1e-300)
+        scores.append(-0.5 * (dof * np.log(sigma2) + logdet + dof))
+    best = int(np.argmax(scores))
+    lam = float(10.0 ** LAMBDA_GRID[best])
+    info = {"lambda": lam, "grid_log10": [float(LAMBDA_GRID[0]), float(LAMBDA_GRID[-1])],
+            "at_grid_edge": best in (0, len(LAMBDA_GRID) - 1)}
+    log.info("pooled: slope precision ratio λ = %.4g (restricted likelihood)", lam)
+    return lam, info
+
+
 def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: ModelOptions, *,
                sigma_init: float, embeddings: Embeddings | None = None,
                meta: dict[str, Any] | None = None,
                species_map: dict[str, str] | None = None) -> FittedModel:
     """Fit the pooled model and summarise it per group and per effect level."""
-    d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
+    d, alg, srt = prepare_fit(stats, alg, options, sigma_init, embeddings)
     model = build_model(alg, d, covs)
     start = _initial_point(alg, d)
     if options.method == "nuts":
@@ -458,17 +587,45 @@ def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: 
         draws, info = _fit_advi(model, options, start)
     mean, cov, noise_var = group_posteriors(alg, d, draws)
     effects, hyper = effect_tables(d, draws, embeddings, covs)
+    if srt is not None:
+        mean[:, 1:] += srt.t_g[:, None] * srt.kappa[None, :]
+        # backoff slopes: slope mean + (predicted intercept - slope_rt_centre) · slope_rt
+        hyper["slope_rt"] = srt.kappa.tolist()
+        hyper["slope_rt_centre"] = srt.centre
     meta = dict(meta or {})
     meta["fit"] = info
     meta["hyper"] = hyper
     meta["pooled"] = {"n_species": len(d.units), "n_clusters": len(d.clusters),
                       "n_compounds": len(d.compounds), "n_classes": len(d.classes),
+                      "slope_lambda": alg.lam,
+                      "slope_rt": None if srt is None else srt.kappa.tolist(),
                       "n_noise_cells": len(d.n_cell), "embeddings": d.emb is not None,
                       "summary_draws": int(next(iter(draws.values())).shape[0])}
     return FittedModel(kind="pooled", group_by=options.group_by, covariates=covs,
                        ridge_lambda=alg.lam, groups=stats.groups, mean=mean, cov=cov,
                        noise_var=noise_var, noise_df=np.full(len(noise_var), np.inf),
                        meta=meta, effects=effects, species_map=dict(species_map or {}))
+
+
+def prepare_fit(stats: GroupStats, alg: GroupAlgebra, options: ModelOptions, sigma_init: float,
+                embeddings: Embeddings | None,
+                ) -> tuple[PooledData, GroupAlgebra, SlopeRt | None]:
+    """:func:`prepare`, with the slope-along-the-gradient term estimated and the statistics
+    shifted by it when ``options.slope_by_rt`` (returns the algebra the fit runs on)."""
+    d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
+    srt = slope_rt(alg, d) if options.slope_by_rt and alg.p else None
+    if srt is not None:
+        log.info("pooled: slope along the gradient Σ|κ| = %.4g per min",
+                 float(np.abs(srt.kappa).sum()))
+    lam = float(options.pooled_lambda)
+    if lam <= 0 and alg.p:
+        lam, _ = choose_lambda(alg, d, srt)
+    if lam > 0 and lam != alg.lam:
+        alg = GroupAlgebra.from_stats(stats, lam)
+    if srt is None:
+        return d, alg, None
+    alg = alg.shifted(srt.t_g, srt.kappa)
+    return prepare(stats, alg, options.group_by, sigma_init, embeddings), alg, srt
 
 
 def _cell_sigma2(d: PooledData, draws: dict[str, np.ndarray], i: int) -> np.ndarray:
