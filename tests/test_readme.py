@@ -3,8 +3,9 @@
 The copy gets its own virtual environment (``--system-site-packages``: the dependencies are the
 ones installed already, so ``pip install -e`` only links the copy), so the commands run exactly as
 a new user types them without touching the environment the tests run in. The second command runs
-the test suite; inside this test it skips the slow tests (``RTPREP_README_TEST``), or it would
-run itself again.
+the test suite; inside this test (``RTPREP_README_TEST``) it collects every test but runs only a
+few quick ones (``tests/conftest.py``): this session runs all the others already, and the nested
+run would otherwise run this test again.
 """
 
 from __future__ import annotations
@@ -66,13 +67,25 @@ def test_readme_commands_work_in_a_fresh_copy(tmp_path: Path) -> None:
         shim = venv / "bin" / name
         shim.write_text(f'#!/bin/sh\nexec "{venv / "bin" / "python"}" -m {module} "$@"\n')
         shim.chmod(0o755)
+    outputs = []
     for cmd in readme_commands():
         proc = subprocess.run(["bash", "-c", cmd], cwd=checkout, env=env, capture_output=True,
                               text=True, timeout=1800)
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        outputs.append(proc.stdout)
+    # the test command collected the whole suite in the copy and ran its quick part
+    summary = re.search(r"(\d+) passed, (\d+) skipped", outputs[1])
+    assert summary, outputs[1][-2000:]
+    passed, skipped = int(summary[1]), int(summary[2])
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) tests? collected", collected)[1])
+    assert passed >= 10 and passed + skipped == total, outputs[1][-2000:]
     # the demo command built every RT CSV, model and evaluation of the shipped config
     data = checkout / "demo/repo_export"
-    assert len(list(data.glob("*_cap5_chemclass_rt_prod.csv"))) == 5
+    # (the glob also matches the train-fold CSVs, `..._lib208_train_cap5_...`)
+    rt_csvs = [p for p in data.glob("*_cap5_chemclass_rt_prod.csv") if "_train_cap" not in p.name]
+    assert len(rt_csvs) == 5, sorted(p.name for p in rt_csvs)
     assert len(list((checkout / "results/rt_prod").glob("*/*/eval/metrics.json"))) >= 5
     linked = subprocess.run([str(venv / "bin/python"), "-c",
                              "import rtprep, sys; sys.stdout.write(rtprep.__file__)"],
