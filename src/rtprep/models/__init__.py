@@ -2,12 +2,40 @@
 
 Public API: :func:`train`, :func:`evaluate`, :func:`predict`, :class:`ModelOptions`,
 :class:`FittedModel` (the saved/loaded fitted state of one model). Heavy imports (PyMC) happen
-only when a pooled model is fitted.
+only when a pooled model is fitted. The names are imported on first use (PEP 562), so that
+``rtprep <step> --help`` and the data stages do not pay for SciPy's import.
 """
 
-from rtprep.models.api import load_models, predict, train
-from rtprep.models.evaluate import evaluate
-from rtprep.models.fitted import FittedModel
-from rtprep.models.options import ModelOptions
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rtprep.models.api import load_models, predict, train
+    from rtprep.models.evaluate import evaluate
+    from rtprep.models.fitted import FittedModel
+    from rtprep.models.options import ModelOptions
+
+_WHERE = {
+    "train": "rtprep.models.api",
+    "predict": "rtprep.models.api",
+    "load_models": "rtprep.models.api",
+    "evaluate": "rtprep.models.evaluate",
+    "FittedModel": "rtprep.models.fitted",
+    "ModelOptions": "rtprep.models.options",
+}
 
 __all__ = ["FittedModel", "ModelOptions", "evaluate", "load_models", "predict", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rtprep.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
