@@ -6,6 +6,7 @@ from rtprep.workflow import (
     accounted_artifacts,
     classes_files,
     coerce_config,
+    config_error_message,
     demo_active,
     export_libs,
     final_targets,
@@ -13,12 +14,18 @@ from rtprep.workflow import (
     model_dir,
     rt_range,
 )
+from rtprep.errors import RtprepError
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-config.update(coerce_config(config))
-
-
-validate(config, schema="../config/schema.yaml")
+# A bad config stops here with one message naming the key, the value and what is allowed;
+# the exports' folders and the libs asked for are checked up front too.
+try:
+    config.update(coerce_config(config))
+    validate(config, schema="../config/schema.yaml")
+    export_libs(config)
+except (RtprepError, WorkflowError) as e:
+    raise WorkflowError(config_error_message(e)) from None
 
 
 DATA = config["data_dir"]

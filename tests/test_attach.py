@@ -142,15 +142,18 @@ def test_mapping_of_another_lib_is_used_for_that_lib(tmp_path: Path) -> None:
     assert got["compound_class"].to_list() == [2] * 4
 
 
-def test_header_only_mapping_drops_everything(tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    inp, mp, cl = write_inputs(tmp_path, mapping="lib_id,comp_id,chemical_id\n")
-    out = tmp_path / "out.parquet"
-    acc = attach_chem_classes(inp, mp, cl, out)
-    assert acc.drops == {"comp_id_unmapped": 17, "comp_id_ambiguous": 0, "chem_id_no_class": 0}
-    assert acc.rows_out == 0
-    assert pl.read_parquet(out).height == 0
-    assert "no rows" in caplog.text
+@pytest.mark.parametrize(("mapping", "message"), [
+    # Every row would be dropped as unmapped: an error, not an empty output.
+    ("lib_id,comp_id,chemical_id\n", "has a header but no rows"),
+    ("lib_id,comp_id,chemical_id\n305,100,1000\n", "no rows for lib 208.*lists lib_id 305"),
+])
+def test_mapping_without_rows_for_the_lib_is_an_error(tmp_path: Path, mapping: str,
+                                                      message: str) -> None:
+    inp, mp, cl = write_inputs(tmp_path, mapping=mapping)
+    before = _files(tmp_path)
+    with pytest.raises(RtprepError, match=message):
+        attach_chem_classes(inp, mp, cl, tmp_path / "out.parquet")
+    assert _files(tmp_path) == before
 
 
 def test_null_comp_id_is_unmapped(tmp_path: Path) -> None:

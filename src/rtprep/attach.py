@@ -66,14 +66,15 @@ def checked_int_column(df: pl.DataFrame, column: str, path: str | Path, *,
 def read_lib_mapping(path: str | Path) -> pl.DataFrame:
     """Read and validate a ``lib_comp_chem_mapping_lib<lib>.csv``.
 
-    Returns its distinct ``lib_id, comp_id, chemical_id`` rows (Int64). A header-only file gives
-    an empty frame (every comp_id will be unmapped), logged as a warning.
+    Returns its distinct ``lib_id, comp_id, chemical_id`` rows (Int64). A header-only file is an
+    error: it would leave every comp_id unmapped, i.e. drop every row.
     """
     df = read_csv_checked(path, MAPPING_COLUMNS,
                           schema_overrides={c: pl.String for c in MAPPING_COLUMNS})
     df = pl.DataFrame([checked_int_column(df, c, path) for c in MAPPING_COLUMNS])
     if df.height == 0:
-        log.warning("%s: the mapping has no rows; every comp_id will be unmapped", path)
+        raise input_error(path, "has a header but no rows: every comp_id would be unmapped and "
+                          "every row dropped; fill in the lib's lib_id, comp_id, chemical_id rows")
     return df.unique().sort(list(MAPPING_COLUMNS))
 
 
@@ -243,9 +244,12 @@ def attach_chem_classes(
     classes_df = read_classes(classes)
     lib = input_lib(lf, input_path)
     mapping_df = mapping_for_lib(mapping_all, lib)
-    if lib is not None and mapping_df.height == 0 and mapping_all.height > 0:
-        log.warning("%s: no mapping rows for lib %s (it lists lib_id %s); every comp_id will be "
-                    "unmapped", lib_mapping, lib, mapping_all["lib_id"].unique().sort().to_list())
+    if lib is not None and mapping_df.height == 0:
+        # Every row would be dropped as unmapped: the file is another lib's mapping.
+        listed = ", ".join(map(str, mapping_all["lib_id"].unique().sort().to_list()))
+        raise input_error(lib_mapping, f"has no rows for lib {lib} (the lib of {input_path}); it "
+                          f"lists lib_id {listed}: give the mapping of lib {lib}",
+                          column="lib_id")
 
     comp_counts = comp_counts_lazy(lf).collect(engine="streaming")
     account = RowAccount("attach", rows_in=int(comp_counts["n"].sum()))

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 EMBEDDING_DIM = 20
 EMBEDDING_COLUMN = "embedding20"
 _SHOW = 5  # how many offending ids an error message names
+_RECOMPUTE = "; recompute these chemicals' embeddings (rtprep embed) or remove their rows"
 
 
 def classes_paths(embeddings: str | Path, n_clusters: int) -> tuple[Path, Path]:
@@ -99,25 +100,25 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, int]:
     )
     bad = checks.filter(pl.col("null"))
     if bad.height:
-        raise input_error(path, f"no embedding (null) for chem_id {_ids(bad['chem_id'])}",
-                          column=EMBEDDING_COLUMN)
+        raise input_error(path, f"no embedding (null) for chem_id {_ids(bad['chem_id'])}"
+                          + _RECOMPUTE, column=EMBEDDING_COLUMN)
     bad = checks.filter(pl.col("len") != EMBEDDING_DIM)
     if bad.height:
         first_len = bad["len"][0]
         raise input_error(
             path,
             f"embedding of length {first_len} (expected {EMBEDDING_DIM}) for chem_id "
-            f"{_ids(bad['chem_id'])}",
+            f"{_ids(bad['chem_id'])}" + _RECOMPUTE,
             column=EMBEDDING_COLUMN,
         )
     bad = checks.filter(pl.col("has_null"))
     if bad.height:
         raise input_error(path, f"embedding contains null values for chem_id "
-                          f"{_ids(bad['chem_id'])}", column=EMBEDDING_COLUMN)
+                          f"{_ids(bad['chem_id'])}" + _RECOMPUTE, column=EMBEDDING_COLUMN)
     bad = checks.filter(pl.col("non_finite"))
     if bad.height:
         raise input_error(path, f"embedding contains NaN or infinite values for chem_id "
-                          f"{_ids(bad['chem_id'])}", column=EMBEDDING_COLUMN)
+                          f"{_ids(bad['chem_id'])}" + _RECOMPUTE, column=EMBEDDING_COLUMN)
 
     # Identical duplicate rows are harmless (a re-export); two different vectors are not.
     df = df.unique(maintain_order=False).sort("chem_id")
@@ -161,9 +162,6 @@ def build_chem_classes(
     into the sidecars' ``extra``. k-means is scikit-learn's Lloyd algorithm with ``n_init=10``
     and ``random_state=seed``, on one thread, with canonical labels (see the module docstring).
     """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
     t0 = time.perf_counter()
     embeddings = Path(embeddings)
     default_pq, default_csv = classes_paths(embeddings, n_clusters)
@@ -194,6 +192,10 @@ def build_chem_classes(
             f"({n_distinct} among {n_chem} chemicals); lower n_clusters",
             column=EMBEDDING_COLUMN,
         )
+
+    # Imported only now: the input is checked first, without waiting for scikit-learn.
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     # One thread: scikit-learn's Lloyd iterations reduce per-thread partial sums in scheduling
     # order, so more threads could move a borderline chemical between runs.

@@ -46,6 +46,25 @@ def _p(path: str) -> Path:
     return Path(path)
 
 
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({what})") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not >= {low} ({what})")
+        return value
+
+    return parse
+
+
+_cap_type = _int_at_least(1, "rows kept per species_matrix_type x comp_id pair")
+_lib_type = _int_at_least(0, "a lib id")
+
+
 def _stem_out(path: Path, suffix: str) -> Path:
     """``x.parquet`` -> ``x<suffix>``: the seed's naming of a stage's output beside its input."""
     return path.with_name(path.name.removesuffix(".parquet") + suffix)
@@ -228,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("split", cmd_split, "step 2: split a merged Parquet into one Parquet per lib_id")
     s.add_argument("merged", help="merged_training_<hash>.parquet")
-    s.add_argument("--libs", type=int, nargs="+", help="only these libs (default: all)")
+    s.add_argument("--libs", type=_lib_type, nargs="+", help="only these libs (default: all)")
     s.add_argument("--rt-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="valid apex_rt range in minutes; rows outside are dropped (counted)")
 
@@ -238,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("sample", cmd_sample, "step 4: cap rows per (species_matrix_type, comp_id) pair")
     s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
-    s.add_argument("--cap-per-pair", type=int, required=True, help="N rows at most per pair")
+    s.add_argument("--cap-per-pair", type=_cap_type, required=True,
+                   help="N rows at most per pair")
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("-o", "--output", help="default: ..._lib<lib>_cap<N>.parquet beside it")
 
@@ -251,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("chem-classes", cmd_chem_classes, "step 5: k-means compound classes from embeddings")
     s.add_argument("--embeddings", required=True,
                    help="Parquet: chem_id, smiles, embedding20 (classes are written beside it)")
-    s.add_argument("--n-clusters", type=int, default=32)
+    s.add_argument("--n-clusters", type=_int_at_least(1, "number of compound classes"),
+                   default=32)
     s.add_argument("--seed", type=int, default=0)
 
     s = add("attach", cmd_attach, "step 6: attach CHEM_ID + compound_class, drop unmapped")
@@ -279,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("run", cmd_run, "run the whole workflow through Snakemake "
             "(like ./scripts/run_rt_prod.sh --libs 209 --cap 100 --quick)")
-    s.add_argument("--libs", nargs="+", help="lib ids (default: the config's libs)")
-    s.add_argument("--cap", nargs="+", help="cap(s) per pair (default: the config's caps)")
+    s.add_argument("--libs", nargs="+", type=_lib_type,
+                   help="lib ids (default: the config's libs)")
+    s.add_argument("--cap", nargs="+", type=_cap_type,
+                   help="cap(s) per pair (default: the config's caps)")
     s.add_argument("--quick", action="store_true", help="few ADVI steps: a smoke run")
     s.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     s.add_argument("--configfile", default="config/config.yaml")

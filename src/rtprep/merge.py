@@ -177,7 +177,7 @@ def _find_shards(export_dir: Path, sub: str, pattern: str,
         raise input_error(
             export_dir,
             f"folder '{sub}/' is missing; a Pachyderm export holds create_training_data/ and "
-            "combine_predictors/",
+            "combine_predictors/: copy the complete export (both folders)",
         )
     # Hidden and underscore files are writers' leftovers (temp files, _SUCCESS), as in pyarrow.
     paths = sorted(
@@ -186,7 +186,8 @@ def _find_shards(export_dir: Path, sub: str, pattern: str,
     )
     paths = [p for p in paths if root in p.parents]
     if not paths:
-        raise input_error(root, f"no Parquet shards match '{pattern}'")
+        raise input_error(root, f"no Parquet shards match '{pattern}'; copy the complete export "
+                                "(or fix merge.peaks_glob / merge.predictors_glob in the config)")
     shards = []
     for p in paths:
         hive = _hive_of(p, root)
@@ -203,7 +204,8 @@ def _find_shards(export_dir: Path, sub: str, pattern: str,
             raw = pl.read_parquet_schema(p)
         except Exception as exc:  # any reader error means: not a readable Parquet file
             raise input_error(p, f"shard is not a readable Parquet file (truncated or not "
-                                 f"Parquet): {exc}") from exc
+                                 f"Parquet): {exc}; re-export it (or remove it if it does not "
+                                 "belong to the export)") from exc
         schema: dict[str, pl.DataType] = {}
         for name, dtype in raw.items():
             new = renames.get(name, name)
@@ -247,13 +249,15 @@ def _unify(shards: list[_Shard], *, float_columns: frozenset[str] = frozenset()
             bad = [(d, p) for d, p in found if _kind(d) not in ("int", "float", "null")]
             if bad:
                 d, p = bad[0]
-                raise input_error(p, f"has type {d}, a number is needed", column=name)
+                raise input_error(p, f"has type {d}, a number is needed; re-export the shard "
+                                     "with numeric values", column=name)
             out[name] = pl.Int64 if name in ID_COLUMNS else pl.Float64
         elif name in TEXT_COLUMNS:
             bad = [(d, p) for d, p in found if _kind(d) in ("other",)]
             if bad:
                 d, p = bad[0]
-                raise input_error(p, f"has type {d}, text is needed", column=name)
+                raise input_error(p, f"has type {d}, text is needed; re-export the shard with "
+                                     "text values", column=name)
             out[name] = pl.String
         elif not kinds:
             out[name] = pl.Null
@@ -283,7 +287,9 @@ def _check_required(shards: list[_Shard], required: Sequence[str], what: str) ->
             raise input_error(
                 s.path,
                 f"{what} shard is missing required column(s) "
-                f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(s.schema)}",
+                f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(s.schema)}. If the "
+                "export names a column differently, map it with merge.renames in the config "
+                "(e.g. correct: comp_id)",
                 column=missing[0],
             )
 
@@ -298,8 +304,8 @@ def _read_shard(shard: _Shard, schema: Mapping[str, pl.DataType],
     try:
         df = pl.read_parquet(shard.path, hive_partitioning=False)
     except Exception as exc:
-        raise input_error(shard.path, f"shard cannot be read (truncated or corrupt?): {exc}"
-                          ) from exc
+        raise input_error(shard.path, f"shard cannot be read (truncated or corrupt?): {exc}; "
+                                      "re-export it") from exc
     hive = dict(shard.hive)
     df = df.rename({k: v for k, v in renames.items() if k in df.columns})
     df = df.drop([c for c in df.columns if c in hive])
@@ -318,7 +324,8 @@ def _read_shard(shard: _Shard, schema: Mapping[str, pl.DataType],
                 bad = df.filter(col.is_not_null() & (~col.is_finite() | (col != col.floor())))
                 if bad.height:
                     raise input_error(shard.path, f"id value {bad[name][0]!r} is not a whole "
-                                                  "number", column=name)
+                                                  "number; ids must be integers: fix the shard",
+                                      column=name)
             exprs.append(pl.col(name).cast(dtype, strict=True).alias(name))
     try:
         return df.select(exprs)
@@ -492,9 +499,12 @@ def merge_export(export_dir: str | Path, output: str | Path,
     export_dir = Path(export_dir)
     output = Path(output)
     if not export_dir.is_dir():
-        raise RtprepError(f"{export_dir}: export folder not found")
+        raise RtprepError(f"{export_dir}: export folder not found; check the path (rtprep "
+                          "merge -i, or data_dir and exports in the config)")
     if not any(export_dir.iterdir()):
-        raise RtprepError(f"{export_dir}: export folder is empty")
+        raise RtprepError(f"{export_dir}: export folder is empty; a Pachyderm export holds "
+                          "create_training_data/ and combine_predictors/: copy the complete "
+                          "export")
     renames = dict(opts.renames)
     key = list(opts.key)
     drop = set(opts.drop_columns)

@@ -62,10 +62,14 @@ def read_species_mapping(path: str | Path) -> pl.DataFrame:
 
     Returns one row per sample set: ``sample_set_id`` (Int64), ``species`` (String),
     ``species_cluster`` (as inferred from the file). Extra columns are ignored, identical repeated
-    rows are fine; a species in two clusters, or a sample set with two species, is an error.
+    rows are fine; a header-only file, a species in two clusters, or a sample set with two
+    species is an error.
     """
     df = read_csv_checked(path, SPECIES_COLUMNS,
                           schema_overrides={"sample_set_id": pl.String, "species": pl.String})
+    if df.height == 0:
+        raise input_error(path, "has a header but no rows: every sample set would be dropped "
+                          "(no species); fill in sample_set_id, species, species_cluster rows")
     df = df.select(
         checked_int_column(df, "sample_set_id", path),
         pl.col("species").str.strip_chars(),

@@ -36,9 +36,12 @@ def start(smk: Any) -> logging.Logger:
     t0 = time.perf_counter()
     log.info("rule %s (threads=%s): inputs %s", smk.rule, smk.threads, list(smk.input))
 
+    failed: list[bool] = []
+
     def hook(etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         from rtprep.errors import RtprepError
 
+        failed.append(True)
         if isinstance(value, RtprepError):
             log.error("%s", value)
         else:
@@ -50,6 +53,7 @@ def start(smk: Any) -> logging.Logger:
     import atexit
 
     atexit.register(
-        lambda: log.info("rule %s: finished after %.1f s", smk.rule, time.perf_counter() - t0)
+        lambda: log.info("rule %s: %s after %.1f s", smk.rule,
+                         "failed" if failed else "finished", time.perf_counter() - t0)
     )
     return log

@@ -118,7 +118,8 @@ def split_lib(merged: str | Path, lib: int, output: str | Path, *,
     held = libs_in_merged(merged)
     if lib not in held:
         raise input_error(merged, f"holds no rows of lib {lib}; it holds lib(s) "
-                                  f"{', '.join(map(str, held)) or 'none'}", column="lib_id")
+                                  f"{', '.join(map(str, held)) or 'none'}: ask for one of those "
+                                  "(rtprep split --libs, or libs in the config)", column="lib_id")
     log.info("split: lib %d of %s -> %s (rt_range %s)", lib, merged, output, rng)
 
     rt = pl.col("apex_rt").cast(pl.Float64)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,80 @@ def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _config_key(path: Iterable[Any]) -> str:
+    """``model.nuts.chains``, ``caps[0]``: a key path as a user writes it."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _allowed(schema: Mapping[str, Any]) -> str:
+    """What a schema node allows, in words (``an integer >= 1``, ``one of file, rdkit``)."""
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        values = [str(v) for v in schema["enum"]]
+        return repr(values[0]) if len(values) == 1 else "one of " + ", ".join(values)
+    alternatives = schema.get("oneOf") or schema.get("anyOf")
+    if alternatives:
+        return " or ".join(_allowed(alt) for alt in alternatives)
+    bounds = [f"{op} {schema[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                 ("maximum", "<="), ("exclusiveMaximum", "<"))
+              if k in schema]
+    bound = " " + " and ".join(bounds) if bounds else ""
+    kind = schema.get("type")
+    if kind == "integer":
+        return f"an integer{bound}"
+    if kind == "number":
+        return f"a number{bound}"
+    if kind == "boolean":
+        return "true or false"
+    if kind == "string" or (kind is None and "pattern" in schema):
+        return "a string" + (f" matching {schema['pattern']}" if "pattern" in schema else "")
+    if kind == "array":
+        lo, hi = schema.get("minItems"), schema.get("maxItems")
+        size = (f" of exactly {lo} items" if lo is not None and lo == hi
+                else f" of at least {lo} item(s)" if lo else "")
+        items = schema.get("items")
+        return f"a list{size}" + (f", each {_allowed(items)}" if items else "")
+    if kind == "object":
+        keys = list(schema.get("properties", {}))
+        return "a mapping" + (f" with keys {', '.join(keys)}" if keys else "")
+    return "see the schema"
+
+
+def config_error_message(exc: BaseException) -> str:
+    """One message for a config that fails coercion or the schema (``config/schema.yaml``): the
+    key, the value and what is allowed, instead of the schema dump of a raw validation error.
+
+    ``exc`` is an :class:`RtprepError` (coercion, libs) or the error of
+    ``snakemake.utils.validate``, whose cause is a ``jsonschema`` ``ValidationError``.
+    """
+    from jsonschema.exceptions import ValidationError
+
+    err: BaseException | None = exc
+    while err is not None and not isinstance(err, ValidationError):
+        err = err.__cause__ or err.__context__
+    if err is None:
+        return str(exc)
+    assert isinstance(err, ValidationError)
+    key = _config_key(err.absolute_path)
+    hint = " (config/README.md documents every key)"
+    if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+        known = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in known]
+        names = ", ".join(repr(_config_key([*err.absolute_path, k])) for k in unknown)
+        where = f"under '{key}'" if key else "at the top level"
+        return (f"unknown config key(s) {names}; allowed {where}: {', '.join(known)}" + hint)
+    if err.validator == "required":
+        return f"config{f' key {key!r}' if key else ''}: {err.message}" + hint
+    allowed = _allowed(err.schema)
+    if "description" in err.schema:
+        allowed += f" ({err.schema['description']})"
+    return f"config key '{key}': {err.message}; allowed: {allowed}" + hint
+
+
 def demo_active(config: Mapping[str, Any]) -> bool:
     """True when ``data_dir`` lies inside the demo folder (then the demo rule provides inputs)."""
     demo_dir = Path(config.get("demo", {}).get("dir", "demo"))
@@ -126,7 +200,8 @@ def export_libs(config: Mapping[str, Any]) -> dict[str, list[int]]:
     if missing:
         raise RtprepError(
             f"config 'libs': lib(s) {missing} are in none of the exports "
-            f"{list(config['exports'])} under {config['data_dir']}; they hold {sorted(present)}"
+            f"{list(config['exports'])} under {config['data_dir']}; they hold {sorted(present)}: "
+            "ask for some of those (or libs: all)"
         )
     return {e: [lib for lib in ls if lib in requested] for e, ls in found.items()}
 
