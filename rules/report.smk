@@ -96,3 +96,28 @@ rule plot_model_quality:
         eval_dir=lambda wc, input: os.path.dirname(input[0]),
     script:
         "../workflow_scripts/rule_plot.py"
+
+
+rule plot_shrinkage:
+    input:
+        "results/rt_prod/{hash}/lib{lib}_cap{cap}/model.json",
+    output:
+        report(
+            "results/report/{hash}/lib{lib}_cap{cap}_shrinkage.png",
+            caption="../report/shrinkage.rst",
+            category="Partial pooling",
+            subcategory="{hash}",
+            labels={"lib": "{lib}", "cap": "{cap}"},
+        ),
+    log:
+        "logs/plot/shrinkage_{hash}_lib{lib}_cap{cap}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        model_dir=lambda wc, input: os.path.dirname(input[0]),
+    script:
+        "../workflow_scripts/rule_plot.py"

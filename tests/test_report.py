@@ -33,7 +33,8 @@ from tests.workflow_util import snakemake
 pytestmark = pytest.mark.slow
 
 #: Figures the test config (libs 208 and 209, cap 5) puts in each report category.
-EXPECTED = {"Chemistry classes": 1, "Coverage": 2, "Model quality": 2, "Row accounting": 2}
+EXPECTED = {"Chemistry classes": 1, "Coverage": 2, "Model quality": 2, "Partial pooling": 2,
+            "Row accounting": 2}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Root in a container has no usable sandbox or GPU; the rest keeps Chromium off the network.
 CHROMIUM_ARGS = [

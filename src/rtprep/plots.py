@@ -201,3 +201,120 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=2.0)
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
     _save(fig, out)
+
+
+
+def shrinkage_tables(model_dir: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """How far the pooled fit pulls estimates toward their prior, from a trained model directory.
+
+    Returns ``(compounds, groups)``. Compounds: the compound effect of the pooled fit against
+    the compound's own estimate (the training-row-weighted mean of its groups' ridge intercepts
+    less the global and species effects), both relative to the prior of a compound, its class
+    mean (+ the regression on its embedding). Groups: the group's pooled intercept against its
+    ridge intercept (the group alone), relative to global + species + compound effects. In both,
+    ``shrink`` = (pooled − prior) / (own − prior): 1 keeps the own estimate, 0 is at the prior.
+    With ``group_by: species_cluster`` the species level is the cluster's.
+    """
+    model_dir = Path(model_dir)
+    pooled = pl.read_parquet(model_dir / "pooled" / "groups.parquet")
+    ridge = pl.read_parquet(model_dir / "ridge" / "groups.parquet")
+    eff = pl.read_parquet(model_dir / "pooled" / "effects.parquet")
+    unit_level = "species" if eff.filter(pl.col("level") == "species").height else "cluster"
+    unit = "species" if unit_level == "species" else "species_cluster"
+    glob = float(eff.filter(pl.col("level") == "global")["intercept_mean"][0])
+
+    def level(name: str, col: str, alias: str) -> pl.DataFrame:
+        return eff.filter(pl.col("level") == name).select(
+            pl.col("key").alias(col), pl.col("intercept_mean").alias(alias))
+
+    keys = [unit, "compound"]
+    groups = (
+        pooled.select(*keys, "compound_class", "n_obs",
+                      pl.col("mean").arr.get(0).alias("pooled"))
+        .join(ridge.select(*keys, pl.col("mean").arr.get(0).alias("own")), on=keys,
+              how="inner")
+        .join(level(unit_level, unit, "_unit"), on=unit, how="left")
+        .join(level("compound", "compound", "_cpd"), on="compound", how="left")
+        .with_columns(_unit=pl.col("_unit").fill_null(0.0), _cpd=pl.col("_cpd").fill_null(0.0))
+        .with_columns(prior=glob + pl.col("_unit") + pl.col("_cpd"))
+    )
+    compounds = (
+        groups.group_by("compound", "compound_class")
+        .agg(n_obs=pl.col("n_obs").sum(),
+             own=((pl.col("own") - glob - pl.col("_unit")) * pl.col("n_obs")).sum()
+             / pl.col("n_obs").sum(),
+             pooled=pl.col("_cpd").first())
+        .join(level("class", "compound_class", "_class"), on="compound_class", how="left")
+        .join(level("embedding", "compound", "_emb"), on="compound", how="left")
+        .with_columns(prior=pl.col("_class").fill_null(0.0) + pl.col("_emb").fill_null(0.0))
+        .drop("_class", "_emb")
+        .sort("compound")
+    )
+    groups = groups.drop("_unit", "_cpd")
+
+    def factor(df: pl.DataFrame) -> pl.DataFrame:
+        return df.with_columns(
+            ((pl.col("pooled") - pl.col("prior")) / (pl.col("own") - pl.col("prior")))
+            .alias("shrink"))
+
+    return factor(compounds), factor(groups)
+
+
+def plot_shrinkage(model_dir: str | Path, out: str | Path) -> None:
+    """Shrinkage toward class means (compounds) and toward species + compound (groups): the
+    pooled estimates against each one's own, relative to its prior, and the median factor by
+    training rows."""
+    from rtprep.models.evaluate import SUPPORT_BINS, support_bin
+
+    plt = _plt()
+    compounds, groups = shrinkage_tables(model_dir)
+    labels = [b[0] for b in SUPPORT_BINS]
+    cmap = plt.get_cmap("viridis", len(labels))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+
+    def scatter(ax: Any, tab: pl.DataFrame, title: str, xlabel: str, ylabel: str) -> None:
+        tab = tab.with_columns(support_bin(pl.col("n_obs")).alias("bin"))
+        dx = (tab["own"] - tab["prior"]).to_numpy()
+        dy = (tab["pooled"] - tab["prior"]).to_numpy()
+        for i, label in enumerate(labels):
+            sel = (tab["bin"] == label).to_numpy()
+            if sel.any():
+                ax.scatter(dx[sel], dy[sel], s=5, alpha=0.5, color=cmap(i),
+                           label=f"{label} rows (n={int(sel.sum()):,})")
+        lim = float(np.nanpercentile(np.abs(dx), 99.5)) if dx.size else 1.0
+        lim = lim if np.isfinite(lim) and lim > 0 else 1.0
+        ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.8, ls=":")
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, markerscale=3, loc="upper left")
+
+    scatter(axes[0], compounds, "compounds: toward their class mean",
+            "own estimate − class mean (min)", "pooled compound effect − class mean (min)")
+    scatter(axes[1], groups, "groups: toward species + compound",
+            "ridge intercept − (species + compound) (min)",
+            "pooled intercept − (species + compound) (min)")
+
+    ax = axes[2]
+    width = 0.4
+    order = {lab: i for i, lab in enumerate(labels)}
+    for j, (name, tab, color) in enumerate((("compounds", compounds, "#c44e52"),
+                                            ("groups", groups, "#4c72b0"))):
+        # a factor needs an own estimate away from the prior (no 0/0)
+        med = (tab.filter((pl.col("own") - pl.col("prior")).abs() > 1e-3)
+               .with_columns(support_bin(pl.col("n_obs")).alias("bin"))
+               .group_by("bin").agg(pl.col("shrink").median().alias("m"), pl.len().alias("n")))
+        xs = np.array([order.get(b, len(labels)) for b in med["bin"]]) + j * width
+        ax.bar(xs, med["m"].to_numpy(), width=width, color=color, label=name)
+    ax.set_xticks(np.arange(len(labels)) + width / 2, labels, fontsize=8)
+    ax.axhline(1.0, color="black", lw=0.8, ls=":")
+    ax.set_ylim(0, 1.5)
+    ax.set_xlabel("training rows (per compound / per group)")
+    ax.set_ylabel("median (pooled − prior) / (own − prior)")
+    ax.set_title("shrinkage by support (1 = own estimate kept, 0 = prior)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)

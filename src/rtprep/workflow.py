@@ -242,6 +242,7 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
                 out.append(f"results/report/{export}/lib{lib}_cap{cap}_funnel.png")
                 if config["model"]["train"]:
                     out.append(f"{model_dir(export, lib, cap)}/model.json")
+                    out.append(f"results/report/{export}/lib{lib}_cap{cap}_shrinkage.png")
                 if config["model"]["evaluate"]:
                     out.append(f"{model_dir(export, lib, cap)}/eval/metrics.json")
                     out.append(f"results/report/{export}/lib{lib}_cap{cap}_model_quality.png")

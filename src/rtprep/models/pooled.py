@@ -376,7 +376,14 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
     skipped = 0
     rate_scale = 1.0
     last_good = params.copy()
+    t_log = time.perf_counter()
     for t in range(1, steps + 1):  # optimisation steps (each one vectorised over parameters)
+        if time.perf_counter() - t_log > 30.0:  # progress on long fits
+            t_log = time.perf_counter()
+            recent = losses[max(0, t - 101):t - 1]
+            log.info("pooled: ADVI step %d of %d (%.0f%%), loss %.6g, %.1fs", t, steps,
+                     100.0 * t / steps, float(np.nanmean(recent)) if recent.size else np.nan,
+                     t_log - t0)
         mu, omega = params[:dim], params[dim:]
         sd = np.exp(omega)
         e = rng.standard_normal(dim)
