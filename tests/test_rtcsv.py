@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
+from rtprep import rtcsv
+from rtprep.artifacts import read_meta
 from rtprep.errors import RtprepError
-from rtprep.rtcsv import make_rt_prod_csv, rt_columns, write_test_rows
+from rtprep.rtcsv import assign_chunks, make_rt_prod_csv, rt_columns, write_test_rows
 
 RT_COLUMNS = ["sampleset_id", "worksheet_id", "task_id", "species", "species_cluster",
               "compound", "compound_class", "IS2", "IS10", "RS1", "ES_a", "ES_b", "rt"]
@@ -291,3 +299,131 @@ def test_write_test_rows_without_test_fold(tmp_path: Path) -> None:
     got = pl.read_parquet(out)
     assert got.height == 0
     assert got.columns == rt_columns(lib_frame().columns)
+
+
+# --- the chunked sort (bounded memory) --------------------------------------------------------
+def _setup_many_sets(tmp_path: Path) -> dict[str, Path]:
+    """60 sample sets in random file order, many rows with equal identity (told apart by IS10,
+    the file position): 40 sets in the test fold, set 7 without species."""
+    paths = _setup_test_rows(tmp_path)
+    rng = np.random.default_rng(5)
+    n = 3000
+    ss = rng.integers(1, 61, n)
+    pl.DataFrame({
+        "lib_id": [208] * n,
+        "sample_set_id": ss,
+        "task_id": ss * 10 + rng.integers(0, 3, n),
+        "worksheet_id": ss // 4,
+        "sample_type": ["Sample"] * n,
+        "cpd_status": ["Complete"] * n,
+        "comp_id": rng.choice([100, 101, 102, 103, 104], n),
+        "species_matrix_type": ["plasma"] * n,
+        "apex_rt": rng.choice([0.5, 1.25, 2.0], n),
+        "IS10": np.arange(n, dtype=np.float64),
+        "IS2": np.where(np.arange(n) % 5 == 0, np.nan, rng.normal(size=n)),
+        "ES_a": [0.125] * n,
+    }).write_parquet(paths["lib_parquet"])
+    sets = list(range(1, 61))
+    paths["folds_csv"].write_text("sample_set_id,fold\n" + "".join(
+        f"{s},{'train' if s % 3 == 0 else 'test'}\n" for s in sets))
+    paths["species_mapping"].write_text("sample_set_id,species,species_cluster\n" + "".join(
+        f"{s},sp{s % 5},{s % 5 // 2}\n" for s in sets if s != 7))
+    return paths
+
+
+def _eager_test_rows(paths: dict[str, Path]) -> pl.DataFrame:
+    lib = pl.read_parquet(paths["lib_parquet"])
+    folds = pl.read_csv(paths["folds_csv"])
+    test = folds.filter(pl.col("fold") == "test")["sample_set_id"]
+    # MAPPING_CSV: 102 maps to chem 0 (no class), 103 is ambiguous, 104 is another lib's
+    chem = pl.DataFrame({"comp_id": [100, 101], "chemical_id": [1000, 1001]})
+    classes = pl.read_parquet(paths["classes"]).rename({"chem_id": "chemical_id"})
+    species = pl.read_csv(paths["species_mapping"])
+    return (
+        lib.filter(pl.col("sample_set_id").is_in(test.implode()))
+        .join(chem, on="comp_id").join(classes, on="chemical_id")
+        .join(species, on="sample_set_id")
+        .sort("sample_set_id", "task_id", "comp_id", "apex_rt", maintain_order=True)
+        .select(pl.col("sample_set_id").alias("sampleset_id"), "worksheet_id", "task_id",
+                "species", "species_cluster", pl.col("chemical_id").alias("compound"),
+                "compound_class", "IS2", "IS10", "ES_a", pl.col("apex_rt").alias("rt"))
+    )
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.tmp"))
+
+
+def test_assign_chunks() -> None:
+    per_set = pl.DataFrame({"sample_set_id": [9, 1, 5, 3, 7], "n": [1, 3, 2, 10, 1]})
+    # in id order: 1 (3 rows) | 3 (10 rows: more than a chunk, alone) | 5, 7, 9 (2+1+1 rows)
+    assert assign_chunks(per_set, 4).rows() == [(1, 0), (3, 1), (5, 2), (7, 2), (9, 2)]
+    assert assign_chunks(per_set, 17)["chunk"].to_list() == [0] * 5
+    assert assign_chunks(per_set, 1)["chunk"].to_list() == [0, 1, 2, 3, 4]
+    assert assign_chunks(per_set.clear(), 4).height == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        assign_chunks(per_set, 0)
+
+
+@pytest.mark.parametrize(("chunk_rows", "fanout"), [(1, 16), (1, 2), (25, 3), (200, 16)])
+def test_write_test_rows_in_chunks_equals_one_sort(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        chunk_rows: int, fanout: int) -> None:
+    """Many chunks (each sample set its own, or a few sets; cut in one pass or in levels of
+    groups) give the bytes of the single in-memory sort, and leave no scratch file."""
+    paths = _setup_many_sets(tmp_path)
+    one = tmp_path / "one" / "t.parquet"
+    acc_one = write_test_rows(**paths, output=one)
+    assert "chunks of at most" not in caplog.text  # ~1,000 rows: one chunk, sorted in the plan
+
+    monkeypatch.setattr(rtcsv, "_FANOUT", fanout)
+    caplog.set_level(logging.INFO, logger="rtprep.rtcsv")
+    out = tmp_path / "chunked" / "t.parquet"
+    acc = write_test_rows(**paths, output=out, chunk_rows=chunk_rows)
+    assert "chunks of at most" in caplog.text
+
+    ref = _eager_test_rows(paths)
+    got = pl.read_parquet(out)
+    assert got.equals(ref)  # rows and order: equal identities keep the file's order (IS10)
+    assert got.height == acc.rows_out > 500 and got["sampleset_id"].n_unique() == 39
+    assert pq.read_schema(out).equals(pq.read_schema(one), check_metadata=True)
+    assert out.read_bytes() == one.read_bytes()
+    assert acc == acc_one
+    meta, meta_one = read_meta(out), read_meta(one)
+    assert meta == meta_one  # same inputs, counts, config (and output name)
+    assert _temporaries(tmp_path) == []
+
+
+def test_write_test_rows_chunked_failure_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _setup_many_sets(tmp_path)
+    out = tmp_path / "t.parquet"
+    write_test_rows(**paths, output=out)
+    before = out.read_bytes()
+
+    def fail(*args: object, **kwargs: object) -> pl.DataFrame:
+        raise OSError("disk went away")
+
+    # The chunks are written, then reading one back fails.
+    monkeypatch.setattr(pl, "read_ipc", fail)
+    with pytest.raises(Exception, match="disk went away"):
+        write_test_rows(**paths, output=out, chunk_rows=50)
+    assert out.read_bytes() == before  # the previous complete version stays
+    assert _temporaries(tmp_path) == []
+
+
+def test_write_test_rows_removes_a_killed_writers_scratch_files(tmp_path: Path) -> None:
+    paths = _setup_many_sets(tmp_path)
+    out = tmp_path / "t.parquet"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs, like a writer killed mid-stage
+    stale = [tmp_path / f".t.parquet.{gone.pid}.tmp",
+             tmp_path / f".t.parquet.{gone.pid}.chunk000003-000000.tmp",
+             tmp_path / f".t.parquet.{gone.pid}.group000000-000004-000001.tmp"]
+    running = tmp_path / f".t.parquet.{os.getppid()}.chunk000000-000000.tmp"
+    other = tmp_path / f".t.parquet.1.csv.{gone.pid}.tmp"  # another output's temporary
+    for p in [*stale, running, other]:
+        p.write_bytes(b"partial")
+    write_test_rows(**paths, output=out, chunk_rows=50)
+    assert _temporaries(tmp_path) == sorted([running.name, other.name])
+    assert pl.read_parquet(out).equals(_eager_test_rows(paths))

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,14 +34,21 @@ ROW_GROUP_SIZE = 65_536
 META_SUFFIX = ".meta.json"
 DROPPED_SUFFIX = ".dropped.csv"
 
+#: The part of a temporary's name between ``.<name>.`` and ``.tmp``: the pid, then maybe a tag.
+_TMP_MIDDLE = re.compile(r"(\d+)(?:\.[A-Za-z0-9_-]+)?")
+
 _VERSIONED = ("polars", "pyarrow", "numpy", "scikit-learn", "pymc", "rdkit", "snakemake")
 
 
-def tmp_path_for(path: str | Path) -> Path:
+def tmp_path_for(path: str | Path, tag: str | None = None) -> Path:
     """The temporary name an output is written under: same folder (so the rename is atomic),
-    hidden, and with the pid so that two writers never collide."""
+    hidden, and with the pid so that two writers never collide.
+
+    With ``tag`` (letters, digits, ``-``, ``_``): the name of a scratch file of the writer of
+    ``path``, ``.<name>.<pid>.<tag>.tmp`` (see :func:`scratch_files`).
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}{f'.{tag}' if tag else ''}.tmp")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -53,10 +62,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove temporaries of ``path`` left by a writer that was killed (its pid is gone)."""
-    for old in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = old.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    """Remove temporaries (and scratch files) of ``path`` left by a writer that was killed (its
+    pid is gone)."""
+    for old in path.parent.glob(f"{glob.escape('.' + path.name)}.*.tmp"):
+        # ".<name>.<pid>.tmp" or ".<name>.<pid>.<tag>.tmp"; not ".<name>.meta.json.<pid>.tmp"
+        m = _TMP_MIDDLE.fullmatch(old.name[len(path.name) + 2 : -len(".tmp")])
+        if m and int(m[1]) != os.getpid() and not _pid_alive(int(m[1])):
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
 
@@ -81,6 +92,25 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def scratch_files(path: str | Path) -> Iterator[Callable[[str], Path]]:
+    """Scratch files of the writer of ``path``, for intermediate data too big for memory.
+
+    Yields ``name(tag) -> Path``: ``.<name>.<pid>.<tag>.tmp`` in ``path``'s folder (hidden, like
+    the :func:`atomic_output` temporary, and on the same disk as the output). Every scratch file
+    of this process for ``path`` is removed when the block exits, on success or failure; those of
+    a killed writer are stale temporaries, removed by the next :func:`atomic_output` of ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield lambda tag: tmp_path_for(path, tag)
+    finally:
+        for f in path.parent.glob(f"{glob.escape(f'.{path.name}.{os.getpid()}.')}*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

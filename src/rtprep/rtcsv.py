@@ -8,19 +8,28 @@ then ``rt``; with ``sampleset_id = sample_set_id``, ``compound = chemical_id``, 
 species_cluster``); rows of sample sets it does not list are dropped (``sample_set_no_species``).
 
 :func:`write_test_rows` builds the evaluation set: every row of a lib file whose sample set is in
-the ``test`` fold, attached and filtered exactly like the training rows, streamed to Parquet.
+the ``test`` fold, attached and filtered exactly like the training rows, sorted by peak identity
+in bounded memory (chunks of whole sample sets, :data:`TEST_ROWS_CHUNK` rows at most), streamed to
+Parquet.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    scratch_files,
+    write_sidecars,
+)
 from rtprep.attach import (
     attach_lazy,
     checked_int_column,
@@ -48,6 +57,18 @@ ID_COLUMNS: tuple[str, ...] = (
     "compound_class",
 )
 _SHOW = 5
+#: Most test-fold rows :func:`write_test_rows` sorts in memory at once: the rows are cut into
+#: chunks of whole sample sets (a contiguous range of ``sample_set_id``; a sample set with more
+#: rows is a chunk of its own). ~600 bytes a row with 30 covariates.
+TEST_ROWS_CHUNK = 100_000
+#: Most scratch files the chunked sort writes at once (each open file buffers a record batch of
+#: :data:`_BATCH` rows): with more chunks, rows are first cut into groups of chunks.
+_FANOUT = 16
+_BATCH = 4096
+# Helper columns of the chunked sort (the output has no comp_id; chunk and partition keys).
+_COMP = "__comp_id"
+_CHUNK = "__chunk"
+_PART = "__part"
 
 
 def _show(values: Sequence[object]) -> str:
@@ -207,6 +228,117 @@ def make_rt_prod_csv(
     return account
 
 
+def assign_chunks(rows_per_set: pl.DataFrame, max_rows: int) -> pl.DataFrame:
+    """Cut sample sets into chunks of at most ``max_rows`` rows.
+
+    ``rows_per_set``: ``sample_set_id, n``. Returns ``sample_set_id, chunk`` (UInt32, from 0),
+    sorted by ``sample_set_id``: each chunk is a run of consecutive sample sets, filled greedily
+    in ``sample_set_id`` order; a sample set of more than ``max_rows`` rows is a chunk of its own.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    df = rows_per_set.select("sample_set_id", "n").sort("sample_set_id")
+    chunks: list[int] = []
+    k, rows = 0, 0
+    for n in df["n"].to_list():
+        if rows and rows + n > max_rows:
+            k, rows = k + 1, 0
+        rows += n
+        chunks.append(k)
+    return df.select("sample_set_id", pl.Series("chunk", chunks, dtype=pl.UInt32))
+
+
+def _chunk_files(scratch: Callable[[str], Path], tag: str) -> list[Path]:
+    """The scratch files of one partition, in write order (``<tag>-000000``, ``-000001``, ...)."""
+    files: list[Path] = []
+    while (f := scratch(f"{tag}-{len(files):06d}")).exists():
+        files.append(f)
+    return files
+
+
+def _write_chunks(source: pl.LazyFrame, lo: int, hi: int, scratch: Callable[[str], Path]
+                  ) -> None:
+    """Write the rows of ``source`` (chunks ``lo`` to ``hi - 1`` in column :data:`_CHUNK`) to
+    scratch files ``chunk<k>-<i>``, each chunk's rows in the source's order.
+
+    At most :data:`_FANOUT` files are written at once (each open file buffers a record batch):
+    more chunks are first cut into that many groups of consecutive chunks, each then cut again
+    from its own scratch files.
+    """
+    span = -(-(hi - lo) // _FANOUT)  # chunks per partition of this pass
+
+    def tag(p: int) -> str:
+        a, b = lo + p * span, min(hi, lo + (p + 1) * span)
+        return f"chunk{a:06d}" if span == 1 else f"group{a:06d}-{b:06d}"
+
+    source.sink_ipc(
+        pl.PartitionBy(
+            scratch(tag(0)).parent,  # the output's folder; the provider names the files
+            key={_PART: (pl.col(_CHUNK).cast(pl.Int64) - lo) // span},
+            include_key=False,
+            file_path_provider=lambda a: scratch(
+                f"{tag(int(a.partition_keys[_PART][0]))}-{a.index_in_partition:06d}"),
+        ),
+        compression="lz4", record_batch_size=_BATCH, maintain_order=True,
+    )
+    if span == 1:
+        return
+    for p in range(-(-(hi - lo) // span)):
+        files = _chunk_files(scratch, tag(p))
+        if files:
+            _write_chunks(pl.scan_ipc(files), lo + p * span, min(hi, lo + (p + 1) * span),
+                          scratch)
+            for f in files:
+                f.unlink()
+
+
+def _sorted_chunks(plan: pl.LazyFrame, chunks: pl.DataFrame, scratch: Callable[[str], Path],
+                   out_columns: Sequence[str]) -> pl.LazyFrame:
+    """The rows of ``plan`` (RT CSV columns plus :data:`_COMP`) sorted by identity, chunk by chunk.
+
+    One streaming pass writes each chunk's rows (``chunks``: :func:`assign_chunks`), in the
+    file's order, to their own scratch Arrow IPC files (:func:`_write_chunks`); the returned
+    frame reads the chunks back in ``sample_set_id`` order, one at a time, and sorts each
+    (stable), so that one chunk is in memory while it is sunk. Concatenated, that is the stable
+    sort of all the rows: the chunks are consecutive ranges of the first sort key.
+    """
+    n_chunks = int(chunks["chunk"].max() or 0) + 1 if chunks.height else 0
+    # A join with the small chunk table (an expression such as search_sorted would make the
+    # streaming engine collect the column).
+    keyed = chunks.select(pl.col("sample_set_id").alias("sampleset_id"),
+                          pl.col("chunk").alias(_CHUNK))
+    _write_chunks(plan.join(keyed.lazy(), on="sampleset_id", how="inner", maintain_order="left"),
+                  0, n_chunks, scratch)
+    key = ["sampleset_id", "task_id", _COMP, "rt"]  # = IDENTITY_COLUMNS, renamed
+    schema = plan.select(out_columns).collect_schema()
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        left = n_rows
+        for k in range(n_chunks):
+            files = _chunk_files(scratch, f"chunk{k:06d}")
+            if not files:
+                continue
+            df = pl.concat([pl.read_ipc(f) for f in files], how="vertical")
+            for f in files:
+                f.unlink()
+            # Stable: rows with equal identity keep the file's order, so the bytes are fixed.
+            df = df.sort(key, maintain_order=True).select(out_columns)
+            if predicate is not None:
+                df = df.filter(predicate)
+            if with_columns is not None:
+                df = df.select(with_columns)
+            if left is not None:
+                df = df.head(left)
+                left -= df.height
+            yield df
+            del df
+            if left == 0:
+                return
+
+    return register_io_source(source, schema=schema)
+
+
 def write_test_rows(
     lib_parquet: str | Path,
     folds_csv: str | Path,
@@ -216,13 +348,26 @@ def write_test_rows(
     output: str | Path,
     *,
     families: Sequence[str] = DEFAULT_COVARIATE_FAMILIES,
+    chunk_rows: int = TEST_ROWS_CHUNK,
 ) -> RowAccount:
     """Write every test-fold row of a lib file, attached and filtered like the training rows.
 
-    Output: Parquet with the RT CSV columns, sorted by peak identity, fixed row groups. The lib
-    file is streamed (never collected): the small side tables are read first, the drop counts
-    come from an aggregation over ``sample_set_id, comp_id`` alone. Reasons, in order:
-    ``other_fold``, the attach reasons, ``sample_set_no_species``.
+    Output: Parquet with the RT CSV columns, sorted by peak identity (rows with equal identity in
+    the lib file's order), fixed row groups, byte-identical reruns. The lib file is streamed
+    (never collected): the small side tables are read first, the drop counts come from an
+    aggregation over ``sample_set_id, comp_id`` alone. Reasons, in order: ``other_fold``, the
+    attach reasons, ``sample_set_no_species``.
+
+    Memory is bounded by ``chunk_rows``, not by the size of the test fold: the counts give the
+    output rows of each test sample set, which are cut into chunks of at most ``chunk_rows`` rows
+    (consecutive ``sample_set_id`` ranges, whole sample sets: :func:`assign_chunks`). One chunk is
+    sorted inside the streaming plan. More chunks: one streaming pass writes the rows to scratch
+    files per chunk (hidden ``.<output>.<pid>.chunk<k>-<i>.tmp`` beside the output, Arrow IPC,
+    removed on success and failure; beyond 16 chunks, first per group of chunks and then each
+    group per chunk, so that at most 16 files are open at once), then the chunks are read back in
+    order, one at a time, each sorted (stable) and streamed to the output. Since
+    ``sample_set_id`` is the first sort key, the chunks in order are exactly the global sort: same
+    rows, order and bytes. Scratch disk: about the compressed size of the test rows.
     """
     t0 = time.perf_counter()
     lib_path, output = Path(lib_parquet), Path(output)
@@ -262,13 +407,28 @@ def write_test_rows(
     _count_no_species(attached.group_by("sample_set_id").agg(pl.col("n").sum()), species_df,
                       account)
 
+    # Output rows per test sample set (after the attach and species drops): the sort's chunks.
+    per_set = (
+        attached.join(species_df.select("sample_set_id"), on="sample_set_id", how="semi")
+        .group_by("sample_set_id").agg(pl.col("n").sum())
+    )
+    chunks = assign_chunks(per_set, chunk_rows)
+    n_chunks = int(chunks["chunk"].max() or 0) + 1 if chunks.height else 0
+
     # A filter (not a semi-join) so that polars pushes it into the Parquet scan: the rows of
     # other folds are never materialised.
     plan = lf.select(*base, *covs).filter(in_test)
     plan = _join_species(attach_lazy(plan, mapping_df, classes_df), species_df)
-    # Stable sort: rows with equal identity keep the file's order, so the bytes are fixed.
-    plan = plan.sort(list(IDENTITY_COLUMNS), maintain_order=True).select(_rt_select(covs))
-    with atomic_output(output) as tmp:
+    with atomic_output(output) as tmp, scratch_files(output) as scratch:
+        if n_chunks <= 1:
+            # Stable sort: rows with equal identity keep the file's order, so the bytes are fixed.
+            plan = plan.sort(list(IDENTITY_COLUMNS), maintain_order=True).select(_rt_select(covs))
+        else:
+            log.info("test rows: %d rows to sort in %d chunks of at most %d rows",
+                     int(per_set["n"].sum()), n_chunks, chunk_rows)
+            out_columns = [e.meta.output_name() for e in _rt_select(covs)]
+            plan = _sorted_chunks(plan.select(*_rt_select(covs), pl.col("comp_id").alias(_COMP)),
+                                  chunks, scratch, out_columns)
         plan.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
                           statistics=True)
         account.rows_out = parquet_rows(tmp)
