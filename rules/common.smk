@@ -101,3 +101,15 @@ def funnel_artifacts(wildcards):
         f"{cap}_chemclass.parquet",
         f"{cap}_chemclass_rt_prod.csv",
     ]
+
+
+def model_threads(wildcards, input):
+    """Model fits: a small training CSV is fitted on one core (compiling the model and stepping
+    ADVI are single-threaded there), so two fits share a 2-core machine; large ones get two.
+    Snakemake evaluates threads again once the inputs exist; before (the DAG of a new run, a
+    dry-run) the size is unknown: two. (``input.size_mb`` cannot be used here: while the DAG is
+    built it is not an int, which threads must be.)"""
+    files = [str(f) for f in input]
+    if not all(os.path.exists(f) for f in files):
+        return 2
+    return 1 if sum(os.path.getsize(f) for f in files) < 100e6 else 2

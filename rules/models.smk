@@ -14,7 +14,7 @@ rule train:
         "benchmarks/runs/train/{hash}_lib{lib}_cap{cap}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: model_threads
     resources:
         mem_mb=8000,
         runtime=120,
@@ -37,7 +37,7 @@ rule evaluate:
         "logs/evaluate/{hash}_lib{lib}_cap{cap}.log",
     conda:
         ENV
-    threads: 2
+    threads: model_threads
     resources:
         mem_mb=8000,
         runtime=120,

@@ -49,6 +49,18 @@ def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
     assert planned_jobs(proc) == FULL_DAG
 
 
+def test_model_caps_picks_the_caps_that_get_models(tmp_path: Path) -> None:
+    """Data for caps 5 and 7, models only for cap 5 (as the shipped demo: data for 5 and 10)."""
+    wd = copy_workflow(tmp_path)
+    proc = snakemake(wd, "--dry-run", "--cores", "2",
+                     overlay={"caps": [5, 7], "model": {"caps": [5]}})
+    planned = planned_jobs(proc)
+    assert planned == FULL_DAG + Counter(cap=2, attach=2, rt_csv=2, plot_funnel=2)
+    text = proc.stdout + proc.stderr
+    assert "lib208_cap7_chemclass_rt_prod.csv" in text
+    assert "lib208_cap7/model.json" not in text and "lib208_cap5/model.json" in text
+
+
 def test_lint_and_format_clean() -> None:
     lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
                           capture_output=True, text=True)

@@ -180,6 +180,8 @@ def build_overlay(a: argparse.Namespace) -> dict[str, Any]:
     if a.cap:
         overlay["caps"] = [int(x) for x in a.cap]
     model: dict[str, Any] = {}
+    if a.cap:
+        model["caps"] = overlay["caps"]  # models for the asked caps, whatever the config says
     if a.quick:
         model["quick"] = True
     if a.no_eval:

@@ -22,7 +22,7 @@ DEMO_EXPORTS: dict[str, tuple[int, ...]] = {
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _BOOL_KEYS = (("keep_merged",), ("model", "train"), ("model", "evaluate"), ("model", "quick"))
-_INT_LIST_KEYS = (("caps",), ("coverage_caps",))
+_INT_LIST_KEYS = (("caps",), ("coverage_caps",), ("model", "caps"))
 _INT_KEYS = (("cap_seed",), ("kmeans_seed",), ("fold_seed",), ("n_clusters",))
 
 
@@ -229,6 +229,12 @@ def model_dir(export: str, lib: int | str, cap: int | str) -> str:
     return f"results/rt_prod/{export}/lib{lib}_cap{cap}"
 
 
+def model_caps(config: Mapping[str, Any]) -> list[int]:
+    """The caps whose RT CSVs get models (``model.caps``; unset: every cap of ``caps``)."""
+    caps = config["model"].get("caps")
+    return [int(c) for c in (config["caps"] if caps is None else caps)]
+
+
 def final_targets(config: Mapping[str, Any]) -> list[str]:
     """Every file ``rule all`` asks for."""
     out: list[str] = [f"results/report/chem_classes_k{int(config['n_clusters'])}.png"]
@@ -240,6 +246,7 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
             for cap in config["caps"]:
                 out.append(f"{prefix}_lib{lib}_cap{cap}_chemclass_rt_prod.csv")
                 out.append(f"results/report/{export}/lib{lib}_cap{cap}_funnel.png")
+            for cap in model_caps(config):
                 if config["model"]["train"]:
                     out.append(f"{model_dir(export, lib, cap)}/model.json")
                     out.append(f"results/report/{export}/lib{lib}_cap{cap}_shrinkage.png")
@@ -261,8 +268,9 @@ def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
             out.append(f"{prefix}_lib{lib}.parquet")
             if config["model"]["evaluate"]:
                 out.append(f"{prefix}_lib{lib}_test_chemclass_rt_prod.parquet")
-            for cap in config["caps"]:
-                kinds = ["cap", "train_cap"] if config["model"]["evaluate"] else ["cap"]
+            evaluated = model_caps(config) if config["model"]["evaluate"] else []
+            for cap in dict.fromkeys([*config["caps"], *evaluated]):
+                kinds = ["cap", "train_cap"] if cap in evaluated else ["cap"]
                 for kind in kinds:
                     out.append(f"{prefix}_lib{lib}_{kind}{cap}.parquet")
                     out.append(f"{prefix}_lib{lib}_{kind}{cap}_chemclass.parquet")
