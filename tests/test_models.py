@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -512,3 +513,43 @@ def test_truth_report_on_hand_made_rows(tmp_path: Path) -> None:
     table = truth_table(rep)
     assert table.filter((pl.col("subset") == "clean") & (pl.col("model") == "truth"))[
         "rmse"].item() == pytest.approx(np.sqrt(0.02 / 3))
+
+
+
+def test_screen_and_main_fit_share_one_compiled_model(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outlier screen's fit and the main fit have the same structure: the main fit reuses
+    the compiled model with new data, and gives exactly what a freshly built model gives."""
+    from rtprep.models import pooled
+
+    data = _small(seed=17, n_sample_sets=60, n_test_sets=5)
+    paths = data.write(tmp_path / "d")
+    opts = replace(ModelOptions(), quick=True, quick_steps=150, screen_steps=100, outlier_k=3.0)
+    built: list[int] = []
+    build = pooled._build_model
+
+    def counting(*a: Any) -> Any:
+        built.append(1)
+        return build(*a)
+
+    monkeypatch.setattr(pooled, "_build_model", counting)
+    pooled._MODEL_CACHE.clear()
+    reused = train(paths["train"], tmp_path / "reused", options=opts)
+    assert reused["outlier_screen"]["outliers"] > 0 and len(built) == 1
+
+    cached_build = pooled.build_model
+
+    def build_fresh(*a: Any) -> Any:
+        pooled._MODEL_CACHE.clear()
+        pooled._FN_CACHE.clear()
+        return cached_build(*a)
+
+    monkeypatch.setattr(pooled, "build_model", build_fresh)
+    built.clear()
+    fresh = train(paths["train"], tmp_path / "fresh", options=opts)
+    assert len(built) == 2
+    assert fresh["outlier_screen"]["outliers"] == reused["outlier_screen"]["outliers"]
+    for rel in ("pooled/groups.parquet", "pooled/effects.parquet", "ridge/groups.parquet"):
+        a = pl.read_parquet(tmp_path / "reused" / rel)
+        b = pl.read_parquet(tmp_path / "fresh" / rel)
+        assert a.equals(b), rel

@@ -167,57 +167,101 @@ def prepare(stats: GroupStats, alg: GroupAlgebra, group_by: str, sigma_init: flo
     )
 
 
+#: The last model built, by structure (see :func:`build_model`), with its shared variables.
+_MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
+#: Compiled log density + gradient per cached model (by ``id``): compiling costs seconds.
+_FN_CACHE: dict[int, Any] = {}
+
+
+def _model_data(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> dict[str, Any]:
+    """Every data array the model reads, by the name of its shared variable."""
+    import scipy.sparse as sp
+
+    g_n, p_n = alg.h_am.shape
+    ham = sp.csr_matrix(
+        (alg.h_am.ravel(),
+         (np.repeat(np.arange(g_n), p_n),
+          (d.unit_g[:, None] * p_n + np.arange(p_n)[None, :]).ravel())),
+        shape=(g_n, max(len(d.units), 1) * p_n)) if p_n else sp.csr_matrix((g_n, 0))
+    values: dict[str, Any] = {
+        # data-dependent scales too (a literal constant would be compiled into fused C code,
+        # which is then rebuilt for every dataset)
+        "sd_y": np.float64(d.y_sd), "sd_w": np.float64(d.y_sd_within),
+        "slope_scale": d.y_sd_within / covs.scale, "y_mean": np.float64(d.y_mean),
+        "log_sigma_init": np.float64(np.log(d.sigma_init)), "ll_const": np.float64(d.const),
+        # per-group arrays: the Potential only ever sees these, never rows
+        "h_aa": alg.h_aa, "h_a": alg.h_a, "c0": alg.c0, "ybar": alg.ybar,
+        "n_cell": d.n_cell, "hm_cell": d.hm_cell, "hmm_cell": d.hmm_cell, "ham_sparse": ham,
+        "unit_g": d.unit_g, "cpd_g": d.cpd_g, "cell_g": d.cell_g, "unit_cell": d.unit_cell,
+        "class_cell": d.class_cell, "cluster_u": d.cluster_u, "class_c": d.class_c,
+    }
+    if d.emb is not None:
+        values["embedding"] = d.emb
+    return {k: (np.ascontiguousarray(v) if isinstance(v, np.ndarray) and v.ndim else v)
+            for k, v in values.items()}
+
+
 def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
-    """State the pooled model in PyMC (named coords, non-centred effects, integrated groups)."""
+    """State the pooled model in PyMC (named coords, non-centred effects, integrated groups).
+
+    All data enter as shared variables, so a model of the same structure (the same clusters,
+    species, compounds, classes and covariates; any groups and rows) is the previous model
+    with new values: the outlier screen's fit and the main fit then compile once.
+    """
+    values = _model_data(alg, d, covs)
+    key = (tuple(d.clusters), tuple(d.units), tuple(d.compounds), tuple(d.classes),
+           tuple(covs.names), bool(d.has_parent),
+           None if d.emb is None else tuple(d.emb.shape),
+           tuple(sorted((k, getattr(v, "dtype", None)) for k, v in values.items())))
+    cached = _MODEL_CACHE.get(key)
+    if cached is not None:
+        model, shared_vars = cached
+        for name, value in values.items():
+            shared_vars[name].set_value(value)
+        return model
+    model, shared_vars = _build_model(values, d, covs)
+    _MODEL_CACHE.clear()  # one model kept: the next fit of this run is the likely reuse
+    _FN_CACHE.clear()
+    _MODEL_CACHE[key] = (model, shared_vars)
+    return model
+
+
+def _build_model(values: dict[str, Any], d: PooledData, covs: Covariates,
+                 ) -> tuple[Any, dict[str, Any]]:
     import pymc as pm
     import pytensor
     import pytensor.sparse as ps
     import pytensor.tensor as pt
-    import scipy.sparse as sp
 
-    def shared(name: str, value: np.ndarray) -> Any:
-        # data as shared variables, not constants: the compiled C code then does not depend on
-        # the values, so it is reused (cached) across datasets instead of recompiled
-        arr = np.asarray(value)
-        return pytensor.shared(np.ascontiguousarray(arr) if arr.ndim else arr, name=name)
-
+    shared_vars = {name: pytensor.shared(value, name=name) for name, value in values.items()}
     coords: dict[str, Any] = {"cluster": d.clusters, "species": d.units,
                               "compound": d.compounds, "compound_class": d.classes,
                               "covariate": covs.names}
     if d.emb is not None:
         coords["embedding_dim"] = [f"e{i}" for i in range(d.emb.shape[1])]
-    # Data-dependent scales are shared variables too (a literal constant would be compiled
-    # into fused C code, which is then rebuilt for every dataset).
-    sd_y = shared("sd_y", np.float64(d.y_sd))
+    sd_y = shared_vars["sd_y"]
     # slopes and group deviations live on the within-group scale of rt, not its spread across
     # compounds: a slope's prior scale is the within-group sd of rt per sd of the covariate
-    sd_w = shared("sd_w", np.float64(d.y_sd_within))
-    slope_scale = shared("slope_scale", d.y_sd_within / covs.scale)
-    y_mean = shared("y_mean", np.float64(d.y_mean))
-    log_sigma_init = shared("log_sigma_init", np.float64(np.log(d.sigma_init)))
-    ll_const = shared("ll_const", np.float64(d.const))
-    # per-group arrays as constants: the Potential only ever sees these, never rows
-    h_aa = shared("h_aa", alg.h_aa)
-    h_a = shared("h_a", alg.h_a)
-    c0 = shared("c0", alg.c0)
-    ybar = shared("ybar", alg.ybar)
-    n_cell = shared("n_cell", d.n_cell)
-    hm_cell = shared("hm_cell", d.hm_cell)
-    hmm_cell = shared("hmm_cell", d.hmm_cell)
-    g_n, p_n = alg.h_am.shape
-    ham_sparse = pytensor.shared(sp.csr_matrix(
-        (alg.h_am.ravel(),
-         (np.repeat(np.arange(g_n), p_n),
-          (d.unit_g[:, None] * p_n + np.arange(p_n)[None, :]).ravel())),
-        shape=(g_n, max(len(d.units), 1) * p_n)) if p_n else sp.csr_matrix((g_n, 0)),
-        name="ham_sparse")
-    unit_g = shared("unit_g", d.unit_g)
-    cpd_g = shared("cpd_g", d.cpd_g)
-    cell_g = shared("cell_g", d.cell_g)
-    unit_cell = shared("unit_cell", d.unit_cell)
-    class_cell = shared("class_cell", d.class_cell)
-    cluster_u = shared("cluster_u", d.cluster_u)
-    class_c = shared("class_c", d.class_c)
+    sd_w = shared_vars["sd_w"]
+    slope_scale = shared_vars["slope_scale"]
+    y_mean = shared_vars["y_mean"]
+    log_sigma_init = shared_vars["log_sigma_init"]
+    ll_const = shared_vars["ll_const"]
+    h_aa = shared_vars["h_aa"]
+    h_a = shared_vars["h_a"]
+    c0 = shared_vars["c0"]
+    ybar = shared_vars["ybar"]
+    n_cell = shared_vars["n_cell"]
+    hm_cell = shared_vars["hm_cell"]
+    hmm_cell = shared_vars["hmm_cell"]
+    ham_sparse = shared_vars["ham_sparse"]
+    unit_g = shared_vars["unit_g"]
+    cpd_g = shared_vars["cpd_g"]
+    cell_g = shared_vars["cell_g"]
+    unit_cell = shared_vars["unit_cell"]
+    class_cell = shared_vars["class_cell"]
+    cluster_u = shared_vars["cluster_u"]
+    class_c = shared_vars["class_c"]
     with pm.Model(coords=coords) as model:
         z_alpha = pm.Normal("z_alpha", 0.0, 1.0)
         alpha0 = pm.Deterministic("alpha0", y_mean + sd_y * z_alpha)
@@ -244,7 +288,7 @@ def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
             tau_gamma = pm.HalfNormal("tau_gamma", sd_y / float(np.sqrt(d.emb.shape[1])))
             z_gamma = pm.Normal("z_gamma", 0.0, 1.0, dims="embedding_dim")
             gamma = pm.Deterministic("gamma", tau_gamma * z_gamma, dims="embedding_dim")
-            cpd_prior = cpd_prior + pt.dot(shared("embedding", d.emb), gamma)
+            cpd_prior = cpd_prior + pt.dot(shared_vars["embedding"], gamma)
         tau_compound = pm.HalfNormal("tau_compound", sd_y)
         z_compound = pm.Normal("z_compound", 0.0, 1.0, dims="compound")
         compound_eff = pm.Deterministic("compound_effect", cpd_prior + tau_compound * z_compound,
@@ -294,7 +338,7 @@ def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
                      - tau2 * q1**2 / (s2 * (s2 + tau2 * h_aa)))
         )
         pm.Potential("integrated_groups", ll)
-    return model
+    return model, shared_vars
 
 
 _DRAW_VARS = ("alpha0", "species_effect", "class_effect", "compound_effect", "tau_group",
@@ -358,8 +402,11 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
     ip = make_initial_point_fn(model=model, overrides=start, jitter_rvs={},
                                return_transformed=True)(options.seed)
     raveled = DictToArrayBijection.map({v.name: ip[v.name] for v in value_vars})
-    fn = model.logp_dlogp_function(grad_vars=value_vars, ravel_inputs=True)
-    fn.set_extra_values({})
+    fn = _FN_CACHE.get(id(model))
+    if fn is None:
+        fn = model.logp_dlogp_function(grad_vars=value_vars, ravel_inputs=True)
+        fn.set_extra_values({})
+        _FN_CACHE[id(model)] = fn
     t_compile = time.perf_counter() - t0
     rng = np.random.default_rng(options.seed)
     mu = np.asarray(raveled.data, dtype=np.float64).copy()
@@ -433,8 +480,10 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
 def _deterministics(model: Any, points: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Values of the summarised variables at each point (dicts of transformed values)."""
     names = _present(model, _DRAW_VARS)
-    outs = model.replace_rvs_by_values([model[n] for n in names])
-    fn = model.compile_fn(outs, point_fn=True)
+    fn = _FN_CACHE.get(-id(model))  # (the same cache: negative ids)
+    if fn is None:
+        outs = model.replace_rvs_by_values([model[n] for n in names])
+        fn = _FN_CACHE[-id(model)] = model.compile_fn(outs, point_fn=True)
     vals = [fn(pt_) for pt_ in points]
     return {n: np.stack([np.asarray(v[i], dtype=np.float64) for v in vals])
             for i, n in enumerate(names)}
