@@ -35,6 +35,11 @@ DEMO = demo_active(config)
 DEMO_DIR = config["demo"]["dir"]
 CLASSES_PARQUET, CLASSES_CSV = classes_files(config)
 ENV = "../envs/rtprep.yaml"
+# What a fit depends on: the model block without the switches that only choose which fits run
+# (so editing them does not refit the models already built).
+MODEL_OPTIONS = {
+    k: v for k, v in config["model"].items() if k not in ("caps", "train", "evaluate")
+}
 
 
 wildcard_constraints:

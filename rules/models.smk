@@ -20,7 +20,7 @@ rule train:
         runtime=120,
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
-        model=config["model"],
+        model=MODEL_OPTIONS,
         families=config["covariates"]["families"],
     script:
         "../workflow_scripts/rule_train.py"
@@ -43,7 +43,7 @@ rule evaluate:
         runtime=120,
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
-        model=config["model"],
+        model=MODEL_OPTIONS,
         families=config["covariates"]["families"],
     script:
         "../workflow_scripts/rule_evaluate.py"

@@ -91,3 +91,14 @@ def test_sigkill_mid_stage_then_rerun(tmp_path: Path, stage_log: str,
     # From cap onward files are byte-identical; merge/split too (deterministic writers).
     for rel in data:
         assert got.get(rel) == reference[rel], rel
+
+
+@pytest.mark.slow
+def test_one_core_gives_the_same_files(tmp_path: Path, reference: dict[str, str]) -> None:
+    """Reproducibility (DESIGN.md): the data stages on one core (Snakemake runs one job at a
+    time, each job's libraries on one thread) write the same bytes as on two."""
+    wd = copy_workflow(tmp_path)
+    snakemake(wd, "--cores", "1", overlay=OVERLAY)
+    got = {k: digest(p) for k, p in outputs(wd).items()}
+    data = sorted(k for k in reference if k.endswith(DATA_SUFFIXES) and "/." not in k)
+    assert data and [k for k in data if got.get(k) != reference[k]] == []

@@ -59,6 +59,11 @@ def test_model_caps_picks_the_caps_that_get_models(tmp_path: Path) -> None:
     text = proc.stdout + proc.stderr
     assert "lib208_cap7_chemclass_rt_prod.csv" in text
     assert "lib208_cap7/model.json" not in text and "lib208_cap5/model.json" in text
+    # model caps none of which is among the caps (a config of one's own over the shipped one):
+    # every cap gets models
+    proc = snakemake(wd, "--dry-run", "--cores", "2", overlay={"caps": [7], "model": {"caps": [5]}})
+    text = proc.stdout + proc.stderr
+    assert "lib208_cap7/model.json" in text and "lib208_cap5/model.json" not in text
 
 
 def test_lint_and_format_clean() -> None:
@@ -148,7 +153,7 @@ DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=4, rt_csv=4, test_rows=2,
     ("overlay", "expected"),
     [
         # the coverage figure marks the caps, so it is redrawn too
-        ({"caps": [5, 7]}, DOWNSTREAM_OF_CAP + Counter(plot_coverage=2)),
+        ({"caps": [5, 7], "model": {"caps": None}}, DOWNSTREAM_OF_CAP + Counter(plot_coverage=2)),
         ({"cap_seed": 43}, DOWNSTREAM_OF_CAP),
         ({"n_clusters": 6}, DOWNSTREAM_OF_CLASSES),
         ({"kmeans_seed": 5}, DOWNSTREAM_OF_CLASSES),

@@ -230,9 +230,14 @@ def model_dir(export: str, lib: int | str, cap: int | str) -> str:
 
 
 def model_caps(config: Mapping[str, Any]) -> list[int]:
-    """The caps whose RT CSVs get models (``model.caps``; unset: every cap of ``caps``)."""
-    caps = config["model"].get("caps")
-    return [int(c) for c in (config["caps"] if caps is None else caps)]
+    """The caps whose RT CSVs get models: those of ``caps`` listed in ``model.caps``; every cap
+    when ``model.caps`` is unset or names none of them (a config of your own with other caps,
+    layered over the shipped one, then still trains models)."""
+    caps = [int(c) for c in config["caps"]]
+    wanted = config["model"].get("caps")
+    if wanted is None:
+        return caps
+    return [c for c in caps if c in {int(w) for w in wanted}] or caps
 
 
 def final_targets(config: Mapping[str, Any]) -> list[str]:
