@@ -35,9 +35,10 @@ rule chem_classes:
         csv=CLASSES_CSV,
     log:
         f"logs/chem_classes_k{config['n_clusters']}.log",
+    priority: PRIORITY_DATA
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         mem_mb=2000,
         runtime=15,
@@ -57,6 +58,7 @@ rule attach:
         f"{LIB}_{{kind}}{{cap}}_chemclass.parquet",
     log:
         "logs/attach/{hash}_lib{lib}_{kind}{cap}.log",
+    priority: PRIORITY_DATA
     conda:
         ENV
     threads: 1

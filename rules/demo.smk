@@ -8,8 +8,10 @@ if DEMO:
             embeddings=f"{DEMO_DIR}/resources/metabolites/embeddings_chemberta_pca20.parquet",
             lib_mappings=demo_lib_mappings(),
             species_mappings=demo_species_mappings(),
+            truth=DEMO_TRUTH,
         log:
             "logs/demo.log",
+        priority: PRIORITY_DATA
         conda:
             ENV
         threads: 1

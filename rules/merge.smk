@@ -10,9 +10,10 @@ rule merge:
         "logs/merge/{hash}.log",
     benchmark:
         "benchmarks/runs/merge/{hash}.tsv"
+    priority: PRIORITY_DATA
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         mem_mb=lambda wc, input: 1000 + int(0.5 * input.size_mb),
         runtime=lambda wc, input: 5 + int(input.size_mb / 100),
@@ -32,9 +33,10 @@ rule split:
         "logs/split/{hash}_lib{lib}.log",
     benchmark:
         "benchmarks/runs/split/{hash}_lib{lib}.tsv"
+    priority: PRIORITY_DATA
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         mem_mb=1000,
         runtime=lambda wc, input: 5 + int(input.size_mb / 250),
@@ -54,7 +56,7 @@ rule coverage:
         "logs/coverage/{hash}_lib{lib}.log",
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         mem_mb=500,
         runtime=5,

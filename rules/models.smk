@@ -12,6 +12,7 @@ rule train:
         "logs/train/{hash}_lib{lib}_cap{cap}.log",
     benchmark:
         "benchmarks/runs/train/{hash}_lib{lib}_cap{cap}.tsv"
+    priority: PRIORITY_MODEL
     conda:
         ENV
     threads: model_threads
@@ -28,6 +29,7 @@ rule train:
 
 rule evaluate:
     input:
+        unpack(demo_truth),
         train_csv=f"{LIB}_train_cap{{cap}}_chemclass_rt_prod.csv",
         test_rows=f"{LIB}_test_chemclass_rt_prod.parquet",
         embeddings=config["embeddings"]["path"],
@@ -35,6 +37,7 @@ rule evaluate:
         "results/rt_prod/{hash}/lib{lib}_cap{cap}/eval/metrics.json",
     log:
         "logs/evaluate/{hash}_lib{lib}_cap{cap}.log",
+    priority: PRIORITY_MODEL
     conda:
         ENV
     threads: model_threads

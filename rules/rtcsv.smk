@@ -9,6 +9,7 @@ rule rt_csv:
         f"{LIB}_{{kind}}{{cap}}_chemclass_rt_prod.csv",
     log:
         "logs/rt_csv/{hash}_lib{lib}_{kind}{cap}.log",
+    priority: PRIORITY_DATA
     conda:
         ENV
     threads: 1
@@ -32,9 +33,10 @@ rule test_rows:
         f"{LIB}_test_chemclass_rt_prod.parquet",
     log:
         "logs/test_rows/{hash}_lib{lib}.log",
+    priority: PRIORITY_DATA
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         # Bounded: the held-out rows are sorted in chunks of 100,000 rows (0.36 GB at 20 M demo
         # rows); scratch files beside the output take up to ~2x the output's size on disk.

@@ -8,6 +8,7 @@ rule folds:
         f"{LIB}_folds.csv",
     log:
         "logs/folds/{hash}_lib{lib}.log",
+    priority: PRIORITY_DATA
     conda:
         ENV
     threads: 1
@@ -30,9 +31,10 @@ rule cap:
         "logs/cap/{hash}_lib{lib}_cap{cap}.log",
     benchmark:
         "benchmarks/runs/cap/{hash}_lib{lib}_cap{cap}.tsv"
+    priority: PRIORITY_DATA
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         mem_mb=1000,
         runtime=lambda wc, input: 5 + int(input.size_mb / 500),
@@ -51,9 +53,10 @@ rule cap_train:
         f"{LIB}_train_cap{{cap}}.parquet",
     log:
         "logs/cap/{hash}_lib{lib}_train_cap{cap}.log",
+    priority: PRIORITY_DATA
     conda:
         ENV
-    threads: 2
+    threads: data_threads
     resources:
         mem_mb=1000,
         runtime=lambda wc, input: 5 + int(input.size_mb / 500),

@@ -9,7 +9,14 @@ import yaml
 from snakemake.utils import validate
 
 from rtprep.errors import RtprepError
-from rtprep.workflow import coerce_config, export_libs, final_targets, rt_range
+from rtprep.workflow import (
+    coerce_config,
+    export_libs,
+    final_targets,
+    input_bytes,
+    rt_range,
+    threads_for_inputs,
+)
 from tests.workflow_util import REPO
 
 SCHEMA = str(REPO / "config/schema.yaml")
@@ -90,3 +97,20 @@ def test_rt_range_per_lib_and_default() -> None:
     assert rt_range(cfg, 209) == [0.5, 30.0]
     assert rt_range(cfg, 208) == [0.0, 40.0]
     assert rt_range({}, 208) is None
+
+
+def test_threads_follow_the_input_size(tmp_path: Path) -> None:
+    """Small inputs run on one thread (two such jobs share a 2-core machine), large ones on
+    two; a folder counts every file under it; before the inputs exist: the large count."""
+    small = tmp_path / "small.parquet"
+    small.write_bytes(b"x" * 1000)
+    export = tmp_path / "export" / "lib_id=1"
+    export.mkdir(parents=True)
+    for i in range(3):
+        (export / f"part{i}.parquet").write_bytes(b"y" * 400_000)
+    assert input_bytes([small, tmp_path / "export"]) == 1000 + 1_200_000
+    assert input_bytes([small, tmp_path / "missing.csv"]) is None
+    threads = threads_for_inputs(1.0, 2)  # 1 MB
+    assert threads(None, [str(small)]) == 1
+    assert threads(None, [str(small), str(tmp_path / "export")]) == 2
+    assert threads(None, [str(tmp_path / "not_yet.parquet")]) == 2

@@ -510,6 +510,10 @@ def test_truth_report_on_hand_made_rows(tmp_path: Path) -> None:
     assert clean["models"]["pooled"]["coverage95"] == pytest.approx(1 / 3)
     assert clean["models"]["ridge"]["scored"] == 2
     assert clean["support_le5"]["rows"] == 2  # the rows both models scored
+    low = rep["all"]["support_le5"]
+    assert low["pooled_rmse_vs_rt_true"] == pytest.approx(0.1)
+    assert low["ridge_rmse_vs_rt_true"] == pytest.approx(np.sqrt(0.05))
+    assert low["truth_over_ridge"] == pytest.approx(0.1 / np.sqrt(0.04 / 2))
     table = truth_table(rep)
     assert table.filter((pl.col("subset") == "clean") & (pl.col("model") == "truth"))[
         "rmse"].item() == pytest.approx(np.sqrt(0.02 / 3))

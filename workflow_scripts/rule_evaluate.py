@@ -13,4 +13,5 @@ evaluate(
     snakemake.params.out,
     options=ModelOptions.from_config(snakemake.params.model, snakemake.params.families),
     embeddings=snakemake.input.embeddings,
+    truth=snakemake.input.get("truth"),
 )

@@ -284,3 +284,35 @@ def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
 
 
 ACCOUNTING_TABLE = "results/row_accounting.csv"
+
+
+def input_bytes(paths: Iterable[str | Path]) -> int | None:
+    """Total size of ``paths`` (a folder counts every file under it); None if one is missing."""
+    total = 0
+    for p in map(Path, paths):
+        if p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            total += p.stat().st_size
+        else:
+            return None
+    return total
+
+
+def threads_for_inputs(small_mb: float, large: int = 2) -> Any:
+    """A rule's ``threads``: 1 when its inputs total under ``small_mb`` MB, else ``large``.
+
+    Small inputs gain nothing from a second thread, and a 2-thread job waits until both cores
+    are free: on a small machine one long 1-thread job (a model fit) then holds back every
+    2-thread job behind it. Snakemake evaluates threads again once the inputs exist; before
+    that (a new run's DAG, a dry-run) the size is unknown: ``large``. (``input.size_mb`` cannot
+    be used: while the DAG is built it is not an int, which threads must be.)
+    """
+
+    def threads(wildcards: Any, input: Any) -> int:  # Snakemake passes these names
+        size = input_bytes(str(f) for f in input)
+        if size is None:
+            return large
+        return 1 if size < small_mb * 1e6 else large
+
+    return threads
