@@ -30,7 +30,6 @@ ID_COLUMNS: tuple[str, ...] = (
 KEY_COLUMNS: tuple[str, ...] = ("species", "species_cluster", "compound", "compound_class")
 
 
-
 def read_rows(path: str | Path, families: tuple[str, ...], *,
               required: tuple[str, ...] = (*KEY_COLUMNS, "rt"),
               features: list[str] | None = None,
