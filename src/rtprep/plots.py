@@ -145,6 +145,32 @@ def plot_classes(embeddings: str | Path, classes: str | Path, out: str | Path) -
     _save(fig, out)
 
 
+def fit_verdict_line(model_json: str | Path) -> tuple[str, bool] | None:
+    """``pooled fit: converged; outlier screen: converged`` from a model folder's ``model.json``
+    (None when it has no ADVI verdicts), and whether any fit ended ``not converged``."""
+    path = Path(model_json)
+    if not path.is_file():
+        return None
+    verdicts = json.loads(path.read_text(encoding="utf-8")).get("fit_verdicts") or {}
+    verdicts = {k: v for k, v in verdicts.items() if v}
+    if not verdicts:
+        return None
+    text = "; ".join(f"{k.replace('_', ' ')} fit: {v}" for k, v in verdicts.items())
+    return text, any(v == "not converged" for v in verdicts.values())
+
+
+def _verdict_banner(fig: Any, model_json: str | Path) -> None:
+    """The fits' ADVI verdicts above a figure; red (and said twice) when one did not converge."""
+    line = fit_verdict_line(model_json)
+    if line is None:
+        return
+    text, bad = line
+    if bad:
+        text = f"NOT CONVERGED: {text} (model.allow_unconverged); do not trust these numbers"
+    fig.text(0.5, 0.995, text, ha="center", va="top", fontsize=9,
+             color="#c00000" if bad else "#333333", fontweight="bold" if bad else "normal")
+
+
 def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
     """Held-out model quality: predicted vs observed (pooled), RMSE by support bin and by species
     cluster for every model and baseline, and 95% interval coverage."""
@@ -198,8 +224,10 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
     axes[1, 1].axhline(0.95, color="black", lw=0.8, ls=":")
     axes[1, 1].set_ylim(0.8, 1.0)
     handles, labels = axes[0, 1].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=2.0)
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.94), h_pad=2.0)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.975),
+               ncol=len(labels), fontsize=8)
+    _verdict_banner(fig, eval_dir / "model" / "model.json")
     _save(fig, out)
 
 
@@ -316,5 +344,6 @@ def plot_shrinkage(model_dir: str | Path, out: str | Path) -> None:
     ax.set_ylabel("median (pooled − prior) / (own − prior)")
     ax.set_title("shrinkage by support (1 = own estimate kept, 0 = prior)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    _verdict_banner(fig, Path(model_dir) / "model.json")
     _save(fig, out)

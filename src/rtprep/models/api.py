@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +94,7 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
         flags, screen = screen_outliers(stats, covs, alg, gid, x, y, opts,
                                         sigma_init=_sigma_init(stats, covs, alg, opts),
                                         embeddings=emb)
+        require_converged(screen["fit"], input_csv, opts, "outlier screen's fit")
         if flags.any():
             account.drop("rt_outlier", int(flags.sum()))
             df = df.filter(pl.Series(~flags))
@@ -130,6 +132,8 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
                         meta={**base_meta, "embeddings": None if embeddings is None
                               else str(embeddings)},
                         species_map=species_map)
+    require_converged(pooled.meta["fit"], input_csv, opts, "pooled fit")
+    account.extra["fit"] = _verdicts(pooled.meta["fit"], screen)
     pooled.save(out / "pooled", account=account, inputs=inputs, config=config)
     t_end = time.perf_counter()
     manifest = {
@@ -142,10 +146,43 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
                     "outlier_screen": round(t_screen, 3), "ridge": round(t_ridge - t_stats, 3),
                     "pooled": round(t_end - t_ridge, 3), "total": round(t_end - t0, 3)},
         "fit": pooled.meta.get("fit", {}),
+        "fit_verdicts": _verdicts(pooled.meta["fit"], screen),
     }
     write_text_atomic(out / "model.json", json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("train: wrote %s in %.1fs", out, t_end - t0)
     return manifest
+
+
+def _verdicts(fit: dict[str, Any], screen: dict[str, Any] | None) -> dict[str, Any]:
+    """The ADVI verdicts of the fits behind a model (NUTS fits have none)."""
+    out = {"pooled": fit.get("verdict")}
+    if screen is not None:
+        out["outlier_screen"] = screen["fit"].get("verdict")
+    return out
+
+
+def run_label(path: str | Path) -> str:
+    """``lib 611, cap 5`` from an RT CSV's name (the file name where it does not say)."""
+    m = re.search(r"_lib([^_]+)_(?:train_)?cap(\d+)_", Path(path).name)
+    return f"lib {m.group(1)}, cap {m.group(2)}" if m else Path(path).name
+
+
+def require_converged(fit: dict[str, Any], input_csv: str | Path, opts: ModelOptions,
+                      what: str) -> None:
+    """Fail on an ADVI fit that ended ``not converged`` unless ``allow_unconverged``."""
+    if fit.get("verdict") != "not converged":
+        return
+    msg = (f"{run_label(input_csv)}: the {what} did not converge ({fit.get('problem')}; loss "
+           f"{_fmt(fit.get('final_loss'))}, best {_fmt(fit.get('best_loss'))} at step "
+           f"{fit.get('best_step')} of {fit.get('steps')})")
+    if not opts.allow_unconverged:
+        raise RtprepError(f"{msg}; set model.allow_unconverged: true to keep it, marked "
+                          "'not converged'")
+    log.warning("%s; kept, marked 'not converged' (model.allow_unconverged)", msg)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.6g}"
 
 
 def _sigma_init_from(ridge: FittedModel, stats: GroupStats) -> float:

@@ -34,7 +34,10 @@ class ModelOptions:
     - ``outlier_k``: training rows whose residual from a first pooled fit exceeds ``outlier_k``
       robust SDs (1.4826 × MAD of the residuals in their noise cell) are left out of both models
       and counted as ``rt_outlier`` (mis-assigned peaks); 0 turns the screen off.
-    - ``screen_steps``: ADVI steps of that first fit (at most the run's steps).
+    - ``screen_steps``: ADVI steps of each round of that first fit; rounds repeat until another
+      no longer improves it (:mod:`rtprep.models.advi`).
+    - ``allow_unconverged``: a fit whose ADVI verdict is ``not converged`` after recovery is
+      written (and marked so) instead of failing the run.
     - ``summary_draws``: posterior draws used to summarise the pooled fit per group.
     - ``seed``: every random choice of the fit (ADVI, NUTS, draws).
     """
@@ -55,6 +58,7 @@ class ModelOptions:
     slope_by_rt: bool = True
     outlier_k: float = 5.0
     screen_steps: int = 1_000
+    allow_unconverged: bool = False
     seed: int = 0
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)

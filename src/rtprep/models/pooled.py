@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rtprep.models import advi
 from rtprep.models.algebra import LOG_2PI, GroupAlgebra
 from rtprep.models.data import Covariates, GroupStats, unit_column
 from rtprep.models.fitted import FittedModel
@@ -382,35 +383,15 @@ def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
     return start
 
 
-#: ADVI's learning rate rises linearly over the first steps (at most a tenth of the run): at
-#: full rate from the first step, Adam's equal-sized steps in every coordinate can overshoot
-#: along the sharp (collinear-covariate) slope directions, and the fit may settle where a
-#: large noise variance explains everything (seen on the demo, one seed in 24 at 1000 steps).
-WARMUP_STEPS = 100
-#: A draw whose loss is more than ``SPIKE_K`` median absolute deviations above the median of
-#: the last ``SPIKE_WINDOW`` steps is skipped: one such draw's gradient is enough to throw the
-#: fit out of its basin for good (the same demo seed at 1000 steps, without warmup, and another
-#: one with it); with the guard, 36 of 36 seeds × libs fit alike.
-SPIKE_WINDOW = 100
-SPIKE_K = 10.0
-
-
-def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
-              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Mean-field ADVI on the PyMC model's compiled log density and gradient.
-
-    The same objective as ``pm.fit(method="advi")`` (Gaussian q in the unconstrained space,
-    reparameterised ELBO gradient, one Monte Carlo draw per step, Adam), stepped in numpy:
-    here ``pm.fit``'s per-step overhead was ~15× the cost of the gradient itself. The rate
-    warms up linearly over ``WARMUP_STEPS``, stays constant to half the run, then decays
-    (cosine) to 1/50; draws whose loss spikes far above the recent ones are skipped; the
-    variational parameters are averaged over the last quarter (iterate averaging removes most
-    stochastic-gradient jitter from the means).
-    """
+def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any], *,
+              label: str = "pooled", until_converged: bool = False,
+              max_steps: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Mean-field ADVI (:mod:`rtprep.models.advi`) on the PyMC model's compiled log density and
+    gradient, from ``start``; ``summary_draws`` draws of the summarised variables, and the fit's
+    diagnostics."""
     from pymc.blocking import DictToArrayBijection
     from pymc.initial_point import make_initial_point_fn
 
-    steps = options.steps()
     t0 = time.perf_counter()
     value_vars = model.value_vars
     ip = make_initial_point_fn(model=model, overrides=start, jitter_rvs={},
@@ -422,89 +403,19 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any],
         fn.set_extra_values({})
         _FN_CACHE[id(model)] = fn
     t_compile = time.perf_counter() - t0
-    rng = np.random.default_rng(options.seed)
-    mu = np.asarray(raveled.data, dtype=np.float64).copy()
-    omega = np.full_like(mu, np.log(0.1))
-    params = np.concatenate([mu, omega])
-    m1 = np.zeros_like(params)
-    m2 = np.zeros_like(params)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    dim = len(mu)
-    avg = np.zeros_like(params)
-    n_avg = 0
-    avg_from = int(steps * 0.75)
-    warmup = max(1, min(WARMUP_STEPS, steps // 10))
-    losses = np.empty(steps)
-    skipped = 0
-    spikes = 0
-    rate_scale = 1.0
-    last_good = params.copy()
-    t_log = time.perf_counter()
-    for t in range(1, steps + 1):  # optimisation steps (each one vectorised over parameters)
-        if time.perf_counter() - t_log > 30.0:  # progress on long fits
-            t_log = time.perf_counter()
-            recent = losses[max(0, t - 101):t - 1]
-            log.info("pooled: ADVI step %d of %d (%.0f%%), loss %.6g, %.1fs", t, steps,
-                     100.0 * t / steps, float(np.nanmean(recent)) if recent.size else np.nan,
-                     t_log - t0)
-        mu, omega = params[:dim], params[dim:]
-        sd = np.exp(omega)
-        e = rng.standard_normal(dim)
-        logp, grad = fn(mu + sd * e)
-        if not (np.isfinite(logp) and np.all(np.isfinite(grad))):
-            # a step too far: back to the last good point, with half the step from now on
-            # (skipping alone can leave the iterate where every later draw is non-finite)
-            skipped += 1
-            losses[t - 1] = np.nan
-            params = last_good.copy()
-            rate_scale *= 0.5
-            continue
-        loss = -(float(logp) + float(omega.sum()))
-        if t > SPIKE_WINDOW:
-            recent = losses[t - 1 - SPIKE_WINDOW:t - 1]
-            recent = recent[np.isfinite(recent)]
-            if recent.size >= SPIKE_WINDOW // 2:
-                med = float(np.median(recent))
-                mad = float(np.median(np.abs(recent - med)))
-                if loss > med + SPIKE_K * max(mad, 1e-9 * abs(med)):
-                    # a draw far out in the tail: its gradient would kick every moment
-                    # estimate (Adam's step after one huge gradient is ~3x the rate, and the
-                    # momentum carries it on): skip the draw
-                    spikes += 1
-                    losses[t - 1] = np.nan
-                    continue
-        last_good = params.copy()
-        losses[t - 1] = loss
-        g = np.concatenate([grad, grad * e * sd + 1.0])
-        frac = min(1.0, max(0.0, (t - steps / 2) / (steps / 2)))
-        lr = rate_scale * options.learning_rate * min(1.0, t / warmup) * (
-            0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * frac)))
-        m1 = beta1 * m1 + (1 - beta1) * g
-        m2 = beta2 * m2 + (1 - beta2) * g * g
-        step = lr * (m1 / (1 - beta1**t)) / (np.sqrt(m2 / (1 - beta2**t)) + eps)
-        params = params + step  # ascent on the ELBO
-        if t > avg_from:
-            avg += params
-            n_avg += 1
-    if n_avg:
-        params = avg / n_avg
-    if skipped > steps // 10:
-        log.warning("pooled: %d of %d ADVI steps hit a non-finite density", skipped, steps)
-    mu, sd = params[:dim], np.exp(params[dim:])
-    draws_x = mu[None, :] + sd[None, :] * np.random.default_rng(options.seed + 1).standard_normal(
-        (options.summary_draws, dim))
+    mu0 = np.asarray(raveled.data, dtype=np.float64).copy()
+    q0 = advi.Gaussian(mu0, np.full_like(mu0, np.log(0.1)))
+    settings = advi.AdviSettings(steps=options.steps(), learning_rate=options.learning_rate,
+                                 seed=options.seed, label=label,
+                                 until_converged=until_converged, max_steps=max_steps)
+    q, diag = advi.fit(fn, q0, settings)
+    draws_x = q.sample(options.summary_draws, options.seed + 1)
     points = [DictToArrayBijection.rmap(type(raveled)(x, raveled.point_map_info))
               for x in draws_x]
     draws = _deterministics(model, points)
-    tail = losses[-max(1, min(200, steps // 10)):]
-    info = {"method": "advi", "steps": steps, "seconds": round(time.perf_counter() - t0, 3),
-            "compile_seconds": round(t_compile, 3),
-            "final_loss": float(np.nanmean(tail)) if np.isfinite(tail).any() else None,
-            "learning_rate": options.learning_rate, "averaged_steps": n_avg,
-            "nonfinite_steps": skipped, "spike_steps": spikes, "rate_scale": rate_scale,
-            "parameters": dim}
-    log.info("pooled: ADVI %d steps (%d parameters) in %.1fs, final loss %.6g", steps, dim,
-             info["seconds"], info["final_loss"] or float("nan"))
+    info = {"method": "advi", **diag, "seconds": round(time.perf_counter() - t0, 3),
+            "compile_seconds": round(t_compile, 3), "learning_rate": options.learning_rate,
+            "parameters": len(mu0)}
     return draws, info
 
 

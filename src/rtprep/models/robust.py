@@ -43,6 +43,7 @@ MAD_TO_SD = 1.4826
 MIN_CELL_ROWS = 30
 MIN_CELL_FRACTION = 0.5
 MIN_GROUP_MEDIAN = 3
+SCREEN_MIN_ROUNDS = 3
 _CHUNK = 65_536
 
 
@@ -96,7 +97,11 @@ def screen_outliers(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, gid:
                          summary_draws=min(options.summary_draws, 10))
     d, alg_fit, srt = prepare_fit(stats, alg, first_opts, sigma_init, embeddings)
     model = build_model(alg_fit, d, covs)
-    draws, fit_info = _fit_advi(model, first_opts, _initial_point(alg_fit, d))
+    # the screen judges rows only from a converged fit: rounds of ``steps`` until another round
+    # no longer moves it (at most the main fit's steps, and at least three rounds' worth)
+    draws, fit_info = _fit_advi(model, first_opts, _initial_point(alg_fit, d),
+                                label="outlier screen", until_converged=True,
+                                max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps))
     prior = group_prior_means(d, draws)
     if srt is not None:
         prior[:, 1:] += srt.t_g[:, None] * srt.kappa[None, :]
@@ -119,7 +124,7 @@ def screen_outliers(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, gid:
     info["robust_sd"] = {"group_prior": info["robust_sd"].get(0),
                          "group_median": info["robust_sd"].get(1)}
     info.update({"rows": len(y), "outliers": int(flags.sum()), "first_fit_steps": steps,
-                 "first_fit_seconds": fit_info.get("seconds")})
+                 "first_fit_seconds": fit_info.get("seconds"), "fit": fit_info})
     log.info("outlier screen: %d of %d training rows beyond %.3g robust SDs (robust SDs %s "
              "min) left out as rt_outlier", info["outliers"], info["rows"], options.outlier_k,
              info["robust_sd"])
