@@ -20,12 +20,13 @@ state compared, so the comparison's noise is that of a paired difference):
   of ``FAR_REL`` × |loss| (0.5%: healthy runs end at or below their best window; the failure
   above is 100% off) and one sd of the reference's loss under its q (the objective's own
   noise, which keeps the rule meaningful where the loss happens to be near 0);
-- **still improving**: the last window's mean loss is below the one before by more than
-  ``CONV_REL`` × |loss| and more than one sd of the per-step loss in that window; a fit run
-  **until converged** (:attr:`AdviSettings.until_converged`, the outlier screen's) instead gets
-  further rounds from its final state, each as long as the first, until one improves the
-  fixed-draw loss by no more than the margin (``ROUND_REL``), and is still improving if its
-  ``max_steps`` run out first;
+- **still improving**: a Newton step from the final state would still gain more than
+  ``CONV_REMAINING_PER_PARAMETER`` nats per parameter (:meth:`FixedDraws.remaining`; the loss
+  windows are reported but do not decide: a run whose rate decayed before it got there has flat
+  last windows, and a short healthy run has noisy ones); a fit run **until converged**
+  (:attr:`AdviSettings.until_converged`, the outlier screen's) gets further rounds from its
+  final state, each as long as the first, until one improves the fixed-draw loss by no more
+  than the margin (``ROUND_REL``), and is still improving if its ``max_steps`` run out first;
 - **recovery** (from either): a further run at ``RESTART_RATE`` × the rate for
   ``RESTART_FRACTION`` of the steps, from the best window's state (left its basin) or the final
   state (still improving); the better of the two states on the same draws is kept;
@@ -38,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,8 +65,9 @@ MIN_WINDOW = 25
 CHECK_DRAWS = 64
 #: "Far worse": relative margin (see the module docstring).
 FAR_REL = 0.005
-#: Converged: the last window improves on the one before by at most this share of |loss|.
-CONV_REL = 5e-3
+#: Still improving: a Newton step would gain more than this many nats per parameter
+#: (:meth:`FixedDraws.remaining`; at the optimum it is 0 up to its noise, ~1/64 per parameter).
+CONV_REMAINING_PER_PARAMETER = 2.0
 #: Until converged: a further round improves the fixed-draw loss by at most this share.
 ROUND_REL = 2e-3
 #: Recovery run: rate and length relative to the failed run.
@@ -126,7 +128,6 @@ class AdviSettings:
     label: str = "ADVI"
     until_converged: bool = False
     max_steps: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def run_adam(fn: LogDensity, q0: Gaussian, steps: int, learning_rate: float, seed: int,
@@ -230,20 +231,52 @@ def _is_spike(losses: np.ndarray, t: int, loss: float) -> bool:
 
 
 class FixedDraws:
-    """The loss ``-(log p(θ) + Σ ω)`` of states on one fixed set of standard-normal draws."""
+    """The loss ``-(log p(θ) + Σ ω)`` of states on one fixed set of standard-normal draws, and
+    the loss still to gain from each state (:meth:`remaining`)."""
 
     def __init__(self, fn: LogDensity, dim: int, seed: int, n: int = CHECK_DRAWS) -> None:
         self.fn = fn
         self.e = np.random.default_rng(seed).standard_normal((n, dim))
+        self._remaining: dict[int, float] = {}
 
     def losses(self, q: Gaussian) -> np.ndarray:
         """Per-draw loss of ``q`` (inf where the density is not finite)."""
         sd = np.exp(q.omega)
         out = np.empty(len(self.e))
+        k = len(self.e)
+        s1 = np.zeros(2 * len(q.mu))
+        s2 = np.zeros(2 * len(q.mu))
         for i, e in enumerate(self.e):  # a loop over the check's draws (tens)
-            logp = float(self.fn(q.mu + sd * e)[0])
-            out[i] = -(logp + float(q.omega.sum())) if np.isfinite(logp) else np.inf
+            logp, grad = self.fn(q.mu + sd * e)
+            ok = np.isfinite(logp) and np.all(np.isfinite(grad))
+            out[i] = -(float(logp) + float(q.omega.sum())) if ok else np.inf
+            if ok:
+                g = np.concatenate([grad, grad * e * sd + 1.0])  # ELBO gradient, (μ, ω)
+                s1 += g
+                s2 += g * g
+        if np.isfinite(out).all() and np.isfinite(s2).all():
+            mean = s1 / k
+            var = (s2 - k * mean**2) / (k - 1)
+            # E[ḡ²] = (E g)² + var/k: subtract the draws' own noise (unbiased for (E g)²)
+            sq = mean**2 - var / k
+            dim = len(q.mu)
+            self._remaining[id(q)] = float(0.5 * (sd**2 * sq[:dim]).sum()
+                                           + 0.25 * sq[dim:].sum())
+        else:
+            self._remaining[id(q)] = np.inf
         return out
+
+    def remaining(self, q: Gaussian) -> float:
+        """The loss a Newton step would still gain from ``q`` (nats; ~0 at the optimum).
+
+        With the mean-field curvatures at the optimum (``1/sd²`` in a mean, 2 in a log sd), a
+        gradient ``g`` of the ELBO is worth ``½ sd² g²`` (mean) and ``g²/4`` (log sd); ``g²``
+        is estimated without bias from the fixed draws (the squared mean gradient less its
+        variance over the draws). Computed by :meth:`losses`.
+        """
+        if id(q) not in self._remaining:
+            self.losses(q)
+        return self._remaining[id(q)]
 
 
 def _worse_by(a: np.ndarray, b: np.ndarray) -> float:
@@ -265,85 +298,130 @@ def fit(fn: LogDensity, q0: Gaussian, settings: AdviSettings) -> tuple[Gaussian,
     the best window's loss and step, spikes and non-finite steps, rounds and the restart (with
     their losses), steps and seconds in all.
     """
+    with np.errstate(over="ignore", invalid="ignore"):  # a run far out is judged, not warned
+        return _fit(fn, q0, settings)
+
+
+def _fit(fn: LogDensity, q0: Gaussian, settings: AdviSettings) -> tuple[Gaussian, dict[str, Any]]:
     s = settings
     t0 = time.perf_counter()
     check = FixedDraws(fn, len(q0.mu), seed=s.seed + 7919)
-    run = run_adam(fn, q0, s.steps, s.learning_rate, s.seed, s.label)
-    runs, offsets = [run], [0]
-    final = check.losses(run.q)
-    rounds: list[dict[str, Any]] = []
-    settled = not s.until_converged
-    if s.until_converged:
-        budget = max(s.max_steps or s.steps, s.steps)
-        while sum(r.steps for r in runs) + s.steps <= budget:
-            nxt = run_adam(fn, run.q, s.steps, s.learning_rate, s.seed + len(runs), s.label)
-            offsets.append(sum(r.steps for r in runs))
-            runs.append(nxt)
-            nxt_loss = check.losses(nxt.q)
-            gain = _worse_by(final, nxt_loss)
-            rounds.append({"steps": nxt.steps, "loss": _num(nxt_loss.mean()),
-                           "improvement": _num(gain)})
-            if gain > 0:  # keep the better state
-                run, final = nxt, nxt_loss
-            if gain <= _margin(final, ROUND_REL):
-                settled = True  # another round would not move it
-                break
-    i_best = min(range(len(runs)), key=lambda i: _finite_or_inf(runs[i].best_loss))
-    best_run = runs[i_best]
-    best_step = offsets[i_best] + best_run.best_step
-    best_q, best = best_run.best, check.losses(best_run.best)
-    start = check.losses(q0)
-    if _mean(start) < _mean(best):  # the whole run went wrong: its start is the reference
-        best_q, best, best_step = q0, start, 0
-    problem = _problem(run, final, best, settled)
-    q = run.q
+    runs = _Runs(check)
+    runs.add(run_adam(fn, q0, s.steps, s.learning_rate, s.seed, s.label))
+    settled = _rounds(fn, runs, s) if s.until_converged else True
+    ref_q, ref, ref_step = runs.reference(q0)
+    problem = _problem(runs.kept.q, runs.final, ref, check, settled)
     restart: dict[str, Any] | None = None
     if problem is not None:
-        origin = best_q if problem == "left its basin" else run.q
-        log.warning("%s: ADVI %s (loss %.6g at the end, best window %.6g at step %d); "
-                    "restarting from %s at %.2g× the rate", s.label, problem,
-                    _mean(final), best_run.best_loss, best_step,
-                    "that window" if problem == "left its basin" else "the end", RESTART_RATE)
+        origin, at = (ref_q, ref_step) if problem == "left its basin" else (runs.kept.q,
+                                                                            runs.spent)
+        log.warning("%s: ADVI %s (loss %.6g at the end, %.6g at step %d); restarting from "
+                    "step %d at %.2g× the rate", s.label, problem, _mean(runs.final),
+                    _mean(ref), ref_step, at, RESTART_RATE)
         rerun = run_adam(fn, origin, max(1, int(s.steps * RESTART_FRACTION)),
                          s.learning_rate * RESTART_RATE, s.seed + 1000, s.label)
-        runs.append(rerun)
-        again = check.losses(rerun.q)
-        kept = _mean(again) < _mean(final)
-        if kept:
-            q, final, run = rerun.q, again, rerun
-        restart = {"reason": problem, "from_step": best_step if origin is best_q
-                   else sum(r.steps for r in runs[:-1]), "steps": rerun.steps,
+        kept = runs.add(rerun, keep_if_better=True)
+        restart = {"reason": problem, "from_step": at, "steps": rerun.steps,
                    "learning_rate": s.learning_rate * RESTART_RATE,
-                   "loss": _num(_mean(again)), "kept": bool(kept)}
-        problem = _problem(run, final, best, True)
-    last, _, rel = run.last_change()
+                   "loss": _num(_mean(runs.losses[-1])), "kept": kept}
+        problem = _problem(runs.kept.q, runs.final, ref, check, True)
     verdict = ("not converged" if problem is not None
                else "recovered" if restart is not None else "converged")
-    info = {
+    info = _diagnostics(runs, ref, ref_step, verdict, problem, restart)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    level = logging.INFO if verdict == "converged" else logging.WARNING
+    log.log(level, "%s: ADVI %s after %d steps in %.1fs: loss %.6g (best %.6g at step %d; "
+            "a Newton step would gain %.3g)", s.label, verdict, info["steps"], info["seconds"],
+            _mean(runs.final), _mean(ref), ref_step, info["remaining_gain"] or np.inf)
+    return runs.kept.q, info
+
+
+class _Runs:
+    """The runs of one fit, their fixed-draw losses, and the one kept (the best final state)."""
+
+    def __init__(self, check: FixedDraws) -> None:
+        self.check = check
+        self.runs: list[AdamRun] = []
+        self.offsets: list[int] = []
+        self.losses: list[np.ndarray] = []
+        self.kept_index = 0
+        self.rounds: list[dict[str, Any]] = []
+
+    @property
+    def spent(self) -> int:
+        return sum(r.steps for r in self.runs)
+
+    @property
+    def kept(self) -> AdamRun:
+        return self.runs[self.kept_index]
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.losses[self.kept_index]
+
+    def add(self, run: AdamRun, keep_if_better: bool = True) -> bool:
+        """Record ``run``; keep its final state if it is better than the kept one."""
+        self.offsets.append(self.spent)
+        self.runs.append(run)
+        self.losses.append(self.check.losses(run.q))
+        better = len(self.runs) == 1 or _mean(self.losses[-1]) < _mean(self.final)
+        if better and keep_if_better:
+            self.kept_index = len(self.runs) - 1
+        return bool(better)
+
+    def reference(self, q0: Gaussian) -> tuple[Gaussian, np.ndarray, int]:
+        """The best window's state over all runs (or the start, where no run got below it),
+        its fixed-draw losses and its step."""
+        i = min(range(len(self.runs)), key=lambda j: _finite_or_inf(self.runs[j].best_loss))
+        q, step = self.runs[i].best, self.offsets[i] + self.runs[i].best_step
+        losses = self.check.losses(q)
+        start = self.check.losses(q0)
+        if _mean(start) < _mean(losses):  # the whole run went wrong: its start is the reference
+            return q0, start, 0
+        return q, losses, step
+
+
+def _rounds(fn: LogDensity, runs: _Runs, s: AdviSettings) -> bool:
+    """Further rounds from the kept state until one no longer improves it (True) or the budget
+    runs out (False)."""
+    budget = max(s.max_steps or s.steps, s.steps)
+    while runs.spent + s.steps <= budget:
+        before = runs.final
+        runs.add(run_adam(fn, runs.kept.q, s.steps, s.learning_rate, s.seed + len(runs.runs),
+                          s.label))
+        gain = _worse_by(before, runs.losses[-1])
+        runs.rounds.append({"steps": s.steps, "loss": _num(_mean(runs.losses[-1])),
+                            "improvement": _num(gain)})
+        if gain <= _margin(runs.final, ROUND_REL):
+            return True  # another round would not move it
+    return False
+
+
+def _diagnostics(runs: _Runs, ref: np.ndarray, ref_step: int, verdict: str,
+                 problem: str | None, restart: dict[str, Any] | None) -> dict[str, Any]:
+    run = runs.kept
+    last, _, rel = run.last_change()
+    return {
         "verdict": verdict,
         "problem": problem,
-        "steps": int(sum(r.steps for r in runs)),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "final_loss": _num(_mean(final)),
-        "best_loss": _num(_mean(best)),
-        "best_window_loss": _num(best_run.best_loss),
-        "best_step": int(best_step),
+        "steps": int(runs.spent),
+        "final_loss": _num(_mean(runs.final)),
+        "best_loss": _num(_mean(ref)),
+        "best_step": int(ref_step),
+        "best_window_loss": _num(min(_finite_or_inf(r.best_loss) for r in runs.runs)),
         "last_window_loss": _num(last),
         "last_window_change": _num(rel),
+        "last_window_sd": _num(run.last_window_sd),
+        "remaining_gain": _num(runs.check.remaining(run.q)),
         "window_steps": run.window_steps,
-        "spike_steps": int(sum(r.spikes for r in runs)),
-        "nonfinite_steps": int(sum(r.nonfinite for r in runs)),
+        "spike_steps": int(sum(r.spikes for r in runs.runs)),
+        "nonfinite_steps": int(sum(r.nonfinite for r in runs.runs)),
         "rate_scale": run.rate_scale,
         "check_draws": CHECK_DRAWS,
-        "rounds": 1 + len(rounds),
-        "round_losses": rounds,
+        "rounds": 1 + len(runs.rounds),
+        "round_losses": runs.rounds,
         "restart": restart,
     }
-    level = logging.INFO if verdict == "converged" else logging.WARNING
-    log.log(level, "%s: ADVI %s after %d steps in %.1fs: loss %.6g (best window %.6g at step "
-            "%d; last window changed by %.2g of the loss)", s.label, verdict, info["steps"],
-            info["seconds"], _mean(final), best_run.best_loss, best_step, rel)
-    return q, info
 
 
 def _margin(ref: np.ndarray, rel: float) -> float:
@@ -357,13 +435,12 @@ def _margin(ref: np.ndarray, rel: float) -> float:
     return max(rel * abs(float(ref.mean())), float(ref.std()))
 
 
-def _problem(run: AdamRun, final: np.ndarray, best: np.ndarray, settled: bool) -> str | None:
+def _problem(q: Gaussian, final: np.ndarray, best: np.ndarray, check: FixedDraws,
+             settled: bool) -> str | None:
     """``left its basin``, ``still improving`` or None (see the module docstring)."""
     if _worse_by(final, best) > _margin(best, FAR_REL):
         return "left its basin"
-    _, gain, rel = run.last_change()
-    if not settled or (np.isfinite(rel) and rel > CONV_REL
-                       and gain > run.last_window_sd):
+    if not settled or check.remaining(q) > CONV_REMAINING_PER_PARAMETER * len(q.mu):
         return "still improving"
     return None
 
