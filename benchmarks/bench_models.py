@@ -60,7 +60,8 @@ manifest = train(csv, out, options=ModelOptions(advi_steps=steps, summary_draws=
 t_train = time.perf_counter() - t3
 print(json.dumps({"stats_s": t_stats, "compile_s": t_compile, "grad_ms": t_grad * 1e3,
                   "train_s": t_train, "train_parts": manifest["seconds"],
-                  "fit": manifest["fit"], "groups": manifest["n_groups"],
+                  "fit": manifest["fit"], "screen": manifest["outlier_screen"],
+                  "verdicts": manifest["fit_verdicts"], "groups": manifest["n_groups"],
                   "rows": manifest["input"]["rows"], "covariates": len(manifest["covariates"])}))
 """
 
@@ -98,6 +99,7 @@ def main() -> int:
         print(proc.stderr[-4000:], file=sys.stderr)
         return proc.returncode
     res = json.loads(proc.stdout.strip().splitlines()[-1])
+    screen = (res.get("screen") or {}).get("fit") or {}
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     rows = [
         ("training rows", f"{res['rows']:,}"),
@@ -108,6 +110,12 @@ def main() -> int:
         ("compile log density + gradient", f"{res['compile_s']:.1f} s"),
         ("one log-density gradient", f"{res['grad_ms']:.2f} ms"),
         (f"pooled ADVI ({res['fit'].get('steps')} steps)", f"{res['fit'].get('seconds', 0):.1f} s"),
+        ("  of which fit checks (fixed draws)", f"{res['fit'].get('check_seconds', 0):.1f} s"),
+        (f"outlier screen ({screen.get('steps')} steps, {screen.get('rounds')} rounds)",
+         f"{screen.get('seconds', 0):.1f} s"),
+        ("  of which fit checks (fixed draws)", f"{screen.get('check_seconds', 0):.1f} s"),
+        ("verdicts: pooled / screen", f"{res['verdicts'].get('pooled')} / "
+         f"{res['verdicts'].get('outlier_screen')}"),
         ("train(): statistics / ridge / pooled", "{statistics:.1f} / {ridge:.1f} / {pooled:.1f} s"
          .format(**res["train_parts"])),
         ("train() wall time (whole fit, files)", f"{res['train_s']:.1f} s"),

@@ -109,10 +109,10 @@ def _small_train_csv(root: Path) -> Path:
 
 def test_train_fails_on_an_unrecoverable_fit_naming_lib_cap_and_loss(tmp_path: Path) -> None:
     csv = _small_train_csv(tmp_path)
-    opts = ModelOptions(quick_steps=300, summary_draws=10, seed=1, learning_rate=10.0,
+    opts = ModelOptions(advi_steps=300, summary_draws=10, seed=1, learning_rate=10.0,
                         outlier_k=0)
     with pytest.raises(RtprepError) as err:
-        train(csv, tmp_path / "model", options=opts, quick=True)
+        train(csv, tmp_path / "model", options=opts)
     msg = str(err.value)
     assert msg.startswith("lib 611, cap 5: the pooled fit did not converge")
     assert "loss" in msg and "model.allow_unconverged" in msg and "\n" not in msg
@@ -121,9 +121,9 @@ def test_train_fails_on_an_unrecoverable_fit_naming_lib_cap_and_loss(tmp_path: P
 
 def test_allow_unconverged_writes_the_model_marked(tmp_path: Path) -> None:
     csv = _small_train_csv(tmp_path)
-    opts = ModelOptions(quick_steps=300, summary_draws=10, seed=1, learning_rate=10.0,
+    opts = ModelOptions(advi_steps=300, summary_draws=10, seed=1, learning_rate=10.0,
                         outlier_k=0, allow_unconverged=True)
-    manifest = train(csv, tmp_path / "model", options=opts, quick=True)
+    manifest = train(csv, tmp_path / "model", options=opts)
     assert manifest["fit_verdicts"] == {"pooled": "not converged"}
     pooled = json.loads((tmp_path / "model" / "pooled" / "model.json").read_text())
     assert pooled["fit"]["verdict"] == "not converged" and pooled["fit"]["restart"]
@@ -133,12 +133,21 @@ def test_allow_unconverged_writes_the_model_marked(tmp_path: Path) -> None:
     assert line is not None and line[1] and "not converged" in line[0]
 
 
+def test_a_quick_fit_is_marked_not_failed(tmp_path: Path) -> None:
+    """A quick fit is a smoke run of few steps: not converging is expected, so it is marked."""
+    csv = _small_train_csv(tmp_path)
+    opts = ModelOptions(quick_steps=300, summary_draws=10, seed=1, learning_rate=10.0,
+                        outlier_k=0)
+    manifest = train(csv, tmp_path / "model", options=opts, quick=True)
+    assert manifest["fit_verdicts"] == {"pooled": "not converged"}
+
+
 def test_recovered_fit_is_recorded_in_model_json(tmp_path: Path) -> None:
     csv = _small_train_csv(tmp_path)
     # at 10× the rate this fit is thrown off after its first windows; the restart brings it back
-    opts = ModelOptions(quick_steps=1000, summary_draws=10, seed=1, learning_rate=0.5,
+    opts = ModelOptions(advi_steps=1000, summary_draws=10, seed=1, learning_rate=0.5,
                         outlier_k=0)
-    manifest = train(csv, tmp_path / "model", options=opts, quick=True)
+    manifest = train(csv, tmp_path / "model", options=opts)
     fit = json.loads((tmp_path / "model" / "model.json").read_text())["fit"]
     assert fit["verdict"] == "recovered" and fit["restart"]["reason"] == "left its basin"
     assert manifest["fit_verdicts"] == {"pooled": "recovered"}
@@ -148,8 +157,8 @@ def test_recovered_fit_is_recorded_in_model_json(tmp_path: Path) -> None:
 
 def test_screen_fit_runs_until_converged_before_judging_rows(tmp_path: Path) -> None:
     csv = _small_train_csv(tmp_path)
-    opts = ModelOptions(quick_steps=600, screen_steps=200, summary_draws=10, seed=1)
-    manifest = train(csv, tmp_path / "model", options=opts, quick=True)
+    opts = ModelOptions(advi_steps=600, screen_steps=200, summary_draws=10, seed=1)
+    manifest = train(csv, tmp_path / "model", options=opts)
     screen = manifest["outlier_screen"]["fit"]
     assert screen["rounds"] >= 2  # 200 steps never suffice here: rounds follow
     assert screen["steps"] <= 600  # at most the main fit's steps

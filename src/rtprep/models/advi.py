@@ -238,9 +238,11 @@ class FixedDraws:
         self.fn = fn
         self.e = np.random.default_rng(seed).standard_normal((n, dim))
         self._remaining: dict[int, float] = {}
+        self.seconds = 0.0
 
     def losses(self, q: Gaussian) -> np.ndarray:
         """Per-draw loss of ``q`` (inf where the density is not finite)."""
+        t0 = time.perf_counter()
         sd = np.exp(q.omega)
         out = np.empty(len(self.e))
         k = len(self.e)
@@ -264,6 +266,7 @@ class FixedDraws:
                                            + 0.25 * sq[dim:].sum())
         else:
             self._remaining[id(q)] = np.inf
+        self.seconds += time.perf_counter() - t0
         return out
 
     def remaining(self, q: Gaussian) -> float:
@@ -418,6 +421,7 @@ def _diagnostics(runs: _Runs, ref: np.ndarray, ref_step: int, verdict: str,
         "nonfinite_steps": int(sum(r.nonfinite for r in runs.runs)),
         "rate_scale": run.rate_scale,
         "check_draws": CHECK_DRAWS,
+        "check_seconds": round(runs.check.seconds, 3),
         "rounds": 1 + len(runs.rounds),
         "round_losses": runs.rounds,
         "restart": restart,

@@ -169,16 +169,19 @@ def run_label(path: str | Path) -> str:
 
 def require_converged(fit: dict[str, Any], input_csv: str | Path, opts: ModelOptions,
                       what: str) -> None:
-    """Fail on an ADVI fit that ended ``not converged`` unless ``allow_unconverged``."""
+    """Fail on an ADVI fit that ended ``not converged`` unless ``allow_unconverged`` or a quick
+    fit (a smoke run of few steps, which is not expected to converge: it is marked, not
+    failed)."""
     if fit.get("verdict") != "not converged":
         return
     msg = (f"{run_label(input_csv)}: the {what} did not converge ({fit.get('problem')}; loss "
            f"{_fmt(fit.get('final_loss'))}, best {_fmt(fit.get('best_loss'))} at step "
            f"{fit.get('best_step')} of {fit.get('steps')})")
-    if not opts.allow_unconverged:
+    if not (opts.allow_unconverged or opts.quick):
         raise RtprepError(f"{msg}; set model.allow_unconverged: true to keep it, marked "
                           "'not converged'")
-    log.warning("%s; kept, marked 'not converged' (model.allow_unconverged)", msg)
+    log.warning("%s; kept, marked 'not converged' (%s)", msg,
+                "model.allow_unconverged" if opts.allow_unconverged else "a quick fit")
 
 
 def _fmt(v: Any) -> str:
