@@ -10,7 +10,7 @@ if config["embeddings"]["source"] != "file":
         output:
             parquet=config["embeddings"]["path"],
         log:
-            "logs/embeddings.log",
+            P.log("embeddings"),
         conda:
             ENV
         threads: 2
@@ -34,7 +34,7 @@ rule chem_classes:
         parquet=CLASSES_PARQUET,
         csv=CLASSES_CSV,
     log:
-        f"logs/chem_classes_k{config['n_clusters']}.log",
+        P.log(f"chem_classes_k{config['n_clusters']}"),
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -51,13 +51,13 @@ rule chem_classes:
 
 rule attach:
     input:
-        parquet=f"{LIB}_{{kind}}{{cap}}.parquet",
+        parquet=P.capped(*HLC, kind="{kind}"),
         lib_mapping=lib_mapping,
         classes=CLASSES_PARQUET,
     output:
-        f"{LIB}_{{kind}}{{cap}}_chemclass.parquet",
+        P.chemclass(*HLC, kind="{kind}"),
     log:
-        "logs/attach/{hash}_lib{lib}_{kind}{cap}.log",
+        P.log("attach/{hash}_lib{lib}_{kind}{cap}"),
     priority: PRIORITY_DATA
     conda:
         ENV

@@ -1,40 +1,57 @@
 # Config validation, target helpers and wildcard constraints shared by every rule.
 import os
 
-from rtprep.workflow import (
-    ACCOUNTING_TABLE,
-    accounted_artifacts,
+from rtprep.paths import (
+    DEMO_TRUTH_FILES,
+    EVAL_FILES,
+    EVAL_MODEL_DIR,
+    EVAL_TRUTH_FILES,
+    MODEL_KINDS,
+    Layout,
     classes_files,
-    coerce_config,
+)
+from rtprep.settings import demo_active
+from rtprep.workflow import (
+    accounted_artifacts,
+    complete_config,
     config_error_message,
-    demo_active,
     export_libs,
     final_targets,
-    merged_prefix,
-    model_dir,
     rt_range,
     threads_for_inputs,
 )
 from rtprep.errors import RtprepError
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 # A bad config stops here with one message naming the key, the value and what is allowed;
-# the exports' folders and the libs asked for are checked up front too.
+# the exports' folders and the libs asked for are checked up front too. On the demo, the demo's
+# fast settings (demo.model, demo.embeddings, demo.rt_range) are laid over the config first.
 try:
-    config.update(coerce_config(config))
-    validate(config, schema="../config/schema.yaml")
+    config.update(complete_config(config))
     export_libs(config)
 except (RtprepError, WorkflowError) as e:
     raise WorkflowError(config_error_message(e)) from None
 
 
-DATA = config["data_dir"]
-MERGED = os.path.join(DATA, "merged_training_{hash}")
-LIB = f"{MERGED}_lib{{lib}}"
+# Every path comes from one place (rtprep.paths); here with wildcard names, for the rules.
+P = Layout.from_config(config)
+DATA = P.data_dir
 DEMO = demo_active(config)
 DEMO_DIR = config["demo"]["dir"]
-CLASSES_PARQUET, CLASSES_CSV = classes_files(config)
+CLASSES_PARQUET, CLASSES_CSV = classes_files(
+    config["embeddings"]["path"], config["n_clusters"]
+)
+HLC = ("{hash}", "{lib}", "{cap}")  # the wildcards of a (hash, lib, cap) artifact
+# What train writes beside its manifest: each model kind's summary, tables and effects.
+TRAINED_FILES = [
+    (k, f)
+    for k in MODEL_KINDS
+    for f in (
+        "model.json",
+        "groups.parquet",
+        *(["effects.parquet"] if k == "pooled" else []),
+    )
+]
 ENV = "../envs/rtprep.yaml"
 # Scheduling: with few cores, the jobs on the way to the model fits go first, then the fits
 # (the longest jobs), then the figures. With the thread counts below (1 thread for small
@@ -70,21 +87,25 @@ def export_inputs(wildcards):
         return demo_manifest()
     from pathlib import Path
 
-    root = Path(DATA) / wildcards.hash
+    root = Path(P.export(wildcards.hash))
     return sorted(str(p) for p in root.glob("**/*.parquet"))
 
 
 def lib_mapping(wildcards):
-    return f"{DATA}/lib_comp_chem_mapping_lib{wildcards.lib}.csv"
+    return P.lib_mapping(wildcards.lib)
 
 
 def species_mapping(wildcards):
-    return f"{DATA}/merged_training_{wildcards.hash}_lib{wildcards.lib}_species_mapping.csv"
+    return P.species_mapping(wildcards.hash, wildcards.lib)
 
 
 def demo_lib_mappings():
     libs = sorted({lib for ls in export_libs(config).values() for lib in ls})
-    return [f"{DATA}/lib_comp_chem_mapping_lib{lib}.csv" for lib in libs]
+    return [P.lib_mapping(lib) for lib in libs]
+
+
+def demo_export_dirs():
+    return [P.export(h) for h in export_libs(config)]
 
 
 DEMO_TRUTH = f"{DEMO_DIR}/truth/truth_peaks.parquet"
@@ -97,9 +118,7 @@ def demo_truth(wildcards):
 
 def demo_species_mappings():
     return [
-        f"{DATA}/merged_training_{h}_lib{lib}_species_mapping.csv"
-        for h, ls in export_libs(config).items()
-        for lib in ls
+        P.species_mapping(h, lib) for h, ls in export_libs(config).items() for lib in ls
     ]
 
 
@@ -110,15 +129,13 @@ def embeddings_projection_input():
 
 def funnel_artifacts(wildcards):
     """The chain of artifacts whose sidecars the row-accounting figure reads."""
-    merged = f"{DATA}/merged_training_{wildcards.hash}"
-    lib = f"{merged}_lib{wildcards.lib}"
-    cap = f"{lib}_cap{wildcards.cap}"
+    h, lib, cap = wildcards.hash, wildcards.lib, wildcards.cap
     return [
-        f"{merged}.parquet",
-        f"{lib}.parquet",
-        f"{cap}.parquet",
-        f"{cap}_chemclass.parquet",
-        f"{cap}_chemclass_rt_prod.csv",
+        P.merged(h),
+        P.lib(h, lib),
+        P.capped(h, lib, cap),
+        P.chemclass(h, lib, cap),
+        P.rt_csv(h, lib, cap),
     ]
 
 

@@ -9,8 +9,14 @@ if DEMO:
             lib_mappings=demo_lib_mappings(),
             species_mappings=demo_species_mappings(),
             truth=DEMO_TRUTH,
+            truth_tables=[
+                f"{DEMO_DIR}/truth/{f}"
+                for f in DEMO_TRUTH_FILES
+                if f != "truth_peaks.parquet"
+            ],
+            exports=[directory(d) for d in demo_export_dirs()],
         log:
-            "logs/demo.log",
+            P.log("demo"),
         priority: PRIORITY_DATA
         conda:
             ENV

@@ -5,11 +5,11 @@ rule merge:
     input:
         export_inputs,
     output:
-        f"{MERGED}.parquet" if config["keep_merged"] else temp(f"{MERGED}.parquet"),
+        P.merged("{hash}") if config["keep_merged"] else temp(P.merged("{hash}")),
     log:
-        "logs/merge/{hash}.log",
+        P.log("merge/{hash}"),
     benchmark:
-        "benchmarks/runs/merge/{hash}.tsv"
+        P.benchmark("merge/{hash}")
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -26,13 +26,13 @@ rule merge:
 
 rule split:
     input:
-        f"{MERGED}.parquet",
+        P.merged("{hash}"),
     output:
-        f"{LIB}.parquet",
+        P.lib("{hash}", "{lib}"),
     log:
-        "logs/split/{hash}_lib{lib}.log",
+        P.log("split/{hash}_lib{lib}"),
     benchmark:
-        "benchmarks/runs/split/{hash}_lib{lib}.tsv"
+        P.benchmark("split/{hash}_lib{lib}")
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -48,12 +48,12 @@ rule split:
 
 rule coverage:
     input:
-        f"{LIB}.parquet",
+        P.lib("{hash}", "{lib}"),
     output:
-        csv=f"{LIB}_species_compounds.csv",
-        summary=f"{LIB}_species_compounds_summary.txt",
+        csv=P.coverage("{hash}", "{lib}")[0],
+        summary=P.coverage("{hash}", "{lib}")[1],
     log:
-        "logs/coverage/{hash}_lib{lib}.log",
+        P.log("coverage/{hash}_lib{lib}"),
     conda:
         ENV
     threads: data_threads

@@ -4,14 +4,16 @@
 
 rule train:
     input:
-        csv=f"{LIB}_cap{{cap}}_chemclass_rt_prod.csv",
+        csv=P.rt_csv(*HLC),
         embeddings=config["embeddings"]["path"],
     output:
-        "results/rt_prod/{hash}/lib{lib}_cap{cap}/model.json",
+        # every file train writes (each .parquet with its sidecars, rtprep.artifacts)
+        manifest=P.model_file(*HLC),
+        models=[P.model_file(*HLC, f"{k}/{f}") for k, f in TRAINED_FILES],
     log:
-        "logs/train/{hash}_lib{lib}_cap{cap}.log",
+        P.log("train/{hash}_lib{lib}_cap{cap}"),
     benchmark:
-        "benchmarks/runs/train/{hash}_lib{lib}_cap{cap}.tsv"
+        P.benchmark("train/{hash}_lib{lib}_cap{cap}")
     priority: PRIORITY_MODEL
     conda:
         ENV
@@ -20,7 +22,7 @@ rule train:
         mem_mb=8000,
         runtime=120,
     params:
-        out=lambda wc, output: os.path.dirname(output[0]),
+        out=lambda wc, output: os.path.dirname(output.manifest),
         model=MODEL_OPTIONS,
         families=config["covariates"]["families"],
     script:
@@ -30,13 +32,16 @@ rule train:
 rule evaluate:
     input:
         unpack(demo_truth),
-        train_csv=f"{LIB}_train_cap{{cap}}_chemclass_rt_prod.csv",
-        test_rows=f"{LIB}_test_chemclass_rt_prod.parquet",
+        train_csv=P.rt_csv(*HLC, kind="train_cap"),
+        test_rows=P.test_rows("{hash}", "{lib}"),
         embeddings=config["embeddings"]["path"],
     output:
-        "results/rt_prod/{hash}/lib{lib}_cap{cap}/eval/metrics.json",
+        metrics=P.eval_file(*HLC),
+        tables=[P.eval_file(*HLC, f) for f in EVAL_FILES[1:]],
+        truth=[P.eval_file(*HLC, f) for f in EVAL_TRUTH_FILES] if DEMO else [],
+        model=directory(P.eval_file(*HLC, EVAL_MODEL_DIR)),
     log:
-        "logs/evaluate/{hash}_lib{lib}_cap{cap}.log",
+        P.log("evaluate/{hash}_lib{lib}_cap{cap}"),
     priority: PRIORITY_MODEL
     conda:
         ENV
@@ -45,7 +50,7 @@ rule evaluate:
         mem_mb=8000,
         runtime=120,
     params:
-        out=lambda wc, output: os.path.dirname(output[0]),
+        out=lambda wc, output: os.path.dirname(output.metrics),
         model=MODEL_OPTIONS,
         families=config["covariates"]["families"],
     script:

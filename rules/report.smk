@@ -3,17 +3,17 @@
 
 rule plot_coverage:
     input:
-        f"{LIB}_species_compounds.csv",
+        P.coverage("{hash}", "{lib}")[0],
     output:
         report(
-            "results/report/{hash}/lib{lib}_coverage.png",
+            P.figure("coverage", "{hash}", "{lib}"),
             caption="../report/coverage.rst",
             category="Coverage",
             subcategory="{hash}",
             labels={"lib": "{lib}"},
         ),
     log:
-        "logs/plot/coverage_{hash}_lib{lib}.log",
+        P.log("plot/coverage_{hash}_lib{lib}"),
     conda:
         ENV
     threads: 1
@@ -28,17 +28,17 @@ rule plot_coverage:
 
 rule plot_funnel:
     input:
-        f"{LIB}_cap{{cap}}_chemclass_rt_prod.csv",
+        P.rt_csv(*HLC),
     output:
         report(
-            "results/report/{hash}/lib{lib}_cap{cap}_funnel.png",
+            P.figure("funnel", *HLC),
             caption="../report/funnel.rst",
             category="Row accounting",
             subcategory="{hash}",
             labels={"lib": "{lib}", "cap": "{cap}"},
         ),
     log:
-        "logs/plot/funnel_{hash}_lib{lib}_cap{cap}.log",
+        P.log("plot/funnel_{hash}_lib{lib}_cap{cap}"),
     conda:
         ENV
     threads: 1
@@ -57,12 +57,12 @@ rule plot_classes:
         classes=CLASSES_PARQUET,
     output:
         report(
-            f"results/report/chem_classes_k{config['n_clusters']}.png",
+            P.figure(f"chem_classes_k{config['n_clusters']}"),
             caption="../report/classes.rst",
             category="Chemistry classes",
         ),
     log:
-        "logs/plot/classes.log",
+        P.log("plot/classes"),
     conda:
         ENV
     threads: 1
@@ -75,17 +75,17 @@ rule plot_classes:
 
 rule plot_model_quality:
     input:
-        "results/rt_prod/{hash}/lib{lib}_cap{cap}/eval/metrics.json",
+        P.eval_file(*HLC),
     output:
         report(
-            "results/report/{hash}/lib{lib}_cap{cap}_model_quality.png",
+            P.figure("model_quality", *HLC),
             caption="../report/model_quality.rst",
             category="Model quality",
             subcategory="{hash}",
             labels={"lib": "{lib}", "cap": "{cap}"},
         ),
     log:
-        "logs/plot/model_quality_{hash}_lib{lib}_cap{cap}.log",
+        P.log("plot/model_quality_{hash}_lib{lib}_cap{cap}"),
     conda:
         ENV
     threads: 1
@@ -100,17 +100,17 @@ rule plot_model_quality:
 
 rule plot_shrinkage:
     input:
-        "results/rt_prod/{hash}/lib{lib}_cap{cap}/model.json",
+        P.model_file(*HLC),
     output:
         report(
-            "results/report/{hash}/lib{lib}_cap{cap}_shrinkage.png",
+            P.figure("shrinkage", *HLC),
             caption="../report/shrinkage.rst",
             category="Partial pooling",
             subcategory="{hash}",
             labels={"lib": "{lib}", "cap": "{cap}"},
         ),
     log:
-        "logs/plot/shrinkage_{hash}_lib{lib}_cap{cap}.log",
+        P.log("plot/shrinkage_{hash}_lib{lib}_cap{cap}"),
     conda:
         ENV
     threads: 1

@@ -3,12 +3,12 @@
 
 rule rt_csv:
     input:
-        parquet=f"{LIB}_{{kind}}{{cap}}_chemclass.parquet",
+        parquet=P.chemclass(*HLC, kind="{kind}"),
         species_mapping=species_mapping,
     output:
-        f"{LIB}_{{kind}}{{cap}}_chemclass_rt_prod.csv",
+        P.rt_csv(*HLC, kind="{kind}"),
     log:
-        "logs/rt_csv/{hash}_lib{lib}_{kind}{cap}.log",
+        P.log("rt_csv/{hash}_lib{lib}_{kind}{cap}"),
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -24,15 +24,15 @@ rule rt_csv:
 
 rule test_rows:
     input:
-        parquet=f"{LIB}.parquet",
-        folds=f"{LIB}_folds.csv",
+        parquet=P.lib("{hash}", "{lib}"),
+        folds=P.folds("{hash}", "{lib}"),
         lib_mapping=lib_mapping,
         classes=CLASSES_PARQUET,
         species_mapping=species_mapping,
     output:
-        f"{LIB}_test_chemclass_rt_prod.parquet",
+        P.test_rows("{hash}", "{lib}"),
     log:
-        "logs/test_rows/{hash}_lib{lib}.log",
+        P.log("test_rows/{hash}_lib{lib}"),
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -52,9 +52,9 @@ rule accounting:
     input:
         accounted_artifacts(config),
     output:
-        ACCOUNTING_TABLE,
+        P.accounting,
     log:
-        "logs/accounting.log",
+        P.log("accounting"),
     conda:
         ENV
     threads: 1

@@ -3,11 +3,11 @@
 
 rule folds:
     input:
-        f"{LIB}.parquet",
+        P.lib("{hash}", "{lib}"),
     output:
-        f"{LIB}_folds.csv",
+        P.folds("{hash}", "{lib}"),
     log:
-        "logs/folds/{hash}_lib{lib}.log",
+        P.log("folds/{hash}_lib{lib}"),
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -24,13 +24,13 @@ rule folds:
 
 rule cap:
     input:
-        f"{LIB}.parquet",
+        P.lib("{hash}", "{lib}"),
     output:
-        f"{LIB}_cap{{cap}}.parquet",
+        P.capped(*HLC),
     log:
-        "logs/cap/{hash}_lib{lib}_cap{cap}.log",
+        P.log("cap/{hash}_lib{lib}_cap{cap}"),
     benchmark:
-        "benchmarks/runs/cap/{hash}_lib{lib}_cap{cap}.tsv"
+        P.benchmark("cap/{hash}_lib{lib}_cap{cap}")
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -47,12 +47,12 @@ rule cap:
 
 rule cap_train:
     input:
-        parquet=f"{LIB}.parquet",
-        folds=f"{LIB}_folds.csv",
+        parquet=P.lib("{hash}", "{lib}"),
+        folds=P.folds("{hash}", "{lib}"),
     output:
-        f"{LIB}_train_cap{{cap}}.parquet",
+        P.capped(*HLC, kind="train_cap"),
     log:
-        "logs/cap/{hash}_lib{lib}_train_cap{cap}.log",
+        P.log("cap/{hash}_lib{lib}_train_cap{cap}"),
     priority: PRIORITY_DATA
     conda:
         ENV

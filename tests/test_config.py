@@ -1,4 +1,5 @@
-"""Config coercion, libs per export and targets (rtprep.workflow), and the schema's messages."""
+"""Config: one schema for every default, the demo's settings on the demo only, coercion, libs per
+export and targets (rtprep.workflow), and the schema's messages."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from rtprep import settings
 from rtprep.errors import RtprepError
 from rtprep.workflow import (
     coerce_config,
+    complete_config,
     export_libs,
     final_targets,
     input_bytes,
@@ -19,11 +22,124 @@ from rtprep.workflow import (
 )
 from tests.workflow_util import REPO
 
-SCHEMA = str(REPO / "config/schema.yaml")
+SCHEMA = str(settings.SCHEMA_PATH)
+SHIPPED = REPO / "config" / "config.yaml"
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((REPO / "config" / name).read_text())
+    """A shipped config file as the rules see it (``test.yaml`` layered over ``config.yaml``,
+    as the test suite runs it)."""
+    files = [SHIPPED] if name == "config.yaml" else [SHIPPED, REPO / "config" / name]
+    return complete_config(settings.load_files(*files))
+
+
+def test_a_users_config_gets_production_defaults(tmp_path: Path) -> None:
+    """A minimal config of one's own (data location and embeddings) layered over the shipped
+    one, as `snakemake --configfile mine.yaml` does: none of the demo's fast settings leak in."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "exports": ["abc1"],
+        "embeddings": {"path": str(tmp_path / "emb.parquet")}}))
+    cfg = complete_config(settings.load_files(SHIPPED, mine))
+    assert cfg["model"]["quick"] is False
+    assert cfg["model"]["advi_steps"] == settings.default("model", "advi_steps") == 20000
+    assert cfg["model"]["caps"] is None  # models for every cap
+    cfg["data_dir"] = str(tmp_path)  # (no export folders needed for the targets' caps)
+    from rtprep.workflow import model_caps
+
+    assert model_caps(cfg) == cfg["caps"] == [5, 10]
+    assert cfg["embeddings"]["path"] == str(tmp_path / "emb.parquet")
+    assert cfg["rt_range"] == {}
+    # and the shipped file, as a whole, states only production defaults outside demo:
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    for block in ("model", "merge", "covariates", "eval"):
+        for key, value in (shipped.get(block) or {}).items():
+            assert value == settings.defaults()[block][key], f"{block}.{key}"
+
+
+def test_the_shipped_config_alone_runs_the_fast_demo() -> None:
+    cfg = load("config.yaml")
+    assert cfg["model"]["quick"] is True and cfg["model"]["caps"] == [5]
+    assert cfg["model"]["quick_steps"] == 8000
+    assert cfg["embeddings"]["path"].startswith("demo/")
+    assert cfg["rt_range"] == {"default": [0.0, 40.0]}
+    tiny = load("test.yaml")  # the test suite's tiny demo keeps its own fast settings
+    assert tiny["model"]["quick_steps"] == 300
+    assert tiny["embeddings"]["path"].startswith("demo/tiny")
+
+
+def test_user_config_without_embeddings_is_told_to_set_them(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "exports": ["abc1"]}))
+    with pytest.raises(Exception, match="path"):
+        complete_config(settings.load_files(SHIPPED, mine))
+
+
+def test_defaults_come_from_the_schema() -> None:
+    from rtprep.merge import MergeOptions
+    from rtprep.models.options import ModelOptions
+
+    opts = ModelOptions()
+    for key in ("advi_steps", "quick_steps", "screen_steps", "learning_rate", "outlier_k",
+                "allow_unconverged", "group_by", "method", "seed", "summary_draws", "fill"):
+        assert getattr(opts, key) == settings.default("model", key), key
+    assert opts.nuts_chains == settings.default("model", "nuts", "chains")
+    assert list(opts.families) == settings.default("covariates", "families")
+    assert list(MergeOptions().key) == settings.default("merge", "key")
+    from rtprep.cli import build_parser
+
+    args = build_parser().parse_args(["chem-classes", "--embeddings", "e.parquet"])
+    assert args.n_clusters == settings.default("n_clusters")
+    assert args.seed == settings.default("kmeans_seed")
+
+
+def _readme_defaults() -> dict[str, object]:
+    """``key -> default`` from config/README.md's table; a row may name several keys
+    (`` `a.b`, `.c` `` with defaults `` `1`, `2` ``)."""
+    rows: dict[str, object] = {}
+    for line in (REPO / "config" / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        keys = [k.strip().strip("`") for k in cells[0].split(",")]
+        keys = [keys[0].rsplit(".", 1)[0] + k if k.startswith(".") else k for k in keys]
+        values = (cells[1].split("`, `") if len(keys) > 1 else [cells[1]])
+        for key, value in zip(keys, values, strict=True):
+            text = value.strip("`")
+            rows[key] = (None if text.startswith(("(required)", "—", "unset"))
+                         else yaml.safe_load(text))
+    return rows
+
+
+def test_config_readme_table_matches_the_schema() -> None:
+    """Every key of the schema is in config/README.md's table with the schema's default, and
+    every key there exists in the schema (blocks are documented key by key)."""
+    documented = _readme_defaults()
+    flat: dict[str, object] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            if "properties" in sub:
+                walk(sub, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = sub.get("default")
+
+    walk(settings.schema(), "")
+    assert set(flat) == set(documented), (set(flat) ^ set(documented))
+    for key, value in flat.items():
+        assert documented[key] == value, (key, documented[key], value)
+
+
+def test_run_quick_and_no_quick_win_on_the_demo_too() -> None:
+    from rtprep.cli import build_overlay, build_parser
+
+    p = build_parser()
+    assert build_overlay(p.parse_args(["run", "--no-quick"]))["model"]["quick"] is False
+    assert build_overlay(p.parse_args(["run", "--quick"]))["model"]["quick"] is True
+    assert "model" not in build_overlay(p.parse_args(["run"]))
+    cfg = settings.layer(settings.load_files(SHIPPED),
+                         build_overlay(p.parse_args(["run", "--no-quick"])))
+    assert complete_config(cfg)["model"]["quick"] is False
 
 
 def test_coerce_strings_from_command_line() -> None:
@@ -45,7 +161,6 @@ def test_coerce_rejects_nonsense_with_key() -> None:
 def test_schema_fills_defaults_for_shipped_configs() -> None:
     for name in ("config.yaml", "test.yaml"):
         cfg = load(name)
-        validate(cfg, SCHEMA)
         assert cfg["merge"]["cpd_status_keep"] == ["Complete", "Complete - NFS"]
         assert cfg["eval"]["test_fraction"] == 0.2
         assert cfg["model"]["nuts"]["chains"] == 2
@@ -63,7 +178,6 @@ def _real_export(tmp_path: Path) -> dict:
         (tmp_path / "data/abc1/create_training_data" / f"lib_id={lib}").mkdir(parents=True)
     (tmp_path / "data/abc2/create_training_data/lib_id=13").mkdir(parents=True)
     cfg = load("config.yaml")
-    validate(cfg, SCHEMA)
     cfg.update(data_dir=str(tmp_path / "data"), exports=["abc1", "abc2"], caps=[5])
     return cfg
 

@@ -13,8 +13,7 @@ import polars as pl
 import pytest
 
 from rtprep.errors import RtprepError
-from rtprep.models import ModelOptions, evaluate, train
-from rtprep.models import advi
+from rtprep.models import ModelOptions, advi, evaluate, train
 from rtprep.models.synthetic import SyntheticData, generate
 from rtprep.plots import fit_verdict_line
 
@@ -58,7 +57,7 @@ def test_a_rate_far_too_large_is_detected_and_recovered() -> None:
     fn, sigma = _stiff_gaussian()
     optimum = len(sigma) / 2 - float(np.log(sigma).sum())
     # at 40× the rate the run is thrown far from the basin it found in its first windows
-    q, info = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(400, 2.0, seed=1))
+    _q, info = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(400, 2.0, seed=1))
     assert info["restart"] is not None and info["restart"]["reason"] == "left its basin"
     assert info["verdict"] == "recovered", info
     assert info["steps"] == 400 + 200  # the restart ran for half the steps
@@ -70,7 +69,7 @@ def test_a_rate_far_too_large_is_detected_and_recovered() -> None:
 
 def test_a_run_that_never_recovers_says_not_converged() -> None:
     fn, sigma = _stiff_gaussian()
-    q, info = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(300, 400.0, seed=2))
+    _q, info = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(300, 400.0, seed=2))
     assert info["verdict"] == "not converged"
     assert info["problem"] == "left its basin" and info["restart"] is not None
 
@@ -78,7 +77,7 @@ def test_a_run_that_never_recovers_says_not_converged() -> None:
 def test_until_converged_adds_rounds_until_one_no_longer_helps() -> None:
     fn, sigma = _stiff_gaussian()
     # 100 steps are far too few for this target: rounds follow until one stops improving
-    q, info = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(
+    _q, info = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(
         100, 0.05, seed=3, until_converged=True, max_steps=3000))
     assert info["rounds"] >= 2 and info["verdict"] == "converged"
     assert info["round_losses"][-1]["improvement"] <= max(

@@ -136,6 +136,46 @@ def test_drop_counts_equal_the_generator_manifest(run_dir: Path) -> None:
                                          "chem_id_no_class"}
 
 
+@pytest.mark.slow
+def test_every_file_a_rule_writes_is_declared(run_dir: Path) -> None:
+    """Every file under the data folder, results/, logs/ and benchmarks/runs/ after a real run is
+    a declared output or log of a rule (Snakemake's --summary), inside a declared directory(),
+    a benchmark file, or a sidecar (.meta.json, .dropped.csv) that the shared mechanism
+    (rtprep.artifacts.write_sidecars) writes beside a declared output."""
+    from rtprep.paths import SIDECAR_SUFFIXES
+
+    extra = [lib_file(lib, f"_cap{BIG_CAP}_chemclass_rt_prod.csv") for lib in HASHES]
+    proc = snakemake(run_dir, "--summary", "--cores", "1", "all", *extra)
+    declared: set[str] = set()
+    for line in proc.stdout.splitlines()[1:]:
+        cells = line.split("\t")
+        if len(cells) >= 4:
+            declared.add(cells[0])
+            declared.update(f.strip() for f in cells[3].split(",") if f.strip() != "-")
+    folders = [d for d in declared if (run_dir / d).is_dir()]
+    assert any(d.endswith("eval/model") for d in folders)
+    undeclared = []
+    for root in ("demo/tiny", "results", "logs", "benchmarks/runs"):
+        for f in (run_dir / root).rglob("*"):
+            if not f.is_file():
+                continue
+            rel = f.relative_to(run_dir).as_posix()
+            base = next((rel.removesuffix(s) for s in SIDECAR_SUFFIXES if rel.endswith(s)), rel)
+            if (base in declared or rel.startswith("benchmarks/runs/")
+                    or any(rel.startswith(d + "/") for d in folders)):
+                continue
+            undeclared.append(rel)
+    assert not undeclared, undeclared[:20]
+
+
+def test_eval_metrics_csv_is_a_target_of_its_own(tmp_path: Path) -> None:
+    """A declared output can be asked for by name: `snakemake <...>/eval/metrics.csv`."""
+    wd = copy_workflow(tmp_path)
+    target = f"results/rt_prod/{HASHES[209]}/lib209_cap5/eval/metrics.csv"
+    jobs = planned_jobs(snakemake(wd, "--dry-run", "--cores", "2", target))
+    assert jobs["evaluate"] == 1 and jobs["train"] == 0
+
+
 def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
     return planned_jobs(snakemake(run_dir, "--dry-run", "--cores", "2", overlay=overlay))
 

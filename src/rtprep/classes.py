@@ -24,6 +24,7 @@ import polars as pl
 from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
 from rtprep.errors import RtprepError, input_error
 from rtprep.frames import require_columns
+from rtprep.paths import classes_files
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,9 @@ _RECOMPUTE = "; recompute these chemicals' embeddings (rtprep embed) or remove t
 
 def classes_paths(embeddings: str | Path, n_clusters: int) -> tuple[Path, Path]:
     """The class files built from ``embeddings`` with ``n_clusters`` clusters:
-    ``<embeddings folder>/chem_classes_k<k>.parquet`` and ``.csv``."""
-    folder = Path(embeddings).parent
-    stem = f"chem_classes_k{int(n_clusters)}"
-    return folder / f"{stem}.parquet", folder / f"{stem}.csv"
+    ``<embeddings folder>/chem_classes_k<k>.parquet`` and ``.csv`` (:mod:`rtprep.paths`)."""
+    pq, csv = classes_files(embeddings, n_clusters)
+    return Path(pq), Path(csv)
 
 
 def _ids(values: pl.Series) -> str:

@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rtprep.paths import beside, merged_name
+from rtprep.settings import default
+
 DESCRIPTION = """\
 rtprep turns Pachyderm exports of LC-MS peak tables into compact, chemistry-aware retention-time
 (RT) training data, and trains the ridge and partial-pooling RT models used for peak assignment.
@@ -65,11 +68,6 @@ _cap_type = _int_at_least(1, "rows kept per species_matrix_type x comp_id pair")
 _lib_type = _int_at_least(0, "a lib id")
 
 
-def _stem_out(path: Path, suffix: str) -> Path:
-    """``x.parquet`` -> ``x<suffix>``: the seed's naming of a stage's output beside its input."""
-    return path.with_name(path.name.removesuffix(".parquet") + suffix)
-
-
 # --- stage commands ------------------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> None:
     from rtprep.demo import generate_demo
@@ -82,7 +80,7 @@ def cmd_merge(a: argparse.Namespace) -> None:
     from rtprep.merge import MergeOptions, merge_export
 
     export = _p(a.input).resolve()
-    out = _p(a.output) if a.output else export.parent / f"merged_training_{export.name}.parquet"
+    out = _p(a.output) if a.output else export.parent / merged_name(export.name)
     acc = merge_export(export, out, MergeOptions())
     print(f"{out}: {acc.funnel()}")
 
@@ -94,7 +92,7 @@ def cmd_split(a: argparse.Namespace) -> None:
     libs = a.libs or libs_in_merged(merged)
     rt_range = tuple(a.rt_range) if a.rt_range else None
     for lib in libs:
-        out = _stem_out(merged, f"_lib{lib}.parquet")
+        out = beside(merged, f"_lib{lib}.parquet")
         acc = split_lib(merged, lib, out, rt_range=rt_range)
         print(f"{out}: {acc.funnel()}")
 
@@ -106,9 +104,9 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         f = _p(f)
         text = summarize_species_compounds(
             f,
-            _stem_out(f, "_species_compounds.csv"),
+            beside(f, "_species_compounds.csv"),
             caps=tuple(a.caps),
-            summary_out=_stem_out(f, "_species_compounds_summary.txt"),
+            summary_out=beside(f, "_species_compounds_summary.txt"),
         )
         print(f"== {f}\n{text}")
 
@@ -117,7 +115,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     from rtprep.sample import sample_per_species_compound
 
     f = _p(a.input)
-    out = _p(a.output) if a.output else _stem_out(f, f"_cap{a.cap_per_pair}.parquet")
+    out = _p(a.output) if a.output else beside(f, f"_cap{a.cap_per_pair}.parquet")
     acc = sample_per_species_compound(f, out, cap_per_pair=a.cap_per_pair, seed=a.seed)
     print(f"{out}: {acc.funnel()}")
 
@@ -126,7 +124,7 @@ def cmd_folds(a: argparse.Namespace) -> None:
     from rtprep.sample import assign_folds
 
     f = _p(a.input)
-    out = _p(a.output) if a.output else _stem_out(f, "_folds.csv")
+    out = _p(a.output) if a.output else beside(f, "_folds.csv")
     acc = assign_folds(f, out, test_fraction=a.test_fraction, fold_seed=a.fold_seed)
     print(f"{out}: {acc.extra or acc.funnel()}")
 
@@ -144,7 +142,7 @@ def cmd_attach(a: argparse.Namespace) -> None:
     from rtprep.attach import attach_chem_classes
 
     f = _p(a.input)
-    out = _p(a.output) if a.output else _stem_out(f, "_chemclass.parquet")
+    out = _p(a.output) if a.output else beside(f, "_chemclass.parquet")
     acc = attach_chem_classes(f, _p(a.lib_mapping), _p(a.classes), out)
     print(f"{out}: {acc.funnel()}")
 
@@ -153,7 +151,7 @@ def cmd_rt_csv(a: argparse.Namespace) -> None:
     from rtprep.rtcsv import make_rt_prod_csv
 
     f = _p(a.input)
-    out = _p(a.output) if a.output else _stem_out(f, "_rt_prod.csv")
+    out = _p(a.output) if a.output else beside(f, "_rt_prod.csv")
     acc = make_rt_prod_csv(f, _p(a.species_mapping), out, families=tuple(a.families))
     print(f"{out}: {acc.funnel()}")
 
@@ -182,8 +180,8 @@ def build_overlay(a: argparse.Namespace) -> dict[str, Any]:
     model: dict[str, Any] = {}
     if a.cap:
         model["caps"] = overlay["caps"]  # models for the asked caps, whatever the config says
-    if a.quick:
-        model["quick"] = True
+    if a.quick is not None:
+        model["quick"] = bool(a.quick)
     if a.no_eval:
         model["evaluate"] = False
     if model:
@@ -238,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     s = add("demo", cmd_demo, "write the embedded demo export (only under --out)")
-    s.add_argument("--out", default="demo", help="folder to write (default: demo)")
-    s.add_argument("--rows", type=int, default=200_000, help="about how many peak rows in all")
-    s.add_argument("--seed", type=int, default=7)
-    s.add_argument("--libs", type=int, nargs="+", default=[208, 209, 305, 400, 402])
+    s.add_argument("--out", default=default("demo", "dir"),
+                   help="folder to write (default: %(default)s)")
+    s.add_argument("--rows", type=int, default=default("demo", "rows"),
+                   help="about how many peak rows in all (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=default("demo", "seed"))
+    s.add_argument("--libs", type=int, nargs="+", default=default("demo", "libs"))
 
     s = add("merge", cmd_merge, "step 1: merge a Pachyderm export's training shards")
     s.add_argument("-i", "--input", required=True, help="export folder repo_export/<export_hash>")
@@ -255,27 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("summarize", cmd_summarize, "step 3: species x compound coverage per lib file")
     s.add_argument("files", nargs="+", help="merged_training_<hash>_lib<lib>.parquet files")
-    s.add_argument("--caps", type=int, nargs="+", default=[10, 20, 50, 100])
+    s.add_argument("--caps", type=int, nargs="+", default=default("coverage_caps"))
 
     s = add("sample", cmd_sample, "step 4: cap rows per (species_matrix_type, comp_id) pair")
     s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
     s.add_argument("--cap-per-pair", type=_cap_type, required=True,
                    help="N rows at most per pair")
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--seed", type=int, default=default("cap_seed"))
     s.add_argument("-o", "--output", help="default: ..._lib<lib>_cap<N>.parquet beside it")
 
     s = add("folds", cmd_folds, "hold out whole sample sets for evaluation")
     s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
-    s.add_argument("--test-fraction", type=float, default=0.2)
-    s.add_argument("--fold-seed", type=int, default=1)
+    s.add_argument("--test-fraction", type=float, default=default("eval", "test_fraction"))
+    s.add_argument("--fold-seed", type=int, default=default("fold_seed"))
     s.add_argument("-o", "--output", help="default: ..._lib<lib>_folds.csv beside it")
 
     s = add("chem-classes", cmd_chem_classes, "step 5: k-means compound classes from embeddings")
     s.add_argument("--embeddings", required=True,
                    help="Parquet: chem_id, smiles, embedding20 (classes are written beside it)")
     s.add_argument("--n-clusters", type=_int_at_least(1, "number of compound classes"),
-                   default=32)
-    s.add_argument("--seed", type=int, default=0)
+                   default=default("n_clusters"))
+    s.add_argument("--seed", type=int, default=default("kmeans_seed"))
 
     s = add("attach", cmd_attach, "step 6: attach CHEM_ID + compound_class, drop unmapped")
     s.add_argument("--input", required=True, help="..._cap<N>.parquet")
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="..._cap<N>_chemclass.parquet")
     s.add_argument("--species-mapping", required=True,
                    help="CSV: sample_set_id, species, species_cluster")
-    s.add_argument("--families", nargs="+", default=["IS", "RS", "ES_"])
+    s.add_argument("--families", nargs="+", default=default("covariates", "families"))
     s.add_argument("-o", "--output", help="default: ..._chemclass_rt_prod.csv")
 
     from rtprep.embed import register as register_embed
@@ -306,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lib ids (default: the config's libs)")
     s.add_argument("--cap", nargs="+", type=_cap_type,
                    help="cap(s) per pair (default: the config's caps)")
-    s.add_argument("--quick", action="store_true", help="few ADVI steps: a smoke run")
+    s.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
+                   help="few ADVI steps (model.quick_steps): a smoke run; --no-quick: full "
+                   "production fits (default: the config's model.quick; on the demo, quick)")
     s.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     s.add_argument("--configfile", default="config/config.yaml")
     s.add_argument("--profile", help="Snakemake profile: slurm, local or a folder")

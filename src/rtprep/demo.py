@@ -85,6 +85,7 @@ import polars as pl
 
 from rtprep.artifacts import package_versions, write_text_atomic
 from rtprep.errors import RtprepError, input_error
+from rtprep.paths import Layout
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ LIB_WEIGHT: dict[int, float] = {208: 0.20, 209: 0.30, 305: 0.15, 400: 0.20, 402:
 
 MANIFEST = "manifest.json"
 EMBEDDINGS_REL = Path("resources/metabolites/embeddings_chemberta_pca20.parquet")
+
 STRUCTURES_NAME = "demo_structures.csv"
 
 N_GROUPS = 4
@@ -777,9 +779,9 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
         _write_parquet(df, pred_dir / f"species_matrix_type={smt}" / "part-0.parquet")
 
     # side CSVs
-    des.mapping.write_csv(stage / "repo_export" / f"lib_comp_chem_mapping_lib{lib}.csv")
-    des.species_mapping.write_csv(
-        stage / "repo_export" / f"merged_training_{export}_lib{lib}_species_mapping.csv")
+    staged = Layout(str(stage / "repo_export"))
+    des.mapping.write_csv(staged.lib_mapping(lib))
+    des.species_mapping.write_csv(staged.species_mapping(export, lib))
 
     stages: dict[str, Any] = {}
     left = written_total
@@ -915,11 +917,12 @@ def generate_demo(
                 _replace(stage / "repo_export" / h, dst, trash)
             elif dst.exists():
                 shutil.rmtree(dst)
+        staged, final = Layout(str(stage / "repo_export")), Layout(str(out / "repo_export"))
         for h, own in EXPORTS.items():
             for lib in own:
-                for name in (f"lib_comp_chem_mapping_lib{lib}.csv",
-                             f"merged_training_{h}_lib{lib}_species_mapping.csv"):
-                    src, dst = stage / "repo_export" / name, out / "repo_export" / name
+                for name in (staged.lib_mapping(lib), staged.species_mapping(h, lib)):
+                    src = Path(name)
+                    dst = Path(final.data_dir) / src.name
                     if src.exists():
                         _replace(src, dst, trash)
                     elif dst.exists():

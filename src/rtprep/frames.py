@@ -10,9 +10,10 @@ import polars as pl
 
 from rtprep.artifacts import ROW_GROUP_SIZE, atomic_output
 from rtprep.errors import RtprepError, input_error
+from rtprep.settings import default
 
-#: Covariate families in the order the RT CSV lists them.
-DEFAULT_COVARIATE_FAMILIES: tuple[str, ...] = ("IS", "RS", "ES_")
+#: Covariate families in the order the RT CSV lists them (``covariates.families``).
+DEFAULT_COVARIATE_FAMILIES: tuple[str, ...] = tuple(default("covariates", "families"))
 
 
 def natural_key(name: str) -> tuple[object, ...]:

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
 from rtprep.errors import RtprepError, input_error
 from rtprep.frames import covariate_columns, natural_key
+from rtprep.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,15 @@ _SHARD_COLUMN = "__rtprep_shard"
 
 @dataclass(frozen=True)
 class MergeOptions:
-    """The config's ``merge:`` mapping (defaults = the shipped config)."""
+    """The config's ``merge:`` mapping (defaults from the schema)."""
 
-    key: tuple[str, ...] = ("lib_id", "sample_set_id", "task_id", "species_matrix_type")
-    cpd_status_keep: tuple[str, ...] = ("Complete", "Complete - NFS")
-    sample_type_exclude: tuple[str, ...] = ("PRCS",)
-    renames: Mapping[str, str] = field(default_factory=lambda: {"correct": "comp_id"})
-    drop_columns: tuple[str, ...] = ("fit_scores", "group")
-    peaks_glob: str = "create_training_data/**/*.parquet"
-    predictors_glob: str = "combine_predictors/**/*.parquet"
+    key: tuple[str, ...] = tuple(default("merge", "key"))
+    cpd_status_keep: tuple[str, ...] = tuple(default("merge", "cpd_status_keep"))
+    sample_type_exclude: tuple[str, ...] = tuple(default("merge", "sample_type_exclude"))
+    renames: Mapping[str, str] = field(default_factory=lambda: default("merge", "renames"))
+    drop_columns: tuple[str, ...] = tuple(default("merge", "drop_columns"))
+    peaks_glob: str = default("merge", "peaks_glob")
+    predictors_glob: str = default("merge", "predictors_glob")
 
     @classmethod
     def from_config(cls, merge: Mapping[str, Any] | None) -> MergeOptions:

@@ -11,7 +11,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rtprep import settings
 from rtprep.errors import RtprepError
+from rtprep.paths import Layout
+from rtprep.settings import demo_active
 
 #: The demo's exports and the libs each holds (``rtprep.demo`` writes exactly these).
 DEMO_EXPORTS: dict[str, tuple[int, ...]] = {
@@ -21,9 +24,6 @@ DEMO_EXPORTS: dict[str, tuple[int, ...]] = {
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_BOOL_KEYS = (("keep_merged",), ("model", "train"), ("model", "evaluate"), ("model", "quick"))
-_INT_LIST_KEYS = (("caps",), ("coverage_caps",), ("model", "caps"))
-_INT_KEYS = (("cap_seed",), ("kmeans_seed",), ("fold_seed",), ("n_clusters",))
 
 
 def _coerce_bool(value: Any, key: str) -> Any:
@@ -45,7 +45,18 @@ def _coerce_int(value: Any, key: str) -> Any:
     return value
 
 
+def _coerce_number(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise RtprepError(f"config key '{key}': expected a number, got {value!r}") from None
+    return value
+
+
 def _coerce_int_list(value: Any, key: str) -> Any:
+    if value is None:
+        return None
     if isinstance(value, str | int):
         value = [v for v in re.split(r"[,\s\[\]]+", str(value)) if v]
     if isinstance(value, list):
@@ -67,12 +78,11 @@ def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict) and path[-1] in node:
             node[path[-1]] = fn(node[path[-1]], ".".join(path))
 
-    for p in _BOOL_KEYS:
-        walk(p, _coerce_bool)
-    for p in _INT_LIST_KEYS:
-        walk(p, _coerce_int_list)
-    for p in _INT_KEYS:
-        walk(p, _coerce_int)
+    coercers = {"bool": _coerce_bool, "int": _coerce_int, "int_list": _coerce_int_list,
+                "number": _coerce_number}
+    for kind, paths in settings.typed_keys().items():  # the schema says which keys are typed
+        for p in paths:
+            walk(p, coercers[kind])
     libs = cfg.get("libs")
     if libs is not None and not (isinstance(libs, str) and libs.strip().lower() == "all"):
         cfg["libs"] = _coerce_int_list(libs, "libs")
@@ -80,6 +90,18 @@ def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
         cfg["libs"] = "all"
     if isinstance(cfg.get("exports"), str):
         cfg["exports"] = [e for e in re.split(r"[,\s\[\]]+", cfg["exports"]) if e]
+    return cfg
+
+
+def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config the rules see: the demo's settings laid over it (on the demo only,
+    :func:`rtprep.settings.resolve`), strings from ``--config`` coerced, the schema's defaults
+    filled in and checked (``snakemake.utils.validate``). Returns a copy; a bad config raises
+    (:func:`config_error_message` words it)."""
+    from snakemake.utils import validate
+
+    cfg = coerce_config(settings.resolve(config))
+    validate(cfg, schema=str(settings.SCHEMA_PATH))
     return cfg
 
 
@@ -127,7 +149,7 @@ def _allowed(schema: Mapping[str, Any]) -> str:
 
 
 def config_error_message(exc: BaseException) -> str:
-    """One message for a config that fails coercion or the schema (``config/schema.yaml``): the
+    """One message for a config that fails coercion or the schema (``rtprep/data/schema.yaml``): the
     key, the value and what is allowed, instead of the schema dump of a raw validation error.
 
     ``exc`` is an :class:`RtprepError` (coercion, libs) or the error of
@@ -155,12 +177,6 @@ def config_error_message(exc: BaseException) -> str:
     if "description" in err.schema:
         allowed += f" ({err.schema['description']})"
     return f"config key '{key}': {err.message}; allowed: {allowed}" + hint
-
-
-def demo_active(config: Mapping[str, Any]) -> bool:
-    """True when ``data_dir`` lies inside the demo folder (then the demo rule provides inputs)."""
-    demo_dir = Path(config.get("demo", {}).get("dir", "demo"))
-    return Path(config["data_dir"]).is_relative_to(demo_dir)
 
 
 def export_dir(config: Mapping[str, Any], export: str) -> Path:
@@ -213,22 +229,6 @@ def rt_range(config: Mapping[str, Any], lib: int | str) -> list[float] | None:
     return None if r is None else [float(r[0]), float(r[1])]
 
 
-def merged_prefix(config: Mapping[str, Any], export: str) -> str:
-    return f"{config['data_dir']}/merged_training_{export}"
-
-
-def classes_files(config: Mapping[str, Any]) -> tuple[str, str]:
-    """Where the compound classes are written: beside the embeddings they come from."""
-    emb = Path(config["embeddings"]["path"])
-    k = int(config["n_clusters"])
-    stem = emb.parent / f"chem_classes_k{k}"
-    return f"{stem}.parquet", f"{stem}.csv"
-
-
-def model_dir(export: str, lib: int | str, cap: int | str) -> str:
-    return f"results/rt_prod/{export}/lib{lib}_cap{cap}"
-
-
 def model_caps(config: Mapping[str, Any]) -> list[int]:
     """The caps whose RT CSVs get models: those of ``caps`` listed in ``model.caps``; every cap
     when ``model.caps`` is unset or names none of them (a config of your own with other caps,
@@ -242,48 +242,45 @@ def model_caps(config: Mapping[str, Any]) -> list[int]:
 
 def final_targets(config: Mapping[str, Any]) -> list[str]:
     """Every file ``rule all`` asks for."""
-    out: list[str] = [f"results/report/chem_classes_k{int(config['n_clusters'])}.png"]
+    p = Layout.from_config(config)
+    out: list[str] = [p.figure(f"chem_classes_k{int(config['n_clusters'])}")]
     for export, libs in export_libs(config).items():
-        prefix = merged_prefix(config, export)
         for lib in libs:
-            out.append(f"{prefix}_lib{lib}_species_compounds.csv")
-            out.append(f"results/report/{export}/lib{lib}_coverage.png")
+            out.append(p.coverage(export, lib)[0])
+            out.append(p.figure("coverage", export, lib))
             for cap in config["caps"]:
-                out.append(f"{prefix}_lib{lib}_cap{cap}_chemclass_rt_prod.csv")
-                out.append(f"results/report/{export}/lib{lib}_cap{cap}_funnel.png")
+                out.append(p.rt_csv(export, lib, cap))
+                out.append(p.figure("funnel", export, lib, cap))
             for cap in model_caps(config):
                 if config["model"]["train"]:
-                    out.append(f"{model_dir(export, lib, cap)}/model.json")
-                    out.append(f"results/report/{export}/lib{lib}_cap{cap}_shrinkage.png")
+                    out.append(p.model_file(export, lib, cap))
+                    out.append(p.figure("shrinkage", export, lib, cap))
                 if config["model"]["evaluate"]:
-                    out.append(f"{model_dir(export, lib, cap)}/eval/metrics.json")
-                    out.append(f"results/report/{export}/lib{lib}_cap{cap}_model_quality.png")
-    out.append(ACCOUNTING_TABLE)
+                    out.append(p.eval_file(export, lib, cap))
+                    out.append(p.figure("model_quality", export, lib, cap))
+    out.append(p.accounting)
     return out
 
 
 def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
     """The artifacts of steps 1-7 whose sidecars the run-wide accounting table gathers."""
+    p = Layout.from_config(config)
     out: list[str] = []
     for export, libs in export_libs(config).items():
-        prefix = merged_prefix(config, export)
         if config.get("keep_merged", True) and libs:
-            out.append(f"{prefix}.parquet")
+            out.append(p.merged(export))
         for lib in libs:
-            out.append(f"{prefix}_lib{lib}.parquet")
+            out.append(p.lib(export, lib))
             if config["model"]["evaluate"]:
-                out.append(f"{prefix}_lib{lib}_test_chemclass_rt_prod.parquet")
+                out.append(p.test_rows(export, lib))
             evaluated = model_caps(config) if config["model"]["evaluate"] else []
             for cap in dict.fromkeys([*config["caps"], *evaluated]):
                 kinds = ["cap", "train_cap"] if cap in evaluated else ["cap"]
                 for kind in kinds:
-                    out.append(f"{prefix}_lib{lib}_{kind}{cap}.parquet")
-                    out.append(f"{prefix}_lib{lib}_{kind}{cap}_chemclass.parquet")
-                    out.append(f"{prefix}_lib{lib}_{kind}{cap}_chemclass_rt_prod.csv")
+                    out.append(p.capped(export, lib, cap, kind))
+                    out.append(p.chemclass(export, lib, cap, kind))
+                    out.append(p.rt_csv(export, lib, cap, kind))
     return out
-
-
-ACCOUNTING_TABLE = "results/row_accounting.csv"
 
 
 def input_bytes(paths: Iterable[str | Path]) -> int | None:

@@ -9,8 +9,8 @@ group), by species cluster, and by novelty (seen group, unseen pair, unseen comp
 species, both unseen: the pooled model's backoff).
 
 Outputs in ``out_dir``: ``metrics.csv`` (long table), ``skipped.csv``, ``predictions.parquet``
-(every test row with each model's prediction and interval), ``rmse_by_support.png`` and
-``metrics.json`` (all tables; written last, with a sidecar).
+(every test row with each model's prediction and interval) and ``metrics.json`` (all tables;
+written last, with a sidecar). The report's model-quality figure draws them.
 """
 
 from __future__ import annotations
@@ -222,7 +222,6 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     write_csv_atomic(metrics, out / "metrics.csv")
     write_csv_atomic(skipped, out / "skipped.csv")
     write_parquet_atomic(wide, out / "predictions.parquet")
-    plot = _plot(metrics, out / "rmse_by_support.png")
     truth_block = None
     if truth is not None:
         from rtprep.models.truth import truth_report, truth_table
@@ -242,7 +241,6 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
         "metrics": metrics.to_dicts(),
         "skipped": skipped.to_dicts(),
         "files": ["metrics.csv", "skipped.csv", "predictions.parquet",
-                  *(["rmse_by_support.png"] if plot else []),
                   *(["truth.json", "truth.csv"] if truth_block is not None else [])],
     }
     if truth_block is not None:
@@ -263,36 +261,3 @@ def _nan_none(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     return str(o)
-
-
-def _plot(metrics: pl.DataFrame, path: Path) -> bool:
-    """RMSE by support bin per model (PNG); skipped quietly when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return False
-    sub = metrics.filter(pl.col("slice_kind") == "support_bin")
-    labels = [UNSEEN_BIN] + [b[0] for b in SUPPORT_BINS]
-    labels = [b for b in labels if b in set(sub["slice"].to_list())]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for model in MODEL_ORDER:
-        m = sub.filter(pl.col("model") == model)
-        if m.height == 0:
-            continue
-        vals = dict(zip(m["slice"].to_list(), m["rmse"].to_list(), strict=True))
-        ax.plot(labels, [vals.get(b) if vals.get(b) is not None else np.nan for b in labels],
-                marker="o", label=model)
-    ax.set_xlabel("training rows of the group")
-    ax.set_ylabel("held-out RMSE (min)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return True
-

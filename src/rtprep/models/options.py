@@ -6,12 +6,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from rtprep import settings
 from rtprep.errors import RtprepError
 from rtprep.frames import DEFAULT_COVARIATE_FAMILIES
 
-GROUP_BY_CHOICES = ("species", "species_cluster")
-METHOD_CHOICES = ("advi", "nuts")
-FILL_CHOICES = ("mean", "median", "zero")
+
+def _model(*key: str) -> Any:
+    """A default of the config's ``model`` block, from the schema (the one place for them)."""
+    return settings.default("model", *key)
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    return tuple(settings.schema()["properties"]["model"]["properties"][key]["enum"])
+
+
+GROUP_BY_CHOICES = _choices("group_by")
+METHOD_CHOICES = _choices("method")
+FILL_CHOICES = _choices("fill")
 
 
 @dataclass(frozen=True)
@@ -42,25 +53,25 @@ class ModelOptions:
     - ``seed``: every random choice of the fit (ADVI, NUTS, draws).
     """
 
-    group_by: str = "species"
-    ridge_lambda: float = 1.0
+    group_by: str = _model("group_by")
+    ridge_lambda: float = _model("ridge_lambda")
     families: tuple[str, ...] = DEFAULT_COVARIATE_FAMILIES
-    fill: str = "mean"
-    method: str = "advi"
-    advi_steps: int = 20_000
-    quick_steps: int = 3_000
-    learning_rate: float = 0.05
-    nuts_draws: int = 500
-    nuts_tune: int = 500
-    nuts_chains: int = 2
-    summary_draws: int = 40
-    pooled_lambda: float = 0.0
-    slope_by_rt: bool = True
-    outlier_k: float = 5.0
-    screen_steps: int = 1_000
-    allow_unconverged: bool = False
-    seed: int = 0
-    quick: bool = False
+    fill: str = _model("fill")
+    method: str = _model("method")
+    advi_steps: int = _model("advi_steps")
+    quick_steps: int = _model("quick_steps")
+    learning_rate: float = _model("learning_rate")
+    nuts_draws: int = _model("nuts", "draws")
+    nuts_tune: int = _model("nuts", "tune")
+    nuts_chains: int = _model("nuts", "chains")
+    summary_draws: int = _model("summary_draws")
+    pooled_lambda: float = _model("pooled_lambda")
+    slope_by_rt: bool = _model("slope_by_rt")
+    outlier_k: float = _model("outlier_k")
+    screen_steps: int = _model("screen_steps")
+    allow_unconverged: bool = _model("allow_unconverged")
+    seed: int = _model("seed")
+    quick: bool = _model("quick")
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,148 @@
+"""Every file name and path of the workflow, in one place.
+
+Data artifacts are written beside the inputs, in ``data_dir``, with the original scripts' names
+(``merged_training_<hash>_lib<lib>_cap<N>_chemclass_rt_prod.csv``); models, evaluations,
+figures and the row-accounting table under ``results/``; logs under ``logs/``; Snakemake's
+per-job benchmark files under ``benchmarks/runs/``.
+
+:class:`Layout` builds them from a config; the rules call it with wildcard names (``"{hash}"``)
+to get patterns, the library and the demo with values. The functions below name what one stage
+writes beside its input (the command line's default outputs) and the files inside a model or
+evaluation folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Files inside a model folder (``rtprep train``): the manifest, and one folder per model kind.
+MODEL_MANIFEST = "model.json"
+MODEL_KINDS = ("ridge", "pooled")
+#: Files inside one model kind's folder (:class:`rtprep.models.fitted.FittedModel`).
+MODEL_FILES = ("model.json", "groups.parquet", "effects.parquet")
+#: Files of an evaluation folder (``rtprep evaluate``), the models it trained under ``model/``.
+EVAL_FILES = ("metrics.json", "metrics.csv", "skipped.csv", "predictions.parquet")
+EVAL_TRUTH_FILES = ("truth.json", "truth.csv")
+EVAL_MODEL_DIR = "model"
+#: The demo's truth files under ``<demo.dir>/truth/`` (:mod:`rtprep.demo`).
+DEMO_TRUTH_FILES = ("truth.json", "truth_peaks.parquet", "truth_compounds.parquet",
+                    "truth_injections.parquet", "truth_groups.parquet")
+#: Sidecars written beside an artifact by :func:`rtprep.artifacts.write_sidecars`.
+SIDECAR_SUFFIXES = (".meta.json", ".dropped.csv")
+
+
+def merged_name(export: str) -> str:
+    """Step 1's output name."""
+    return f"merged_training_{export}.parquet"
+
+
+def beside(path: str | Path, suffix: str) -> Path:
+    """``x.parquet`` (or ``x.csv``) -> ``x<suffix>`` in the same folder: a stage's output named
+    after its input, as the original scripts name them (``_lib209.parquet``, ``_cap5.parquet``,
+    ``_chemclass.parquet``, ``_rt_prod.csv``, ``_folds.csv``, ``_species_compounds.csv``)."""
+    p = Path(path)
+    name = p.name
+    for ext in (".parquet", ".csv"):
+        name = name.removesuffix(ext)
+    return p.with_name(name + suffix)
+
+
+def classes_files(embeddings: str | Path, n_clusters: int) -> tuple[str, str]:
+    """Where the compound classes are written: beside the embeddings they come from."""
+    stem = Path(embeddings).parent / f"chem_classes_k{int(n_clusters)}"
+    return f"{stem}.parquet", f"{stem}.csv"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one run. Arguments may be values or wildcard names (``"{hash}"``)."""
+
+    data_dir: str
+    results: str = "results"
+    logs: str = "logs"
+    benchmarks: str = "benchmarks/runs"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layout:
+        return cls(data_dir=str(config["data_dir"]).rstrip("/"))
+
+    # -- inputs that no rule makes ----------------------------------------------------------
+    def lib_mapping(self, lib: Any) -> str:
+        return f"{self.data_dir}/lib_comp_chem_mapping_lib{lib}.csv"
+
+    def species_mapping(self, export: Any, lib: Any) -> str:
+        return f"{self.lib_stem(export, lib)}_species_mapping.csv"
+
+    def export(self, export: Any) -> str:
+        return f"{self.data_dir}/{export}"
+
+    # -- data artifacts, beside the inputs ----------------------------------------------------
+    def merged_stem(self, export: Any) -> str:
+        return f"{self.data_dir}/merged_training_{export}"
+
+    def merged(self, export: Any) -> str:
+        return f"{self.data_dir}/{merged_name(export)}"
+
+    def lib_stem(self, export: Any, lib: Any) -> str:
+        return f"{self.merged_stem(export)}_lib{lib}"
+
+    def lib(self, export: Any, lib: Any) -> str:
+        return f"{self.lib_stem(export, lib)}.parquet"
+
+    def coverage(self, export: Any, lib: Any) -> tuple[str, str]:
+        """Step 3's table and its summary."""
+        stem = f"{self.lib_stem(export, lib)}_species_compounds"
+        return f"{stem}.csv", f"{stem}_summary.txt"
+
+    def folds(self, export: Any, lib: Any) -> str:
+        return f"{self.lib_stem(export, lib)}_folds.csv"
+
+    def capped(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
+        """Step 4's output; ``kind`` ``train_cap``: the train folds' rows only."""
+        return f"{self.lib_stem(export, lib)}_{kind}{cap}.parquet"
+
+    def chemclass(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
+        return f"{self.lib_stem(export, lib)}_{kind}{cap}_chemclass.parquet"
+
+    def rt_csv(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
+        return f"{self.lib_stem(export, lib)}_{kind}{cap}_chemclass_rt_prod.csv"
+
+    def test_rows(self, export: Any, lib: Any) -> str:
+        return f"{self.lib_stem(export, lib)}_test_chemclass_rt_prod.parquet"
+
+    # -- results -------------------------------------------------------------------------------
+    def model_dir(self, export: Any, lib: Any, cap: Any) -> str:
+        return f"{self.results}/rt_prod/{export}/lib{lib}_cap{cap}"
+
+    def model_file(self, export: Any, lib: Any, cap: Any, name: str = MODEL_MANIFEST) -> str:
+        """A file of the trained models (``pooled/groups.parquet``; default: the manifest)."""
+        return f"{self.model_dir(export, lib, cap)}/{name}"
+
+    def eval_dir(self, export: Any, lib: Any, cap: Any) -> str:
+        return f"{self.model_dir(export, lib, cap)}/eval"
+
+    def eval_file(self, export: Any, lib: Any, cap: Any, name: str = "metrics.json") -> str:
+        return f"{self.eval_dir(export, lib, cap)}/{name}"
+
+    @property
+    def accounting(self) -> str:
+        return f"{self.results}/row_accounting.csv"
+
+    def figure(self, name: str, export: Any = None, lib: Any = None, cap: Any = None) -> str:
+        """A report figure: ``<results>/report/[<hash>/]lib<lib>[_cap<N>]_<name>.png``, or
+        ``<results>/report/<name>.png`` for one of the whole run."""
+        if export is None:
+            return f"{self.results}/report/{name}.png"
+        stem = f"lib{lib}" if cap is None else f"lib{lib}_cap{cap}"
+        return f"{self.results}/report/{export}/{stem}_{name}.png"
+
+    def log(self, name: str) -> str:
+        """``logs/<name>.log`` (``name``: ``<rule>/<wildcards>``, e.g. ``cap/{hash}_lib{lib}``)."""
+        return f"{self.logs}/{name}.log"
+
+    def benchmark(self, name: str) -> str:
+        """Snakemake's per-job benchmark file ``benchmarks/runs/<name>.tsv``."""
+        return f"{self.benchmarks}/{name}.tsv"
