@@ -6,7 +6,10 @@ from rtprep.paths import (
     EVAL_FILES,
     EVAL_MODEL_DIR,
     EVAL_TRUTH_FILES,
+    MODEL_EFFECTS,
+    MODEL_GROUPS,
     MODEL_KINDS,
+    MODEL_MANIFEST,
     Layout,
     classes_files,
 )

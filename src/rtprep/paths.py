@@ -18,14 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Files inside a model folder (``rtprep train``): the manifest, and one folder per model kind.
+#: Files inside a model folder (``rtprep train``): the manifest, and one folder per model kind
+#: holding that model's summary (``model.json``), group table and, for pooled, its effects
+#: (:class:`rtprep.models.fitted.FittedModel`).
 MODEL_MANIFEST = "model.json"
 MODEL_KINDS = ("ridge", "pooled")
-#: Files inside one model kind's folder (:class:`rtprep.models.fitted.FittedModel`).
-MODEL_FILES = ("model.json", "groups.parquet", "effects.parquet")
-#: Files of an evaluation folder (``rtprep evaluate``), the models it trained under ``model/``.
-EVAL_FILES = ("metrics.json", "metrics.csv", "skipped.csv", "predictions.parquet")
-EVAL_TRUTH_FILES = ("truth.json", "truth.csv")
+MODEL_GROUPS = "groups.parquet"
+MODEL_EFFECTS = "effects.parquet"
+#: Files of an evaluation folder (``rtprep evaluate``); the models it trains go under ``model/``.
+EVAL_METRICS = "metrics.json"
+EVAL_METRICS_CSV = "metrics.csv"
+EVAL_SKIPPED = "skipped.csv"
+EVAL_PREDICTIONS = "predictions.parquet"
+EVAL_FILES = (EVAL_METRICS, EVAL_METRICS_CSV, EVAL_SKIPPED, EVAL_PREDICTIONS)
+EVAL_TRUTH_JSON = "truth.json"
+EVAL_TRUTH_CSV = "truth.csv"
+EVAL_TRUTH_FILES = (EVAL_TRUTH_JSON, EVAL_TRUTH_CSV)
 EVAL_MODEL_DIR = "model"
 #: The demo's truth files under ``<demo.dir>/truth/`` (:mod:`rtprep.demo`).
 DEMO_TRUTH_FILES = ("truth.json", "truth_peaks.parquet", "truth_compounds.parquet",
@@ -124,7 +132,7 @@ class Layout:
     def eval_dir(self, export: Any, lib: Any, cap: Any) -> str:
         return f"{self.model_dir(export, lib, cap)}/eval"
 
-    def eval_file(self, export: Any, lib: Any, cap: Any, name: str = "metrics.json") -> str:
+    def eval_file(self, export: Any, lib: Any, cap: Any, name: str = EVAL_METRICS) -> str:
         return f"{self.eval_dir(export, lib, cap)}/{name}"
 
     @property

@@ -16,6 +16,14 @@ import numpy as np
 import polars as pl
 
 from rtprep.artifacts import atomic_output, meta_path
+from rtprep.paths import (
+    EVAL_METRICS_CSV,
+    EVAL_MODEL_DIR,
+    EVAL_PREDICTIONS,
+    MODEL_EFFECTS,
+    MODEL_GROUPS,
+    MODEL_MANIFEST,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +184,8 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
     cluster for every model and baseline, and 95% interval coverage."""
     plt = _plt()
     eval_dir = Path(eval_dir)
-    metrics = pl.read_csv(eval_dir / "metrics.csv")
-    pred = pl.read_parquet(eval_dir / "predictions.parquet")
+    metrics = pl.read_csv(eval_dir / EVAL_METRICS_CSV)
+    pred = pl.read_parquet(eval_dir / EVAL_PREDICTIONS)
     fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
     ax = axes[0, 0]
     obs_col = "rt" if "rt" in pred.columns else pred.columns[0]
@@ -227,7 +235,7 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.94), h_pad=2.0)
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.975),
                ncol=len(labels), fontsize=8)
-    _verdict_banner(fig, eval_dir / "model" / "model.json")
+    _verdict_banner(fig, eval_dir / EVAL_MODEL_DIR / MODEL_MANIFEST)
     _save(fig, out)
 
 
@@ -244,9 +252,9 @@ def shrinkage_tables(model_dir: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]
     With ``group_by: species_cluster`` the species level is the cluster's.
     """
     model_dir = Path(model_dir)
-    pooled = pl.read_parquet(model_dir / "pooled" / "groups.parquet")
-    ridge = pl.read_parquet(model_dir / "ridge" / "groups.parquet")
-    eff = pl.read_parquet(model_dir / "pooled" / "effects.parquet")
+    pooled = pl.read_parquet(model_dir / "pooled" / MODEL_GROUPS)
+    ridge = pl.read_parquet(model_dir / "ridge" / MODEL_GROUPS)
+    eff = pl.read_parquet(model_dir / "pooled" / MODEL_EFFECTS)
     unit_level = "species" if eff.filter(pl.col("level") == "species").height else "cluster"
     unit = "species" if unit_level == "species" else "species_cluster"
     glob = float(eff.filter(pl.col("level") == "global")["intercept_mean"][0])
@@ -345,5 +353,5 @@ def plot_shrinkage(model_dir: str | Path, out: str | Path) -> None:
     ax.set_title("shrinkage by support (1 = own estimate kept, 0 = prior)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    _verdict_banner(fig, Path(model_dir) / "model.json")
+    _verdict_banner(fig, Path(model_dir) / MODEL_MANIFEST)
     _save(fig, out)

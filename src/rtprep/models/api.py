@@ -36,10 +36,10 @@ from rtprep.models.options import ModelOptions
 from rtprep.models.pooled import Embeddings, fit_pooled
 from rtprep.models.ridge import fit_ridge
 from rtprep.models.robust import screen_outliers
+from rtprep.paths import MODEL_KINDS, MODEL_MANIFEST
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("ridge", "pooled")
 
 
 def read_embeddings(path: str | Path) -> Embeddings:
@@ -148,7 +148,7 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
         "fit": pooled.meta.get("fit", {}),
         "fit_verdicts": _verdicts(pooled.meta["fit"], screen),
     }
-    write_text_atomic(out / "model.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    write_text_atomic(out / MODEL_MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("train: wrote %s in %.1fs", out, t_end - t0)
     return manifest
 
@@ -204,7 +204,7 @@ def _sigma_init(stats: GroupStats, covs: Covariates, alg: GroupAlgebra,
 def load_models(model_dir: str | Path) -> dict[str, FittedModel]:
     """Load ``ridge`` and ``pooled`` from a folder written by :func:`train` (or one model)."""
     d = Path(model_dir)
-    mpath = d / "model.json"
+    mpath = d / MODEL_MANIFEST
     if not mpath.is_file():
         raise RtprepError(f"{d}: not a model folder (no model.json); run `rtprep train` first")
     meta = json.loads(mpath.read_text(encoding="utf-8"))

@@ -35,6 +35,17 @@ from rtprep.frames import write_csv_atomic, write_parquet_atomic
 from rtprep.models.api import load_models, train
 from rtprep.models.data import read_rows
 from rtprep.models.options import ModelOptions
+from rtprep.paths import (
+    EVAL_FILES,
+    EVAL_METRICS,
+    EVAL_METRICS_CSV,
+    EVAL_MODEL_DIR,
+    EVAL_PREDICTIONS,
+    EVAL_SKIPPED,
+    EVAL_TRUTH_CSV,
+    EVAL_TRUTH_FILES,
+    EVAL_TRUTH_JSON,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +136,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     opts = options or ModelOptions()
     out = Path(out_dir)
     if model_dir is None:
-        model_dir = out / "model"
+        model_dir = out / EVAL_MODEL_DIR
         train(train_csv, model_dir, options=opts, quick=quick, embeddings=embeddings)
     models = load_models(model_dir)
     checksum = file_checksum(train_csv)
@@ -219,16 +230,16 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
                      int(test_df["sampleset_id"].n_unique()) if "sampleset_id" in test_df.columns
                      else None}
     out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(metrics, out / "metrics.csv")
-    write_csv_atomic(skipped, out / "skipped.csv")
-    write_parquet_atomic(wide, out / "predictions.parquet")
+    write_csv_atomic(metrics, out / EVAL_METRICS_CSV)
+    write_csv_atomic(skipped, out / EVAL_SKIPPED)
+    write_parquet_atomic(wide, out / EVAL_PREDICTIONS)
     truth_block = None
     if truth is not None:
         from rtprep.models.truth import truth_report, truth_table
 
         truth_block = truth_report(wide, truth)
-        write_csv_atomic(truth_table(truth_block), out / "truth.csv")
-        with atomic_output(out / "truth.json") as tmp:
+        write_csv_atomic(truth_table(truth_block), out / EVAL_TRUTH_CSV)
+        with atomic_output(out / EVAL_TRUTH_JSON) as tmp:
             tmp.write_text(json.dumps(truth_block, indent=2, default=_nan_none) + "\n",
                            encoding="utf-8")
     result = {
@@ -240,14 +251,13 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
                     for r in overall.iter_rows(named=True)},
         "metrics": metrics.to_dicts(),
         "skipped": skipped.to_dicts(),
-        "files": ["metrics.csv", "skipped.csv", "predictions.parquet",
-                  *(["truth.json", "truth.csv"] if truth_block is not None else [])],
+        "files": [*EVAL_FILES[1:], *(EVAL_TRUTH_FILES if truth_block is not None else [])],
     }
     if truth_block is not None:
         result["truth"] = truth_block
-    with atomic_output(out / "metrics.json") as tmp:
+    with atomic_output(out / EVAL_METRICS) as tmp:
         tmp.write_text(json.dumps(result, indent=2, default=_nan_none) + "\n", encoding="utf-8")
-        write_sidecars(out / "metrics.json", account, inputs=(train_csv, test_rows),
+        write_sidecars(out / EVAL_METRICS, account, inputs=(train_csv, test_rows),
                        config={"model_dir": str(model_dir), **opts.to_dict()})
     log.info("evaluate: %d test rows; %s", test_df.height,
              ", ".join(f"{m} RMSE {v['rmse']:.4g}" for m, v in result["overall"].items()

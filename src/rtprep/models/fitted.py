@@ -30,6 +30,7 @@ from scipy import stats as sps
 from rtprep.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
 from rtprep.errors import RtprepError
 from rtprep.models.data import Covariates, unit_column
+from rtprep.paths import MODEL_EFFECTS, MODEL_GROUPS, MODEL_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,15 @@ class FittedModel:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         acc = account or RowAccount(f"train_{self.kind}")
-        files = ["groups.parquet"]
-        with atomic_output(out / "groups.parquet") as tmp:
+        files = [MODEL_GROUPS]
+        with atomic_output(out / MODEL_GROUPS) as tmp:
             self.summary_frame().write_parquet(tmp, compression="zstd", statistics=True)
-            write_sidecars(out / "groups.parquet", acc, inputs=inputs, config=config,
+            write_sidecars(out / MODEL_GROUPS, acc, inputs=inputs, config=config,
                            seeds={"seed": int(self.meta.get("options", {}).get("seed", 0))})
         if self.effects is not None:
-            with atomic_output(out / "effects.parquet") as tmp:
+            with atomic_output(out / MODEL_EFFECTS) as tmp:
                 self.effects.write_parquet(tmp, compression="zstd", statistics=True)
-            files.append("effects.parquet")
+            files.append(MODEL_EFFECTS)
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
@@ -107,7 +108,7 @@ class FittedModel:
             "species_map": [[k, v] for k, v in sorted(self.species_map.items())],
             **{k: v for k, v in self.meta.items() if k not in ("species_map",)},
         }
-        write_text_atomic(out / "model.json",
+        write_text_atomic(out / MODEL_MANIFEST,
                           json.dumps(meta, indent=2, default=_json_default) + "\n")
         return out
 
@@ -115,7 +116,7 @@ class FittedModel:
     def load(cls, model_dir: str | Path) -> FittedModel:
         """Read a model written by :meth:`save`."""
         d = Path(model_dir)
-        mpath = d / "model.json"
+        mpath = d / MODEL_MANIFEST
         if not mpath.is_file():
             raise RtprepError(f"{d}: not a model folder (no model.json); give the folder that "
                               "`rtprep train` wrote (or its ridge/ or pooled/ subfolder)")
@@ -123,12 +124,12 @@ class FittedModel:
         if "kind" not in meta:
             raise RtprepError(f"{mpath}: not a single model's model.json (no 'kind')")
         covs = Covariates.from_json(meta["covariates"])
-        summ = pl.read_parquet(d / "groups.parquet")
+        summ = pl.read_parquet(d / MODEL_GROUPS)
         p1 = len(covs.names) + 1
         mean = summ["mean"].to_numpy().reshape(-1, p1).astype(np.float64)
         cov = summ["cov"].to_numpy().reshape(-1, p1 * p1).astype(np.float64)
-        effects = (pl.read_parquet(d / "effects.parquet")
-                   if (d / "effects.parquet").is_file() else None)
+        effects = (pl.read_parquet(d / MODEL_EFFECTS)
+                   if (d / MODEL_EFFECTS).is_file() else None)
         skip = ("format_version", "kind", "group_by", "unit_column", "group_keys", "ridge_lambda",
                 "covariates", "parameters", "n_groups", "files", "species_map")
         return cls(
