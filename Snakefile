@@ -11,10 +11,10 @@ configfile: "config/config.yaml"
 report: "report/workflow.rst"
 
 
-# Light rules run where Snakemake runs, not as cluster jobs (profiles/slurm).
+# Light rules run where Snakemake runs, not as cluster jobs (profiles/slurm); the demo rule,
+# which exists only on the demo, says so in rules/demo.smk.
 localrules:
     all,
-    demo,
     accounting,
 
 

@@ -2,6 +2,9 @@
 # inside it (never part of a real run).
 if DEMO:
 
+    localrules:
+        demo,
+
     rule demo:
         output:
             manifest=f"{DEMO_DIR}/manifest.json",

@@ -6,7 +6,6 @@ import gzip
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -91,8 +90,8 @@ def test_fits_are_deterministic() -> None:
     a = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(400, 2.0, seed=1))
     b = advi.fit(fn, _start(len(sigma)), advi.AdviSettings(400, 2.0, seed=1))
     np.testing.assert_array_equal(a[0].mu, b[0].mu)
-    assert {k: v for k, v in a[1].items() if k != "seconds"} == {
-        k: v for k, v in b[1].items() if k != "seconds"}
+    assert {k: v for k, v in a[1].items() if not k.endswith("seconds")} == {
+        k: v for k, v in b[1].items() if not k.endswith("seconds")}
 
 
 # ------------------------------------------------------------------- through train(): the policy
@@ -200,22 +199,28 @@ def test_reproduction_fits_hold_with_production_settings(tmp_path: Path, seed: i
 @pytest.mark.slow
 def test_reproduction_main_fit_that_left_its_basin_is_recovered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reproduction as it failed: one 1000-step screening round, then the seed-0 main fit
-    that is thrown out of its basin mid-run. It is detected, restarted and kept."""
-    import rtprep.models.pooled as pooled_mod
+    """The reproduction as it failed: the outlier screen as one unchecked 1000-step run (as
+    before the checks; it leaves out 239 rows), then the seed-0 production fit on the rest, which
+    is thrown out of its basin at step ~12,000 (it ended at loss +2,148 after -40,800). It is
+    detected, restarted from there and kept. (Which run diverges is chaotic: the same rows
+    centred on other means fit normally, so the test replays the exact sequence.)"""
+    checked = advi.fit
 
-    one_round = pooled_mod._fit_advi
+    def unchecked_screen(fn: advi.LogDensity, q0: advi.Gaussian,
+                         settings: advi.AdviSettings) -> tuple[advi.Gaussian, dict]:
+        if settings.label != "outlier screen":
+            return checked(fn, q0, settings)
+        run = advi.run_adam(fn, q0, settings.steps, settings.learning_rate, settings.seed)
+        return run.q, {"verdict": "unchecked", "seconds": run.seconds}
 
-    def single(model: Any, options: ModelOptions, start: Any, **kw: Any) -> Any:
-        kw["until_converged"] = False
-        return one_round(model, options, start, **kw)
-
-    monkeypatch.setattr(pooled_mod, "_fit_advi", single)
+    monkeypatch.setattr(advi, "fit", unchecked_screen)
     paths = _repro(tmp_path)
     evaluate(None, paths["train"], paths["test"], tmp_path / "out",
              options=ModelOptions(seed=0), embeddings=paths["embeddings"])
-    fit = json.loads((tmp_path / "out" / "model" / "model.json").read_text())["fit"]
+    manifest = json.loads((tmp_path / "out" / "model" / "model.json").read_text())
+    assert manifest["outlier_screen"]["outliers"] == 239
+    fit = manifest["fit"]
     assert fit["restart"] is not None and fit["restart"]["reason"] == "left its basin"
-    assert fit["verdict"] == "recovered"
+    assert fit["verdict"] == "recovered" and fit["restart"]["kept"]
     pooled, ridge = _same_row_rmse(tmp_path / "out")
     assert pooled <= 0.02 and pooled <= ridge, (pooled, ridge)
