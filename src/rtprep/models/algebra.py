@@ -74,6 +74,16 @@ class GroupAlgebra:
     def p(self) -> int:
         return int(self.s.shape[1])
 
+    def within(self) -> np.ndarray:
+        """Each group's within-group ``XᵀX`` (rows centred on the group's mean): ``XᵀX - ssᵀ/n``."""
+        return self.xtx - self.s[:, :, None] * self.s[:, None, :] / self.n[:, None, None]
+
+    def within_eigh(self, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (clipped at 0) and eigenvectors of :meth:`within` (or of ``w``, when
+        the caller has it already), per group."""
+        e, v = np.linalg.eigh(self.within() if w is None else w)
+        return np.maximum(e, 0.0), v
+
     def shifted(self, t: np.ndarray, kappa: np.ndarray) -> GroupAlgebra:
         """The algebra of ``y' = y - t_g x·κ`` (same X, so ``K`` is reused), exactly.
 

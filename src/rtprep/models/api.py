@@ -34,7 +34,7 @@ from rtprep.models.data import (
 from rtprep.models.fitted import FittedModel
 from rtprep.models.options import ModelOptions
 from rtprep.models.pooled import Embeddings, fit_pooled
-from rtprep.models.ridge import fit_ridge
+from rtprep.models.ridge import fit_ridge, ridge_algebra
 from rtprep.models.robust import screen_outliers
 from rtprep.paths import MODEL_KINDS, MODEL_MANIFEST
 
@@ -87,7 +87,7 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     x = covs.matrix(df)
     y = df["rt"].to_numpy().astype(np.float64)
     stats = sufficient_stats(groups, gid, x, y)
-    alg = GroupAlgebra.from_stats(stats, opts.ridge_lambda)
+    alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
     screen: dict[str, Any] | None = None
     t_screen = time.perf_counter()
     if opts.outlier_k > 0 and stats.groups.height:
@@ -101,7 +101,7 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
             x, y = x[~flags], y[~flags]  # rebinding frees the unscreened arrays
             groups, gid = group_table(df, unit, input_csv)
             stats = sufficient_stats(groups, gid, x, y)
-            alg = GroupAlgebra.from_stats(stats, opts.ridge_lambda)
+            alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
     del x, y, gid
     t_screen = time.perf_counter() - t_screen
     species_map = dict(df.select("species", "species_cluster").unique().sort("species").iter_rows())
@@ -123,7 +123,8 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     }
     inputs = (input_csv,) if embeddings is None else (input_csv, embeddings)
     config = opts.to_dict()
-    ridge = fit_ridge(stats, covs, alg, group_by=opts.group_by, meta=base_meta,
+    ridge = fit_ridge(stats, covs, alg, group_by=opts.group_by,
+                      meta={**base_meta, "ridge_lambda_choice": ridge_choice},
                       species_map=species_map)
     ridge.save(out / "ridge", account=account, inputs=inputs, config=config)
     t_ridge = time.perf_counter()
@@ -147,6 +148,7 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
                     "pooled": round(t_end - t_ridge, 3), "total": round(t_end - t0, 3)},
         "fit": pooled.meta.get("fit", {}),
         "fit_verdicts": _verdicts(pooled.meta["fit"], screen),
+        "ridge_lambda": ridge_choice,
     }
     write_text_atomic(out / MODEL_MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("train: wrote %s in %.1fs", out, t_end - t0)

@@ -62,12 +62,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.train, args.test, args.out, options=_options(args),
                       embeddings=args.embeddings, quick=args.quick, truth=args.truth)
     print(f"wrote {args.out}/metrics.json ({result['test_rows']:,} test rows)")
-    for model, m in result["overall"].items():
+    from rtprep.models.evaluate import MODEL_ORDER
+
+    for model in [m for m in MODEL_ORDER if m in result["overall"]]:
+        m = result["overall"][model]
         rmse = "-" if m["rmse"] is None else f"{m['rmse']:.4g}"
         cov = "-" if m["coverage95"] is None else f"{m['coverage95']:.3f}"
         print(f"  {model:<12} RMSE {rmse:>8}  coverage95 {cov:>6}  scored {m['scored']:,}"
               f" / {m['rows']:,}")
-    if "truth" in result:
+    if "truth" in result and result["truth"].get("kind") == "truth_table":
+        t = result["truth"]
+        print(f"  against the truth ({t['same_rows']:,} clean rows every model scores; oracle "
+              f"RMSE {t['oracle_rmse']:.4g}):")
+        for model, s in t["models"].items():
+            print(f"  {model:<12} RMSE/oracle {s['rmse_over_oracle']:.3f}  coverage95 "
+                  f"{s['coverage95']:.3f}  per-compound 5th pct "
+                  f"{s['coverage95_by_compound']['p05'] or float('nan'):.3f}  width/oracle "
+                  f"{s['width_over_oracle']:.3f}")
+    elif "truth" in result:
         for subset in ("all", "clean"):
             b = result["truth"][subset]
             pooled = b["models"].get("pooled", {})
@@ -119,8 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     s.add_argument("--train", required=True, help="..._train_cap<N>_chemclass_rt_prod.csv")
     s.add_argument("--test", required=True, help="..._test_chemclass_rt_prod.parquet")
     s.add_argument("--out", required=True, help="output folder (metrics.json, metrics.csv, ...)")
-    s.add_argument("--truth", help="the demo's truth/truth_peaks.parquet: also report the truth "
-                   "RMSE and the acceptance numbers (truth.json, truth.csv)")
+    s.add_argument("--truth", help="a truth table (task_id, compound, rt_true, noise_sd, "
+                   "misassigned), or the demo's truth/truth_peaks.parquet: also score against it "
+                   "(truth.json, truth.csv)")
     common(s)
     s.set_defaults(func=cmd_evaluate)
 

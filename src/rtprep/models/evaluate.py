@@ -183,7 +183,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
         if kind in models:
             p = models[kind].predict_frame(test_df)
             preds[kind] = p.select(
-                "rt_pred", "rt_lower", "rt_upper",
+                "rt_pred", "rt_lower", "rt_upper", "rt_sd",
                 pl.when(pl.col("rt_pred").is_null()).then(
                     pl.lit("unseen group (") + pl.col("source") + pl.lit(")"))
                 .otherwise(None).alias("skip"))
@@ -225,6 +225,8 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
             wide = wide.with_columns(preds[k]["rt_pred"].alias(f"{k}_pred"),
                                      preds[k]["rt_lower"].alias(f"{k}_lower"),
                                      preds[k]["rt_upper"].alias(f"{k}_upper"))
+            if "rt_sd" in preds[k].columns:  # the models' predictive sd (not the baselines')
+                wide = wide.with_columns(preds[k]["rt_sd"].alias(f"{k}_sd"))
     account.rows_out = test_df.height
     account.extra = {"train_rows": train_df.height, "test_sample_sets":
                      int(test_df["sampleset_id"].n_unique()) if "sampleset_id" in test_df.columns
@@ -235,10 +237,8 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     write_parquet_atomic(wide, out / EVAL_PREDICTIONS)
     truth_block = None
     if truth is not None:
-        from rtprep.models.truth import truth_report, truth_table
-
-        truth_block = truth_report(wide, truth)
-        write_csv_atomic(truth_table(truth_block), out / EVAL_TRUTH_CSV)
+        truth_block, table = _truth_scores(wide, truth, opts.seed)
+        write_csv_atomic(table, out / EVAL_TRUTH_CSV)
         with atomic_output(out / EVAL_TRUTH_JSON) as tmp:
             tmp.write_text(json.dumps(truth_block, indent=2, default=_nan_none) + "\n",
                            encoding="utf-8")
@@ -246,9 +246,11 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
         "model_dir": str(model_dir), "train": str(train_csv), "test": str(test_rows),
         "test_rows": test_df.height, "train_rows": train_df.height,
         "test_sample_sets": account.extra["test_sample_sets"],
+        # in MODEL_ORDER (a group_by's order changes from run to run)
         "overall": {r["model"]: {k: r[k] for k in ("rows", "scored", "skipped", "rmse", "mae",
                                                    "coverage95", "width95")}
-                    for r in overall.iter_rows(named=True)},
+                    for r in sorted(overall.iter_rows(named=True),
+                                    key=lambda r: MODEL_ORDER.index(r["model"]))},
         "metrics": metrics.to_dicts(),
         "skipped": skipped.to_dicts(),
         "files": [*EVAL_FILES[1:], *(EVAL_TRUTH_FILES if truth_block is not None else [])],
@@ -263,6 +265,24 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
              ", ".join(f"{m} RMSE {v['rmse']:.4g}" for m, v in result["overall"].items()
                        if v["rmse"] is not None))
     return json.loads(json.dumps(result, default=_nan_none))
+
+
+def _truth_scores(wide: pl.DataFrame, truth: str | Path, seed: int,
+                  ) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Scores against ``truth``: a truth table (``task_id, compound, rt_true, noise_sd,
+    misassigned``; :mod:`rtprep.models.calibration`) or the demo's ``truth_peaks.parquet``
+    (:mod:`rtprep.models.truth`). The report, and its table for ``truth.csv``."""
+    from rtprep.models import calibration
+
+    if calibration.is_truth_table(truth):
+        report = calibration.calibration_report(wide, calibration.read_truth_table(truth),
+                                                seed=seed)
+        return {"kind": "truth_table", "truth": str(truth), **report}, \
+            calibration.calibration_table(report)
+    from rtprep.models.truth import truth_report, truth_table
+
+    report = truth_report(wide, truth)
+    return report, truth_table(report)
 
 
 def _nan_none(o: Any) -> Any:

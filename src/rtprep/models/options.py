@@ -31,7 +31,8 @@ class ModelOptions:
 
     - ``group_by``: a group is (``species``, compound) or (``species_cluster``, compound).
     - ``ridge_lambda``: ridge penalty on the centred covariates' slopes (the intercept is not
-      penalised).
+      penalised); None: chosen on the training rows by generalised cross-validation
+      (:func:`rtprep.models.ridge.choose_ridge_lambda`).
     - ``families``: covariate column prefixes, in RT CSV order.
     - ``fill``: how a null covariate is filled: the training ``mean`` (default), ``median`` or
       ``zero`` (before centring).
@@ -54,7 +55,7 @@ class ModelOptions:
     """
 
     group_by: str = _model("group_by")
-    ridge_lambda: float = _model("ridge_lambda")
+    ridge_lambda: float | None = _model("ridge_lambda")
     families: tuple[str, ...] = DEFAULT_COVARIATE_FAMILIES
     fill: str = _model("fill")
     method: str = _model("method")
@@ -93,8 +94,9 @@ class ModelOptions:
         if not self.pooled_lambda >= 0:
             raise RtprepError(f"model option pooled_lambda={self.pooled_lambda!r}: must be >= 0 "
                               "(0: chosen from the data)")
-        if not self.ridge_lambda > 0:
-            raise RtprepError(f"model option ridge_lambda={self.ridge_lambda!r}: must be > 0")
+        if self.ridge_lambda is not None and not self.ridge_lambda > 0:
+            raise RtprepError(f"model option ridge_lambda={self.ridge_lambda!r}: must be > 0 "
+                              "(or null: chosen from the data)")
         for name in ("advi_steps", "quick_steps", "nuts_draws", "nuts_tune", "nuts_chains",
                      "summary_draws", "screen_steps"):
             if int(getattr(self, name)) < 1:
@@ -130,7 +132,7 @@ class ModelOptions:
             if key not in known:
                 extra[key] = value  # workflow switches such as train/evaluate
                 continue
-            kwargs[key] = _coerce(key, value, type(getattr(cls(), key)))
+            kwargs[key] = _coerce(key, value, known[key].type)
         return cls(**kwargs, extra=extra)
 
     def steps(self) -> int:
@@ -145,10 +147,19 @@ class ModelOptions:
         return d
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Coerce a config value (possibly a string from ``--config``) to the option's type."""
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Coerce a config value (possibly a string from ``--config``) to the option's type (its
+    annotation: ``bool``, ``int``, ``float``, ``tuple[...]``, ``str``, ``... | None``)."""
+    text = str(annotation)
+    nullable = "None" in text
+    if value is None or (nullable and isinstance(value, str)
+                         and value.strip().lower() in ("", "null", "none")):
+        if nullable:
+            return None
+        raise RtprepError(f"model option {key}: a value is required")
+    kind = next((k for k in ("bool", "int", "float", "tuple") if text.startswith(k)), "str")
     try:
-        if kind is bool:
+        if kind == "bool":
             if isinstance(value, str):
                 low = value.strip().lower()
                 if low in ("true", "1", "yes", "on"):
@@ -157,16 +168,16 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
-        if kind is int:
+        if kind == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
-        if kind is float:
+        if kind == "float":
             return float(value)
-        if kind is tuple:
+        if kind == "tuple":
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.strip("[]").split(",") if v.strip())
             return tuple(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise RtprepError(f"model option {key}={value!r}: expected {kind.__name__}") from exc
+        raise RtprepError(f"model option {key}={value!r}: expected {kind}") from exc

@@ -504,7 +504,7 @@ def slope_rt(alg: GroupAlgebra, d: PooledData, ridge: float = 1e-6) -> SlopeRt:
         return SlopeRt(np.zeros(0), t_g, centre, np.zeros((len(d.units), 0)))
     import scipy.sparse as sp
 
-    w = alg.xtx - alg.s[:, :, None] * alg.s[:, None, :] / alg.n[:, None, None]
+    w = alg.within()
     n_u, g_n = len(d.units), len(t_g)
     w_flat = w.reshape(g_n, p * p)
 
@@ -544,13 +544,12 @@ def choose_lambda(alg: GroupAlgebra, d: PooledData, srt: SlopeRt | None) -> tupl
     decomposition.
     """
     p = alg.p
-    w = alg.xtx - alg.s[:, :, None] * alg.s[:, None, :] / alg.n[:, None, None]
+    w = alg.within()
     if srt is not None:
         m = srt.beta_u[d.unit_g] + srt.t_g[:, None] * srt.kappa[None, :]
     else:
         m = np.zeros((len(alg.n), p))
-    e, v = np.linalg.eigh(w)
-    e = np.maximum(e, 0.0)
+    e, v = alg.within_eigh(w)
     wm = np.einsum("gij,gj->gi", w, m)
     r = alg.c - wm
     q_base = alg.yty - 2.0 * np.einsum("gi,gi->g", m, alg.c) + np.einsum("gi,gi->g", m, wm)

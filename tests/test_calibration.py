@@ -1,0 +1,129 @@
+"""Scoring against a truth table: oracle ratios, calibration per compound, same rows, bootstrap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rtprep.errors import RtprepError
+from rtprep.models import ModelOptions, evaluate
+from rtprep.models.calibration import (
+    MIN_COMPOUND_ROWS,
+    calibration_report,
+    calibration_table,
+    read_truth_table,
+)
+from tests.test_models import _small
+
+
+def _rows(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """40 compounds × 36 rows in 12 sample sets; pooled predicts rt_true with the rows' own sd
+    (the oracle), ridge is 0.02 min off with twice the sd and cannot score compound c39; rows
+    of compound c00 in sample set 0 are mis-assigned (3 min off)."""
+    rng = np.random.default_rng(seed)
+    n_cpd, per = 40, 36
+    cpd = np.repeat([f"c{i:02d}" for i in range(n_cpd)], per)
+    sset = np.tile(np.arange(per) % 12, n_cpd).astype(str)
+    task = [f"t{i}" for i in range(n_cpd * per)]
+    noise = np.repeat(rng.uniform(0.01, 0.03, n_cpd), per)
+    rt_true = rng.uniform(1, 20, n_cpd * per)
+    mis = (cpd == "c00") & (sset == "0")
+    rt = rt_true + rng.standard_normal(n_cpd * per) * noise + np.where(mis, 3.0, 0.0)
+    z = 1.959963984540054
+    ridge_ok = cpd != "c39"
+    pred = pl.DataFrame({
+        "sampleset_id": sset, "task_id": task, "compound": cpd, "rt": rt,
+        "pooled_pred": rt_true, "pooled_lower": rt_true - z * noise,
+        "pooled_upper": rt_true + z * noise, "pooled_sd": noise,
+        "ridge_pred": np.where(ridge_ok, rt_true + 0.02, np.nan),
+        "ridge_lower": np.where(ridge_ok, rt_true + 0.02 - 2 * z * noise, np.nan),
+        "ridge_upper": np.where(ridge_ok, rt_true + 0.02 + 2 * z * noise, np.nan),
+        "ridge_sd": np.where(ridge_ok, 2 * noise, np.nan),
+    }).with_columns(pl.col("^ridge_.*$").fill_nan(None))
+    truth = pl.DataFrame({"task_id": task, "compound": cpd, "rt_true": rt_true,
+                          "noise_sd": noise, "misassigned": mis})
+    return pred, truth
+
+
+def test_scores_on_clean_rows_every_model_scores() -> None:
+    pred, truth = _rows()
+    rep = calibration_report(pred, truth, seed=3)
+    clean = truth.filter(~pl.col("misassigned"))
+    assert rep["misassigned_rows"] == 3 and rep["clean_rows"] == clean.height
+    assert rep["same_rows"] == clean.filter(pl.col("compound") != "c39").height
+    assert rep["models"]["ridge"]["share_scored"] == pytest.approx(
+        rep["same_rows"] / rep["clean_rows"])
+    # an independent computation of the headline numbers on the same rows
+    same = pred.join(truth, on=["task_id", "compound"]).filter(
+        ~pl.col("misassigned") & pl.col("ridge_pred").is_not_null())
+    y, noise = same["rt"].to_numpy(), same["noise_sd"].to_numpy()
+    oracle = np.sqrt(np.mean(noise**2))
+    for model in ("pooled", "ridge"):
+        p, lo, hi, sd = (same[f"{model}_{c}"].to_numpy() for c in ("pred", "lower", "upper", "sd"))
+        got = rep["models"][model]
+        # sums of a few thousand floats: equal to ~1e-12 relative whatever the summation order
+        np.testing.assert_allclose(got["rmse_over_oracle"],
+                                   np.sqrt(np.mean((y - p) ** 2)) / oracle, rtol=1e-9)
+        np.testing.assert_allclose(got["coverage95"], np.mean((y >= lo) & (y <= hi)), rtol=1e-12)
+        score = (hi - lo) + 40 * (np.clip(lo - y, 0, None) + np.clip(y - hi, 0, None))
+        np.testing.assert_allclose(got["interval_score"], score.mean(), rtol=1e-9)
+        lpd = -0.5 * np.log(2 * np.pi) - np.log(sd) - 0.5 * ((y - p) / sd) ** 2
+        np.testing.assert_allclose(got["log_density"], lpd.mean(), rtol=1e-9)
+        np.testing.assert_allclose(got["width_over_oracle"],
+                                   np.mean(hi - lo) / (3.919927969080108 * noise.mean()),
+                                   rtol=1e-9)
+        per_cpd = same.with_columns(((pl.col("rt") >= pl.col(f"{model}_lower"))
+                                     & (pl.col("rt") <= pl.col(f"{model}_upper"))).alias("c"))
+        cov = (per_cpd.group_by("compound").agg(pl.len().alias("n"), pl.col("c").mean())
+               .filter(pl.col("n") >= MIN_COMPOUND_ROWS)["c"].to_numpy())
+        # c00 keeps 33 clean rows (>= 30), c39 is not on the same rows (ridge cannot score it)
+        assert got["coverage95_by_compound"]["compounds"] == len(cov) == 39
+        np.testing.assert_allclose(got["coverage95_by_compound"]["p05"], np.quantile(cov, 0.05))
+    pooled, ridge = rep["models"]["pooled"], rep["models"]["ridge"]
+    assert 0.85 < pooled["rmse_over_oracle"] < 1.15  # the oracle itself, up to sampling noise
+    assert ridge["rmse_over_oracle"] > 1.2 and ridge["log_density"] < pooled["log_density"]
+    lo, hi = pooled["ci95"]["rmse_over_oracle"]
+    assert lo < pooled["rmse_over_oracle"] < hi
+    lo, hi = pooled["ci95"]["coverage95"]
+    assert lo <= pooled["coverage95"] <= hi
+    table = calibration_table(rep)
+    assert table["model"].to_list() == ["pooled", "ridge"]
+    assert calibration_report(pred, truth, seed=3) == rep  # seeded bootstrap: deterministic
+
+
+def test_truth_table_is_checked(tmp_path: Path) -> None:
+    _, truth = _rows()
+    bad = tmp_path / "t.parquet"
+    truth.drop("noise_sd").write_parquet(bad)
+    with pytest.raises(RtprepError, match="noise_sd"):
+        read_truth_table(bad)
+    pl.concat([truth, truth.head(1)]).write_parquet(bad)
+    with pytest.raises(RtprepError, match="more than once"):
+        read_truth_table(bad)
+
+
+def test_evaluate_scores_against_any_truth_table(tmp_path: Path) -> None:
+    """`rtprep evaluate --truth` with a truth table: truth.json and truth.csv per model."""
+    data = _small(seed=4, n_sample_sets=70, n_test_sets=12)
+    paths = data.write(tmp_path / "d")
+    truth = (data.test.join(data.truth.select("species", "compound", "noise_sd"),
+                            on=["species", "compound"], how="left")
+             .select("task_id", "compound", "rt_true", "noise_sd",
+                     pl.lit(False).alias("misassigned")).unique(["task_id", "compound"]))
+    truth = truth.with_columns(pl.col("noise_sd").fill_null(pl.col("noise_sd").mean()))
+    truth.write_parquet(tmp_path / "truth.parquet")
+    res = evaluate(None, paths["train"], paths["test"], tmp_path / "ev",
+                   options=ModelOptions(quick_steps=600, summary_draws=10, seed=2),
+                   quick=True, embeddings=paths["embeddings"], truth=tmp_path / "truth.parquet")
+    block = json.loads((tmp_path / "ev" / "truth.json").read_text())
+    assert block["kind"] == "truth_table" and res["truth"]["same_rows"] == block["same_rows"]
+    assert set(block["models"]) == {"pooled", "ridge"}
+    assert 0.8 <= block["models"]["pooled"]["coverage95"] <= 1.0
+    table = pl.read_csv(tmp_path / "ev" / "truth.csv")
+    assert table["model"].to_list() == ["pooled", "ridge"]
+    assert {"pooled_sd", "ridge_sd"} <= set(pl.read_parquet(tmp_path / "ev" /
+                                                            "predictions.parquet").columns)
