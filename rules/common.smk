@@ -114,9 +114,13 @@ def demo_export_dirs():
 DEMO_TRUTH = f"{DEMO_DIR}/truth/truth_peaks.parquet"
 
 
-def demo_truth(wildcards):
-    """On the demo, evaluate also scores against the generator's truth (eval/truth.json)."""
-    return {"truth": DEMO_TRUTH} if DEMO else {}
+TRUTH = DEMO_TRUTH if DEMO else config["eval"].get("truth")
+
+
+def eval_truth(wildcards):
+    """Evaluate also scores against a truth (eval/truth.json): the demo generator's, or the
+    truth table of eval.truth."""
+    return {"truth": TRUTH} if TRUTH else {}
 
 
 def demo_species_mappings():

@@ -31,14 +31,14 @@ rule train:
 
 rule evaluate:
     input:
-        unpack(demo_truth),
+        unpack(eval_truth),
         train_csv=P.rt_csv(*HLC, kind="train_cap"),
         test_rows=P.test_rows("{hash}", "{lib}"),
         embeddings=config["embeddings"]["path"],
     output:
         metrics=P.eval_file(*HLC),
         tables=[P.eval_file(*HLC, f) for f in EVAL_FILES[1:]],
-        truth=[P.eval_file(*HLC, f) for f in EVAL_TRUTH_FILES] if DEMO else [],
+        truth=[P.eval_file(*HLC, f) for f in EVAL_TRUTH_FILES] if TRUTH else [],
         model=directory(P.eval_file(*HLC, EVAL_MODEL_DIR)),
     log:
         P.log("evaluate/{hash}_lib{lib}_cap{cap}"),
