@@ -10,6 +10,7 @@ from rtprep.paths import (
     MODEL_GROUPS,
     MODEL_KINDS,
     MODEL_MANIFEST,
+    MODEL_ROWS,
     Layout,
     classes_files,
 )
@@ -45,8 +46,9 @@ CLASSES_PARQUET, CLASSES_CSV = classes_files(
     config["embeddings"]["path"], config["n_clusters"]
 )
 HLC = ("{hash}", "{lib}", "{cap}")  # the wildcards of a (hash, lib, cap) artifact
-# What train writes beside its manifest: each model kind's summary, tables and effects.
-TRAINED_FILES = [
+# What train writes beside its manifest: the training rows' flags, each model kind's summary,
+# tables and effects.
+TRAINED_FILES = [("", MODEL_ROWS)] + [
     (k, f)
     for k in MODEL_KINDS
     for f in (

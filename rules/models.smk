@@ -9,7 +9,7 @@ rule train:
     output:
         # every file train writes (each .parquet with its sidecars, rtprep.artifacts)
         manifest=P.model_file(*HLC),
-        models=[P.model_file(*HLC, f"{k}/{f}") for k, f in TRAINED_FILES],
+        models=[P.model_file(*HLC, f"{k}/{f}".lstrip("/")) for k, f in TRAINED_FILES],
     log:
         P.log("train/{hash}_lib{lib}_cap{cap}"),
     benchmark:

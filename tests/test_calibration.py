@@ -15,6 +15,7 @@ from rtprep.models.calibration import (
     MIN_COMPOUND_ROWS,
     calibration_report,
     calibration_table,
+    flag_report,
     read_truth_table,
 )
 from tests.test_models import _small
@@ -95,6 +96,20 @@ def test_scores_on_clean_rows_every_model_scores() -> None:
     assert calibration_report(pred, truth, seed=3) == rep  # seeded bootstrap: deterministic
 
 
+def test_flags_of_training_rows_against_the_truth() -> None:
+    truth = pl.DataFrame({"task_id": [f"t{i}" for i in range(10)], "compound": ["c"] * 10,
+                          "rt_true": [5.0] * 10, "noise_sd": [0.01] * 10,
+                          "misassigned": [False] * 10})
+    # rows 0-2 lie ≥ 5 sd off; the model flagged rows 0, 1 and 5
+    rt = [5.3, 4.9, 5.06, 5.0, 5.01, 5.02, 5.0, 4.99, 5.0, 5.0]
+    rows = truth.select("task_id", "compound").with_columns(
+        pl.Series("rt", rt), pl.Series("rt_outlier", [i in (0, 1, 5) for i in range(10)]))
+    rep = flag_report(rows, truth)
+    assert rep["off_rows"] == 3 and rep["flagged_rows"] == 3
+    assert rep["precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 3)
+    assert rep["good_rows_left_out"] == pytest.approx(1 / 7)
+
+
 def test_truth_table_is_checked(tmp_path: Path) -> None:
     _, truth = _rows()
     bad = tmp_path / "t.parquet"
@@ -114,7 +129,13 @@ def test_evaluate_scores_against_any_truth_table(tmp_path: Path) -> None:
                             on=["species", "compound"], how="left")
              .select("task_id", "compound", "rt_true", "noise_sd",
                      pl.lit(False).alias("misassigned")).unique(["task_id", "compound"]))
-    truth = truth.with_columns(pl.col("noise_sd").fill_null(pl.col("noise_sd").mean()))
+    # the training rows too (their rt_true unknown here: taken as their rt, so none is off)
+    train = (data.train.join(data.truth.select("species", "compound", "noise_sd"),
+                             on=["species", "compound"], how="left")
+             .select("task_id", "compound", pl.col("rt").alias("rt_true"), "noise_sd",
+                     pl.lit(False).alias("misassigned")))
+    truth = (pl.concat([truth, train]).unique(["task_id", "compound"], keep="first")
+             .with_columns(pl.col("noise_sd").fill_null(pl.col("noise_sd").mean())))
     truth.write_parquet(tmp_path / "truth.parquet")
     res = evaluate(None, paths["train"], paths["test"], tmp_path / "ev",
                    options=ModelOptions(quick_steps=600, summary_draws=10, seed=2),
@@ -127,3 +148,11 @@ def test_evaluate_scores_against_any_truth_table(tmp_path: Path) -> None:
     assert table["model"].to_list() == ["pooled", "ridge"]
     assert {"pooled_sd", "ridge_sd"} <= set(pl.read_parquet(tmp_path / "ev" /
                                                             "predictions.parquet").columns)
+    # the training rows, with those the screen left out, beside the trained models
+    rows = pl.read_parquet(tmp_path / "ev" / "model" / "rows.parquet")
+    manifest = json.loads((tmp_path / "ev" / "model" / "model.json").read_text())
+    assert rows.height == manifest["input"]["rows"] + manifest["outlier_screen"]["outliers"]
+    assert int(rows["rt_outlier"].sum()) == manifest["outlier_screen"]["outliers"]
+    flags = block["training_rows_flagged"]
+    assert flags["rows"] == rows.height and flags["flagged_rows"] == rows["rt_outlier"].sum()
+    assert flags["off_rows"] == 0

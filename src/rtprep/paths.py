@@ -25,6 +25,9 @@ MODEL_MANIFEST = "model.json"
 MODEL_KINDS = ("ridge", "pooled")
 MODEL_GROUPS = "groups.parquet"
 MODEL_EFFECTS = "effects.parquet"
+#: Beside the manifest: every training row (identity, rt) and whether the model left it out as
+#: mis-assigned (``rt_outlier``).
+MODEL_ROWS = "rows.parquet"
 #: Files of an evaluation folder (``rtprep evaluate``); the models it trains go under ``model/``.
 EVAL_METRICS = "metrics.json"
 EVAL_METRICS_CSV = "metrics.csv"

@@ -21,7 +21,7 @@ from rtprep.artifacts import (
     write_text_atomic,
 )
 from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns
+from rtprep.frames import require_columns, write_parquet_atomic
 from rtprep.models.algebra import GroupAlgebra
 from rtprep.models.data import (
     Covariates,
@@ -36,7 +36,7 @@ from rtprep.models.options import ModelOptions
 from rtprep.models.pooled import Embeddings, fit_pooled
 from rtprep.models.ridge import fit_ridge, ridge_algebra
 from rtprep.models.robust import screen_outliers
-from rtprep.paths import MODEL_KINDS, MODEL_MANIFEST
+from rtprep.paths import MODEL_KINDS, MODEL_MANIFEST, MODEL_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,14 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     stats = sufficient_stats(groups, gid, x, y)
     alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
     screen: dict[str, Any] | None = None
+    rows_table = _rows_table(df, np.zeros(df.height, dtype=bool))
     t_screen = time.perf_counter()
     if opts.outlier_k > 0 and stats.groups.height:
         flags, screen = screen_outliers(stats, covs, alg, gid, x, y, opts,
                                         sigma_init=_sigma_init(stats, covs, alg, opts),
                                         embeddings=emb)
         require_converged(screen["fit"], input_csv, opts, "outlier screen's fit")
+        rows_table = _rows_table(df, flags)
         if flags.any():
             account.drop("rt_outlier", int(flags.sum()))
             df = df.filter(pl.Series(~flags))
@@ -150,9 +152,16 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
         "fit_verdicts": _verdicts(pooled.meta["fit"], screen),
         "ridge_lambda": ridge_choice,
     }
+    write_parquet_atomic(rows_table, out / MODEL_ROWS)
     write_text_atomic(out / MODEL_MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("train: wrote %s in %.1fs", out, t_end - t0)
     return manifest
+
+
+def _rows_table(df: pl.DataFrame, flags: np.ndarray) -> pl.DataFrame:
+    """Every training row's identity and rt, and whether it was left out as mis-assigned."""
+    ids = [c for c in ("sampleset_id", "task_id", "species", "compound") if c in df.columns]
+    return df.select(*ids, "rt").with_columns(pl.Series("rt_outlier", flags, dtype=pl.Boolean))
 
 
 def _verdicts(fit: dict[str, Any], screen: dict[str, Any] | None) -> dict[str, Any]:

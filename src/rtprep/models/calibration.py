@@ -19,6 +19,9 @@ model's share of the clean rows it can score:
   prediction's sd);
 - ``ci95``: bootstrap intervals (``BOOTSTRAP`` resamples of whole sample sets, seeded) of the
   RMSE ÷ oracle and of the coverage.
+
+And of the training rows (the model's ``rows.parquet``): how well the rows it left out as
+mis-assigned match those the truth puts at least ``FLAG_K`` noise sds off (:func:`flag_report`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 TRUTH_TABLE_COLUMNS = ("task_id", "compound", "rt_true", "noise_sd", "misassigned")
 MIN_COMPOUND_ROWS = 30
+#: A training row is mis-assigned, for the flag scores, when it lies this many noise sds off.
+FLAG_K = 5.0
 BOOTSTRAP = 200
 Z95 = 1.959963984540054
 ALPHA = 0.05
@@ -187,3 +192,21 @@ def calibration_table(report: dict[str, Any]) -> pl.DataFrame:
             "width95": s["width95"], "width_over_oracle": s["width_over_oracle"],
             "interval_score": s["interval_score"], "log_density": s["log_density"]})
     return pl.DataFrame(rows)
+
+
+def flag_report(train_rows: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
+    """Precision and recall of the training rows the model left out (``rt_outlier``) against
+    the rows the truth puts ``FLAG_K`` noise sds or more off, and the share of the other (good)
+    rows left out."""
+    rows = train_rows.with_columns(pl.col("task_id", "compound").cast(pl.String)).join(
+        truth, on=["task_id", "compound"], how="inner")
+    off = ((rows["rt"] - rows["rt_true"]).abs() >= FLAG_K * rows["noise_sd"]).to_numpy()
+    flagged = rows["rt_outlier"].to_numpy()
+    tp = int((off & flagged).sum())
+    return {
+        "rows": rows.height, "k": FLAG_K, "off_rows": int(off.sum()),
+        "flagged_rows": int(flagged.sum()),
+        "precision": tp / int(flagged.sum()) if flagged.any() else None,
+        "recall": tp / int(off.sum()) if off.any() else None,
+        "good_rows_left_out": float((flagged & ~off).sum() / max(int((~off).sum()), 1)),
+    }

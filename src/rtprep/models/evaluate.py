@@ -45,6 +45,7 @@ from rtprep.paths import (
     EVAL_TRUTH_CSV,
     EVAL_TRUTH_FILES,
     EVAL_TRUTH_JSON,
+    MODEL_ROWS,
 )
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     write_parquet_atomic(wide, out / EVAL_PREDICTIONS)
     truth_block = None
     if truth is not None:
-        truth_block, table = _truth_scores(wide, truth, opts.seed)
+        truth_block, table = _truth_scores(wide, truth, model_dir, opts.seed)
         write_csv_atomic(table, out / EVAL_TRUTH_CSV)
         with atomic_output(out / EVAL_TRUTH_JSON) as tmp:
             tmp.write_text(json.dumps(truth_block, indent=2, default=_nan_none) + "\n",
@@ -267,7 +268,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     return json.loads(json.dumps(result, default=_nan_none))
 
 
-def _truth_scores(wide: pl.DataFrame, truth: str | Path, seed: int,
+def _truth_scores(wide: pl.DataFrame, truth: str | Path, model_dir: str | Path, seed: int,
                   ) -> tuple[dict[str, Any], pl.DataFrame]:
     """Scores against ``truth``: a truth table (``task_id, compound, rt_true, noise_sd,
     misassigned``; :mod:`rtprep.models.calibration`) or the demo's ``truth_peaks.parquet``
@@ -275,8 +276,12 @@ def _truth_scores(wide: pl.DataFrame, truth: str | Path, seed: int,
     from rtprep.models import calibration
 
     if calibration.is_truth_table(truth):
-        report = calibration.calibration_report(wide, calibration.read_truth_table(truth),
-                                                seed=seed)
+        table = calibration.read_truth_table(truth)
+        report = calibration.calibration_report(wide, table, seed=seed)
+        rows = Path(model_dir) / MODEL_ROWS
+        if rows.is_file():
+            report["training_rows_flagged"] = calibration.flag_report(pl.read_parquet(rows),
+                                                                      table)
         return {"kind": "truth_table", "truth": str(truth), **report}, \
             calibration.calibration_table(report)
     from rtprep.models.truth import truth_report, truth_table
