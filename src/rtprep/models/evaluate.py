@@ -254,6 +254,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
                                     key=lambda r: MODEL_ORDER.index(r["model"]))},
         "metrics": metrics.to_dicts(),
         "skipped": skipped.to_dicts(),
+        "isomer_choice": _isomer_choice(models, train_df, test_df, embeddings),
         "files": [*EVAL_FILES[1:], *(EVAL_TRUTH_FILES if truth_block is not None else [])],
     }
     if truth_block is not None:
@@ -266,6 +267,24 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
              ", ".join(f"{m} RMSE {v['rmse']:.4g}" for m, v in result["overall"].items()
                        if v["rmse"] is not None))
     return json.loads(json.dumps(result, default=_nan_none))
+
+
+def _isomer_choice(models: dict[str, Any], train_df: pl.DataFrame, test_df: pl.DataFrame,
+                   embeddings: str | Path | None) -> dict[str, Any] | None:
+    """The pooled model's choice among isomers on the held-out peaks (:mod:`.isomers`), when
+    the embeddings table gives the structures."""
+    if embeddings is None or "pooled" not in models:
+        return None
+    from rtprep.models import isomers
+
+    formula = isomers.formulas(embeddings)
+    if not formula:
+        return None
+    choice = isomers.isomer_choice(models["pooled"], train_df, test_df, formula)
+    log.info("evaluate: isomer choice on %d held-out peaks: pooled %.3f, nearest median %.3f",
+             choice["peaks"], choice.get("model_right", float("nan")),
+             choice.get("nearest_median_right", float("nan")))
+    return choice
 
 
 def _truth_scores(wide: pl.DataFrame, truth: str | Path, model_dir: str | Path, seed: int,
