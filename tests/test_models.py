@@ -269,11 +269,26 @@ def test_predict_gives_interval_per_injection_and_compound(fitted: dict, tmp_pat
     new = res.filter(pl.col("species") == "new_species")
     assert set(new["source"]) <= {"unseen_species"} and (new["n_obs"] == 0).all()
     assert (out.parent / "pred.parquet.meta.json").is_file()
+    # each compound carries its class (as trained), never "<unknown>"
+    classes = (load_models(Path(fitted["root"]) / "model")["pooled"].groups
+               .select(pl.col("compound").cast(pl.Int64), pl.col("compound_class").cast(pl.Int64))
+               .unique())
+    joined = res.join(classes, on="compound", suffix="_model")
+    assert joined.height == res.height
+    assert (joined["compound_class"] == joined["compound_class_model"]).all()
     # ridge predicts only its own groups
     out_r = tmp_path / "pred_ridge.csv"
     predict(Path(fitted["root"]) / "model", inj_path, out_r, model="ridge")
     r = pl.read_csv(out_r)
     assert 0 < r.height < res.height and set(r["source"]) == {"group"}
+    # every other column of the injections is carried through: the output joins back by it
+    with_sets = inj.with_columns(pl.Series("sampleset_id", [7, 7, 8, 9]),
+                                 pl.lit("run-a").alias("batch"))
+    with_sets.write_csv(inj_path)
+    predict(Path(fitted["root"]) / "model", inj_path, out)
+    res = pl.read_parquet(out)
+    assert res.columns[:3] == ["task_id", "sampleset_id", "batch"]
+    assert res.select("task_id", "sampleset_id").unique().height == 4
 
 
 def test_predict_reports_missing_covariate(fitted: dict, tmp_path: Path) -> None:

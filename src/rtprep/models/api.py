@@ -241,11 +241,13 @@ def predict(model_dir: str | Path, injections: str | Path, output: str | Path, *
     """Predicted RT and 95% interval per (injection, compound) for the compounds the model knows.
 
     ``injections``: CSV or Parquet with ``task_id, species`` (optionally ``species_cluster``)
-    and the model's covariates. A species the model has not seen is predicted through its
+    and the model's covariates; any other column (``sampleset_id``, ...) is carried through to
+    every prediction of that injection. A species the model has not seen is predicted through its
     cluster (or the global effects) by the pooled model; the ridge model predicts only the
     (species, compound) groups it was fitted on. Output (CSV or Parquet, by suffix): ``task_id,
     species, species_cluster, compound, compound_class, rt_pred, rt_lower, rt_upper, rt_sd,
-    source, n_obs``, sorted by task_id and compound.
+    source, n_obs`` with the injections' other columns after ``task_id``, sorted by those
+    columns, task_id and compound.
     """
     models = load_models(model_dir)
     if model not in models:
@@ -261,12 +263,16 @@ def predict(model_dir: str | Path, injections: str | Path, output: str | Path, *
         raise input_error(path, f"cannot be read: {exc}") from exc
     require_columns(raw.schema, ["task_id", "species", *fm.covariates.names], path,
                     "injections: task_id, species and the model's covariates")
-    keep = ["task_id", "species", *(["species_cluster"] if "species_cluster" in raw.columns
-                                    else []), *fm.covariates.names]
+    covariates = set(fm.covariates.names)
+    # every other column of an injection (sampleset_id, file names, ...) is carried through
+    extra = [c for c in raw.columns if c not in covariates
+             and c not in ("task_id", "species", "species_cluster", "compound",
+                           "compound_class")]
+    ids = ["task_id", "species", *(["species_cluster"] if "species_cluster" in raw.columns
+                                   else [])]
     try:
-        inj = raw.select(keep).with_columns(
-            pl.col("task_id", "species", *(["species_cluster"] if "species_cluster" in keep
-                                           else [])).cast(pl.String),
+        inj = raw.select(*ids, *extra, *fm.covariates.names).with_columns(
+            pl.col(ids).cast(pl.String),
             pl.col(fm.covariates.names).cast(pl.Float64, strict=True))
     except pl.exceptions.PolarsError as exc:
         raise input_error(path, f"a covariate is not a number: {exc}") from exc
@@ -274,7 +280,8 @@ def predict(model_dir: str | Path, injections: str | Path, output: str | Path, *
         raise input_error(path, "rows without a species", column="species")
     compounds = (fm.groups.select("compound", "compound_class").unique()
                  .sort("compound"))
-    inj = fm._with_cluster(inj)
+    # the injections' clusters; the compounds bring their classes
+    inj = fm._with_cluster(inj).drop("compound_class")
     if fm.kind == "ridge":
         # ridge knows only its groups: pair each injection with its species' compounds
         grid = inj.join(fm.groups.select(fm.unit, "compound", "compound_class"), on=fm.unit,
@@ -283,12 +290,12 @@ def predict(model_dir: str | Path, injections: str | Path, output: str | Path, *
         grid = inj.join(compounds, how="cross")
     grid = fm._with_cluster(grid)
     pred = fm.predict_frame(grid)
-    res = pl.concat([grid.select("task_id", "species", "species_cluster", "compound",
+    res = pl.concat([grid.select("task_id", *extra, "species", "species_cluster", "compound",
                                  "compound_class"), pred], how="horizontal")
     res = res.filter(pl.col("rt_pred").is_not_null())
     res = _restore_ids(res, ("task_id", "compound", "compound_class"))
-    res = res.sort("task_id", "compound").select(
-        "task_id", "species", "species_cluster", "compound", "compound_class", "rt_pred",
+    res = res.sort(*extra, "task_id", "compound").select(
+        "task_id", *extra, "species", "species_cluster", "compound", "compound_class", "rt_pred",
         "rt_lower", "rt_upper", "rt_sd", "source", "n_obs")
     account = RowAccount("predict", rows_in=inj.height, rows_out=res.height)
     account.extra = {"model": model, "compounds": compounds.height,
