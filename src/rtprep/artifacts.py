@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import hashlib
 import json
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import rtprep
+from rtprep.errors import RtprepError
 
 #: Parquet row-group size of every stage from cap onward (fixed: byte-identical outputs).
 ROW_GROUP_SIZE = 65_536
@@ -80,18 +82,50 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     previous complete version).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+    except OSError as exc:
+        err = _write_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
     tmp = tmp_path_for(path)
     try:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"internal error: nothing was written to {tmp} for {path}")
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        err = _write_error(path, exc)
+        if err is not None:
+            raise err from exc
         raise
+
+
+#: What the operating system says when a file cannot be written, as errno and as the text that
+#: libraries (pyarrow, polars' Rust I/O) put in their own exceptions.
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                 errno.EROFS: "read-only file system"}
+_WRITE_TEXTS = {"no space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
+                "disk quota exceeded": errno.EDQUOT, "permission denied": errno.EACCES,
+                "read-only file system": errno.EROFS, "os error 30": errno.EROFS}
+
+
+def _write_error(path: Path, exc: BaseException) -> RtprepError | None:
+    """One line naming the file being written and the cause, for an error of the operating
+    system (full disk, no permission, read-only file system); None for any other error."""
+    code = getattr(exc, "errno", None)
+    if code not in _WRITE_ERRNOS:
+        text = str(exc).lower()
+        code = next((c for t, c in _WRITE_TEXTS.items() if t in text), None)
+    if code is None:
+        return None
+    return RtprepError(f"{path}: cannot write it: {_WRITE_ERRNOS[code]} (in {path.parent}); "
+                       "nothing was left half-written")
 
 
 @contextlib.contextmanager
