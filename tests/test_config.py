@@ -153,6 +153,14 @@ def test_coerce_strings_from_command_line() -> None:
     assert coerce_config({"libs": "ALL"})["libs"] == "all"
 
 
+def test_a_scalar_where_a_list_belongs_is_read_as_one_item_and_said(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert coerce_config({"caps": 20})["caps"] == [20]
+    assert "config key 'caps': 20 is not a list; read as [20]" in capsys.readouterr().err
+    assert coerce_config({"caps": [5]})["caps"] == [5]
+    assert capsys.readouterr().err == ""
+
+
 def test_coerce_rejects_nonsense_with_key() -> None:
     with pytest.raises(RtprepError, match=r"model\.quick"):
         coerce_config({"model": {"quick": "maybe"}})

@@ -60,12 +60,12 @@ def test_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, tmp_path: Pa
 
 
 def test_read_only_file_system_is_named(read_only: Path) -> None:
-    with pytest.raises(RtprepError, match=r"report\.txt: cannot write it: read-only file system"):
-        with atomic_output(read_only / "report.txt") as tmp:
-            tmp.write_text("x")
-    with pytest.raises(RtprepError, match="read-only file system"):
-        with atomic_output(read_only / "sub" / "report.txt") as tmp:
-            tmp.write_text("x")
+    named = r"report\.txt: cannot write it: read-only file system"
+    with pytest.raises(RtprepError, match=named), atomic_output(read_only / "report.txt") as tmp:
+        tmp.write_text("x")
+    with pytest.raises(RtprepError, match="read-only file system"), \
+            atomic_output(read_only / "sub" / "report.txt") as tmp:
+        tmp.write_text("x")
 
 
 def test_other_errors_are_left_alone(tmp_path: Path) -> None:

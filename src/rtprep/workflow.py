@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ def _coerce_number(value: Any, key: str) -> Any:
 def _coerce_int_list(value: Any, key: str) -> Any:
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        # a YAML scalar where a list belongs (caps: 20): read as one item, and say so
+        print(f"rtprep: config key '{key}': {value} is not a list; read as [{value}]",
+              file=sys.stderr)
+        return [value]
     if isinstance(value, str | int):
         value = [v for v in re.split(r"[,\s\[\]]+", str(value)) if v]
     if isinstance(value, list):
