@@ -82,3 +82,20 @@ def test_run_dry_run_goes_through_snakemake(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "lib209_cap100_chemclass_rt_prod.csv" in proc.stdout
     assert "lib208" not in proc.stdout
+
+
+def test_model_commands_log_no_dependency_noise(tmp_path: Path) -> None:
+    """`rtprep -v evaluate` logs rtprep's progress only: no PyTensor BLAS warning, no ArviZ
+    notices, no batched_dot deprecation (each printed on every run before)."""
+    from rtprep.models.synthetic import generate
+
+    data = generate(n_species=4, n_clusters=2, n_compounds=40, n_classes=3, n_covariates=3,
+                    n_sample_sets=40, n_test_sets=8, seed=5)
+    paths = data.write(tmp_path / "d")
+    proc = rtprep("-v", "evaluate", "--train", str(paths["train"]), "--test",
+                  str(paths["test"]), "--out", str(tmp_path / "ev"), "--quick", "--steps", "200")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = [line for line in proc.stderr.splitlines()
+             if any(w in line for w in ("BLAS", "ArviZ", "arviz", "batched_dot", "FutureWarning"))]
+    assert noise == []
+    assert "evaluate:" in proc.stderr  # rtprep's own progress is still there

@@ -9,7 +9,17 @@ only when a pooled model is fitted. The names are imported on first use (PEP 562
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# PyTensor searches for a BLAS to link its C code against when it first compiles, and in a pip
+# install (no BLAS headers and libraries it can link) warns on every run that it found none. Its
+# BLAS ops then call numpy, whose wheels bring their own OpenBLAS: what the gradients use either
+# way. Saying "no BLAS to link" explicitly skips the search and the warning (a user's own
+# PYTENSOR_FLAGS with blas__ldflags wins).
+if "blas__ldflags" not in os.environ.get("PYTENSOR_FLAGS", ""):
+    os.environ["PYTENSOR_FLAGS"] = ",".join(
+        f for f in (os.environ.get("PYTENSOR_FLAGS", ""), "blas__ldflags=") if f)
 
 if TYPE_CHECKING:
     from rtprep.models.api import load_models, predict, train
