@@ -17,6 +17,7 @@ from rtprep.paths import (
 from rtprep.settings import demo_active
 from rtprep.workflow import (
     accounted_artifacts,
+    check_inputs,
     complete_config,
     config_error_message,
     export_libs,
@@ -28,10 +29,12 @@ from rtprep.errors import RtprepError
 from snakemake.exceptions import WorkflowError
 
 # A bad config stops here with one message naming the key, the value and what is allowed;
-# the exports' folders and the libs asked for are checked up front too. On the demo, the demo's
+# the exports' folders and the libs asked for are checked up front too, and every input the
+# config names that no rule makes (mappings, embeddings or SMILES) is read by its stage's reader. On the demo, the demo's
 # fast settings (demo.model, demo.embeddings, demo.rt_range) are laid over the config first.
 try:
     config.update(complete_config(config))
+    check_inputs(config)
     export_libs(config)
 except (RtprepError, WorkflowError) as e:
     raise WorkflowError(config_error_message(e)) from None

@@ -436,12 +436,48 @@ def test_run_lib_not_in_the_exports(workflow: Path) -> None:
     assert_error(proc, "config 'libs'", "[99]", "they hold [208, 209]", "ask for some of those")
 
 
+@pytest.mark.parametrize(("broken", "words"), [
+    pytest.param("mapping", ("lib_comp_chem_mapping_lib7.csv", "missing required column(s) "
+                             "'comp_id'", "compound_id"), id="mapping_column"),
+    pytest.param("species", ("merged_training_abc123_lib7_species_mapping.csv", "not found"),
+                 id="species_mapping_missing"),
+    pytest.param("embeddings", ("embedings.parquet", "embeddings file not found"),
+                 id="embeddings_typo"),
+])
+def test_inputs_are_checked_before_any_job(workflow: Path, broken: str,
+                                           words: tuple[str, ...]) -> None:
+    """Every input the config names that no rule makes is read when the DAG is built: a bad
+    one stops the run with the stage's one-line message before any job runs (a dry-run fails),
+    even where classes from an earlier run sit beside the embeddings path."""
+    data = workflow / "upfront"
+    shutil.rmtree(data, ignore_errors=True)  # the workflow copy is shared by the cases
+    write_export(data)
+    mapping = MAPPING.replace("comp_id", "compound_id") if broken == "mapping" else MAPPING
+    (data / f"lib_comp_chem_mapping_lib{LIB}.csv").write_text(mapping)
+    if broken != "species":
+        (data / f"merged_training_{H}_lib{LIB}_species_mapping.csv").write_text(SPECIES)
+    embeddings_frame().write_parquet(data / "embeddings.parquet")
+    (data / "chem_classes_k2.parquet").write_text("from an earlier run")
+    emb = "upfront/embedings.parquet" if broken == "embeddings" else "upfront/embeddings.parquet"
+    cfg = {"data_dir": "upfront", "exports": [H], "libs": "all", "caps": [5], "n_clusters": 2,
+           "embeddings": {"source": "file", "path": emb}}
+    before = files(data)
+    proc = snakemake(workflow, "--dry-run", "--cores", "1", overlay=cfg, check=False)
+    (workflow / "overlay.yaml").unlink()
+    out = assert_error(proc, *words, root=data, before=before)
+    assert "Job stats" not in out  # no job was planned
+
+
 def test_rule_failure_in_a_real_run(workflow: Path) -> None:
     """A bad export in a real run: the merge job fails with the one-line message in its log and
     on the console, no traceback, and neither the output nor a temporary is left."""
     data = workflow / "data"
     exp = write_export(data)
     preds_frame().head(1).with_columns(pl.lit(0.7).alias("IS1")).write_parquet(exp / PRED_SHARD_2)
+    # every other input is fine (they are read when the DAG is built)
+    (data / f"lib_comp_chem_mapping_lib{LIB}.csv").write_text(MAPPING)
+    (data / f"merged_training_{H}_lib{LIB}_species_mapping.csv").write_text(SPECIES)
+    embeddings_frame().write_parquet(data / "embeddings.parquet")
     cfg = {"data_dir": "data", "exports": [H], "libs": "all", "caps": [5], "n_clusters": 2,
            "embeddings": {"source": "file", "path": "data/embeddings.parquet"},
            "model": {"train": False, "evaluate": False}}

@@ -289,6 +289,40 @@ def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def check_inputs(config: Mapping[str, Any]) -> list[str]:
+    """Read every input the config names that no rule makes (mapping CSVs, species mappings,
+    the embeddings file or the SMILES table) with the stages' own readers, when the DAG is built:
+    a bad one stops the run in seconds with the stage's one-line message, before any job.
+    Returns the files checked. (On the demo, the demo rule writes them: nothing to check.)"""
+    if settings.demo_active(config):
+        return []
+    from rtprep.attach import read_lib_mapping
+    from rtprep.rtcsv import read_species_mapping
+
+    p = Layout.from_config(config)
+    checked: list[str] = []
+    libs = export_libs(config)
+    for lib in sorted({lib for ls in libs.values() for lib in ls}):
+        read_lib_mapping(p.lib_mapping(lib))
+        checked.append(p.lib_mapping(lib))
+    for export, ls in libs.items():
+        for lib in ls:
+            read_species_mapping(p.species_mapping(export, lib))
+            checked.append(p.species_mapping(export, lib))
+    emb = config["embeddings"]
+    if emb.get("source", "file") == "file":
+        from rtprep.classes import read_embeddings
+
+        read_embeddings(emb["path"])
+        checked.append(emb["path"])
+    else:
+        from rtprep.embed import read_smiles_table
+
+        read_smiles_table(emb["smiles"])
+        checked.append(emb["smiles"])
+    return checked
+
+
 def input_bytes(paths: Iterable[str | Path]) -> int | None:
     """Total size of ``paths`` (a folder counts every file under it); None if one is missing."""
     total = 0
