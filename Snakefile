@@ -32,3 +32,7 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+onsuccess:
+    print(end_summary(config))

@@ -20,6 +20,7 @@ from rtprep.workflow import (
     check_inputs,
     complete_config,
     config_error_message,
+    end_summary,
     export_libs,
     final_targets,
     rt_range,

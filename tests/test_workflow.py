@@ -168,6 +168,21 @@ def test_every_file_a_rule_writes_is_declared(run_dir: Path) -> None:
     assert not undeclared, undeclared[:20]
 
 
+@pytest.mark.slow
+def test_a_finished_run_ends_with_where_the_results_are(run_dir: Path) -> None:
+    # (Snakemake runs onsuccess after jobs ran: rebuild the accounting table, a second's job)
+    proc = snakemake(run_dir, "--cores", "1", "--forcerun", "accounting")
+    out = proc.stdout + proc.stderr
+    tail = out[out.index("rtprep: finished."):]
+    for lib in HASHES:
+        csv = lib_file(lib, "_cap5_chemclass_rt_prod.csv")
+        rows = meta(run_dir, csv)["rows_out"]
+        assert f"lib {lib}, cap 5: {csv} ({rows:,} rows)" in tail
+    assert tail.count("pooled RMSE") == 2 and tail.count("ridge  RMSE") == 2
+    assert "95% coverage" in tail and "snakemake --report report.html" in tail
+    assert "results/row_accounting.csv" in tail
+
+
 def test_eval_metrics_csv_is_a_target_of_its_own(tmp_path: Path) -> None:
     """A declared output can be asked for by name: `snakemake <...>/eval/metrics.csv`."""
     wd = copy_workflow(tmp_path)

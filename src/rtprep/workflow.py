@@ -323,6 +323,37 @@ def check_inputs(config: Mapping[str, Any]) -> list[str]:
     return checked
 
 
+def end_summary(config: Mapping[str, Any]) -> str:
+    """What a finished run built, where: per lib and cap the RT CSV and its rows (from its
+    sidecar), and where models were evaluated, pooled and ridge RMSE, MAE and coverage on the
+    held-out rows; then the accounting table and the command that builds the report."""
+    import json
+
+    p = Layout.from_config(config)
+    lines = ["rtprep: finished. RT production CSVs (rows), and held-out model scores:"]
+    for export, libs in export_libs(config).items():
+        for lib in libs:
+            for cap in config["caps"]:
+                csv = p.rt_csv(export, lib, cap)
+                meta = Path(csv + ".meta.json")
+                rows = (json.loads(meta.read_text(encoding="utf-8")).get("rows_out")
+                        if meta.is_file() else None)
+                lines.append(f"  lib {lib}, cap {cap}: {csv} "
+                             f"({'?' if rows is None else f'{rows:,}'} rows)")
+                metrics = Path(p.eval_file(export, lib, cap))
+                if metrics.is_file():
+                    overall = json.loads(metrics.read_text(encoding="utf-8"))["overall"]
+                    lines.append(f"    held-out rows ({metrics}):")
+                    for m in ("pooled", "ridge"):
+                        s = overall.get(m) or {}
+                        if s.get("rmse") is not None:
+                            lines.append(f"      {m:<6} RMSE {s['rmse']:.4g}  MAE {s['mae']:.4g}"
+                                         f"  95% coverage {s['coverage95']:.3f}")
+    lines.append(f"  row accounting: {p.accounting}")
+    lines.append("  report: snakemake --report report.html (with the same --configfile)")
+    return "\n".join(lines)
+
+
 def input_bytes(paths: Iterable[str | Path]) -> int | None:
     """Total size of ``paths`` (a folder counts every file under it); None if one is missing."""
     total = 0
