@@ -12,7 +12,6 @@ from rtprep.paths import (
     MODEL_MANIFEST,
     MODEL_ROWS,
     Layout,
-    classes_files,
 )
 from rtprep.settings import demo_active
 from rtprep.workflow import (
@@ -43,10 +42,9 @@ except (RtprepError, WorkflowError) as e:
 
 # Every path comes from one place (rtprep.paths); here with wildcard names, for the rules.
 P = Layout.from_config(config)
-DATA = P.data_dir
 DEMO = demo_active(config)
 DEMO_DIR = config["demo"]["dir"]
-CLASSES_PARQUET, CLASSES_CSV = classes_files(
+CLASSES_PARQUET, CLASSES_CSV = P.classes(
     config["embeddings"]["path"], config["n_clusters"]
 )
 HLC = ("{hash}", "{lib}", "{cap}")  # the wildcards of a (hash, lib, cap) artifact

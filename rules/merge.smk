@@ -18,7 +18,7 @@ rule merge:
         mem_mb=lambda wc, input: 1000 + int(0.5 * input.size_mb),
         runtime=lambda wc, input: 5 + int(input.size_mb / 100),
     params:
-        export=lambda wc: f"{DATA}/{wc.hash}",
+        export=lambda wc: P.export(wc.hash),
         merge=config["merge"],
     script:
         "../workflow_scripts/rule_merge.py"

@@ -73,3 +73,48 @@ def test_other_errors_are_left_alone(tmp_path: Path) -> None:
         tmp.write_text("x")
         raise ValueError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def read_only_export(tmp_path: Path) -> Iterator[Path]:
+    """A small demo export (one lib) behind a read-only bind mount (needs root)."""
+    src = tmp_path / "src"
+    subprocess.run([sys.executable, "-m", "rtprep.cli", "demo", "--out", str(src), "--rows",
+                    "20000", "--libs", "208"], check=True, capture_output=True)
+    point = tmp_path / "ro"
+    point.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(src), str(point)], capture_output=True,
+                          check=False)
+    if bind.returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    ro = subprocess.run(["mount", "-o", "remount,ro,bind", str(point)], capture_output=True,
+                        check=False)
+    try:
+        if ro.returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_out_dir_builds_from_a_read_only_export(read_only_export: Path, tmp_path: Path) -> None:
+    from rtprep.settings import default
+    from tests.workflow_util import copy_workflow, snakemake
+
+    wd = copy_workflow(tmp_path / "wd")
+    export = "5684639a28c04bc5af7c4fd1a75e62b5"
+    out = tmp_path / "out"
+    before = sorted(p.relative_to(read_only_export) for p in read_only_export.rglob("*"))
+    overlay = {"data_dir": str(read_only_export / "repo_export"), "exports": [export],
+               "libs": "all", "caps": [5], "n_clusters": 4, "out_dir": str(out),
+               "embeddings": {"source": "file", "path": str(
+                   read_only_export / "resources/metabolites/embeddings_chemberta_pca20.parquet")},
+               "model": {"train": False, "evaluate": False}}
+    assert default("out_dir") is None  # by default outputs stay beside the inputs
+    target = out / f"merged_training_{export}_lib208_cap5_chemclass_rt_prod.csv"
+    snakemake(wd, "--cores", "2", str(target), overlay=overlay)
+    assert target.is_file() and (out / "chem_classes_k4.parquet").is_file()
+    assert (out / "logs" / "merge" / f"{export}.log").is_file()
+    assert not (wd / "logs").exists() and not (wd / "results").exists()
+    after = sorted(p.relative_to(read_only_export) for p in read_only_export.rglob("*"))
+    assert after == before  # the export was only read

@@ -3,7 +3,10 @@
 Data artifacts are written beside the inputs, in ``data_dir``, with the original scripts' names
 (``merged_training_<hash>_lib<lib>_cap<N>_chemclass_rt_prod.csv``); models, evaluations,
 figures and the row-accounting table under ``results/``; logs under ``logs/``; Snakemake's
-per-job benchmark files under ``benchmarks/runs/``.
+per-job benchmark files under ``benchmarks/runs/``. With ``out_dir`` set, all of them go under it
+instead (``<out_dir>/`` for the data artifacts and the compound classes, ``<out_dir>/results``,
+``<out_dir>/logs``, ``<out_dir>/benchmarks``), and the inputs are only read: an export on a
+read-only or shared mount works, and two configs with their own ``out_dir`` never share a file.
 
 :class:`Layout` builds them from a config; the rules call it with wildcard names (``"{hash}"``)
 to get patterns, the library and the demo with values. The functions below name what one stage
@@ -69,33 +72,53 @@ def classes_files(embeddings: str | Path, n_clusters: int) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Layout:
-    """The paths of one run. Arguments may be values or wildcard names (``"{hash}"``)."""
+    """The paths of one run. Arguments may be values or wildcard names (``"{hash}"``).
+
+    ``data_dir`` holds the inputs; ``out`` the data artifacts (``data_dir`` unless ``out_dir``)."""
 
     data_dir: str
     results: str = "results"
     logs: str = "logs"
     benchmarks: str = "benchmarks/runs"
+    out: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            object.__setattr__(self, "out", self.data_dir)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layout:
-        return cls(data_dir=str(config["data_dir"]).rstrip("/"))
+        data = str(config["data_dir"]).rstrip("/")
+        out = config.get("out_dir")
+        if not out:
+            return cls(data_dir=data)
+        out = str(out).rstrip("/")
+        return cls(data_dir=data, out=out, results=f"{out}/results", logs=f"{out}/logs",
+                   benchmarks=f"{out}/benchmarks")
+
+    def classes(self, embeddings: str | Path, n_clusters: int) -> tuple[str, str]:
+        """The compound classes: beside the embeddings, or in ``out_dir`` when one is set."""
+        if self.out == self.data_dir:
+            return classes_files(embeddings, n_clusters)
+        stem = f"{self.out}/chem_classes_k{int(n_clusters)}"
+        return f"{stem}.parquet", f"{stem}.csv"
 
     # -- inputs that no rule makes ----------------------------------------------------------
     def lib_mapping(self, lib: Any) -> str:
         return f"{self.data_dir}/lib_comp_chem_mapping_lib{lib}.csv"
 
     def species_mapping(self, export: Any, lib: Any) -> str:
-        return f"{self.lib_stem(export, lib)}_species_mapping.csv"
+        return f"{self.data_dir}/merged_training_{export}_lib{lib}_species_mapping.csv"
 
     def export(self, export: Any) -> str:
         return f"{self.data_dir}/{export}"
 
     # -- data artifacts, beside the inputs ----------------------------------------------------
     def merged_stem(self, export: Any) -> str:
-        return f"{self.data_dir}/merged_training_{export}"
+        return f"{self.out}/merged_training_{export}"
 
     def merged(self, export: Any) -> str:
-        return f"{self.data_dir}/{merged_name(export)}"
+        return f"{self.out}/{merged_name(export)}"
 
     def lib_stem(self, export: Any, lib: Any) -> str:
         return f"{self.merged_stem(export)}_lib{lib}"
