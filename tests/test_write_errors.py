@@ -14,34 +14,28 @@ from rtprep.artifacts import atomic_output
 from rtprep.errors import RtprepError
 
 
-def _mount(point: Path, options: str) -> bool:
+def _mounted(point: Path, options: str, what: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``point`` for the test (needs root: skipped elsewhere)."""
     point.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
                           capture_output=True, text=True, check=False)
-    return proc.returncode == 0
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount {what} here (needs root)")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 kB file system (a tmpfs; needs root, skipped elsewhere)."""
-    point = tmp_path / "small_disk"
-    if not _mount(point, "size=256k"):
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", str(point)], check=False)
+    """A 256 kB file system."""
+    yield from _mounted(tmp_path / "small_disk", "size=256k", "a small tmpfs")
 
 
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Path]:
-    point = tmp_path / "read_only"
-    if not _mount(point, "ro,size=64k"):
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", str(point)], check=False)
+    yield from _mounted(tmp_path / "read_only", "ro,size=64k", "a read-only tmpfs")
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, tmp_path: Path) -> None:

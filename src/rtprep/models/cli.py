@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
-
-from rtprep.errors import RtprepError
 
 
 def _options(args: argparse.Namespace) -> Any:
     from rtprep.models.options import ModelOptions
+    from rtprep.settings import load_files
 
-    config: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        import yaml
-
-        path = Path(args.config)
-        if not path.is_file():
-            raise RtprepError(f"{path}: config file not found")
-        try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RtprepError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(config, dict):
-            raise RtprepError(f"{path}: expected a mapping at the top level")
+    config = load_files(args.config) if getattr(args, "config", None) else {}
     opts = ModelOptions.from_config(config)
     overrides: dict[str, Any] = {}
     if getattr(args, "method", None):
