@@ -100,6 +100,7 @@ def main() -> int:
         return proc.returncode
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     screen = (res.get("screen") or {}).get("fit") or {}
+    rounds = (res.get("screen") or {}).get("rounds") or []
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     rows = [
         ("training rows", f"{res['rows']:,}"),
@@ -111,12 +112,14 @@ def main() -> int:
         ("one log-density gradient", f"{res['grad_ms']:.2f} ms"),
         (f"pooled ADVI ({res['fit'].get('steps')} steps)", f"{res['fit'].get('seconds', 0):.1f} s"),
         ("  of which fit checks (fixed draws)", f"{res['fit'].get('check_seconds', 0):.1f} s"),
-        (f"outlier screen ({screen.get('steps')} steps, {screen.get('rounds')} rounds)",
-         f"{screen.get('seconds', 0):.1f} s"),
-        ("  of which fit checks (fixed draws)", f"{screen.get('check_seconds', 0):.1f} s"),
-        ("verdicts: pooled / screen", f"{res['verdicts'].get('pooled')} / "
+        (f"robust fit ({len(rounds)} EM rounds, {sum(r.get('steps') or 0 for r in rounds)}"
+         " ADVI steps)", f"{res['train_parts'].get('outlier_screen', 0):.1f} s"),
+        ("  last round's fit checks (fixed draws)", f"{screen.get('check_seconds', 0):.1f} s"),
+        ("  rows left out as mis-assigned", f"{(res.get('screen') or {}).get('outliers')}"),
+        ("verdicts: pooled / last robust round", f"{res['verdicts'].get('pooled')} / "
          f"{res['verdicts'].get('outlier_screen')}"),
-        ("train(): statistics / ridge / pooled", "{statistics:.1f} / {ridge:.1f} / {pooled:.1f} s"
+        ("train(): statistics / robust / ridge / pooled",
+         "{statistics:.1f} / {outlier_screen:.1f} / {ridge:.1f} / {pooled:.1f} s"
          .format(**res["train_parts"])),
         ("train() wall time (whole fit, files)", f"{res['train_s']:.1f} s"),
         ("child process wall time", f"{wall:.1f} s"),

@@ -80,8 +80,8 @@ def test_defaults_come_from_the_schema() -> None:
     from rtprep.models.options import ModelOptions
 
     opts = ModelOptions()
-    for key in ("advi_steps", "quick_steps", "screen_steps", "learning_rate", "outlier_k",
-                "allow_unconverged", "group_by", "method", "seed", "summary_draws", "fill"):
+    for key in ("advi_steps", "quick_steps", "screen_steps", "learning_rate", "robust",
+                "robust_rounds", "slope_knots", "allow_unconverged", "group_by", "method", "seed", "summary_draws", "fill"):
         assert getattr(opts, key) == settings.default("model", key), key
     assert opts.nuts_chains == settings.default("model", "nuts", "chains")
     assert list(opts.families) == settings.default("covariates", "families")

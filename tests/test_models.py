@@ -130,17 +130,37 @@ def test_pymc_potential_equals_numpy_reference() -> None:
     _, covs, stats, alg = _prepared(_small(n_sample_sets=40, n_test_sets=5).train)
     d = prepare(stats, alg, "species", 0.05, None)
     model = build_model(alg, d, covs)
-    names = ["integrated_groups", "alpha0", "species_effect", "compound_effect",
-             "slope_species", "log_sigma0", "noise_species", "noise_class", "tau_group"]
+    names = ["integrated_groups", "alpha0", "species_effect", "compound_effect", "log_sigma0",
+             "noise_species", "noise_class", "noise_compound", "tau_group"]
     fn = model.compile_fn(model.replace_rvs_by_values([model[n] for n in names]),
                           point_fn=True)
     rng = np.random.default_rng(1)
     point = {k: rng.normal(0, 0.5, np.shape(v)) for k, v in model.initial_point().items()}
-    pot, a0, se, ce, ss, ls0, ns, nc, tg = fn(point)
-    s2 = np.exp(2 * (ls0 + ns[d.unit_g] + nc[d.class_cell[d.cell_g]]))
+    pot, a0, se, ce, ls0, ns, nk, nc, tg = fn(point)
+    # noise per compound: species, class and compound terms on the log scale
+    s2 = np.exp(2 * (ls0 + ns[d.unit_g] + nk[d.class_g] + nc[d.cpd_g]))
     mu = a0 + se[d.unit_g] + ce[d.cpd_g]
-    ref = integrated_loglik_np(alg, mu - alg.ybar, ss[d.unit_g], s2, tg**2).sum()
+    # the slope prior mean is 0 here: the statistics the model sees are shifted by it
+    ref = integrated_loglik_np(alg, mu - alg.ybar, np.zeros((len(mu), alg.p)), s2,
+                               tg**2).sum()
     np.testing.assert_allclose(pot, ref, rtol=1e-9)
+
+
+def test_weighted_statistics_equal_repeated_rows() -> None:
+    """A row of weight 2 counts as that row twice (integer weights: exact)."""
+    from rtprep.models.data import sufficient_stats
+
+    df, covs, stats, _ = _prepared(_small(n_sample_sets=20, n_test_sets=5).train)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy()
+    _, gid = group_table(df, "species", "rows.csv")
+    w = np.where(np.arange(len(y)) % 3 == 0, 2.0, 1.0)
+    weighted = sufficient_stats(stats.groups, gid, x, y, w)
+    rep = np.repeat(np.arange(len(y)), w.astype(int))
+    repeated = sufficient_stats(stats.groups, gid[rep], x[rep], y[rep])
+    for name in ("n", "ybar", "sx", "xtx", "xty", "yty"):
+        np.testing.assert_allclose(getattr(weighted, name), getattr(repeated, name),
+                                   rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 # ------------------------------------------------------------------------------- the pooled fit
@@ -406,10 +426,10 @@ def test_cli_train_evaluate_predict(tmp_path: Path) -> None:
 def test_nuts_reports_rhat_and_ess(tmp_path: Path) -> None:
     data = _small(seed=13, n_species=4, n_compounds=15, n_sample_sets=40, n_test_sets=5)
     paths = data.write(tmp_path / "d")
-    # no outlier screen here (its first ADVI fit is not what this test is about); few draws: this
+    # no robust fit here (its ADVI fits are not what this test is about); few draws: this
     # is about the route and its diagnostics (NUTS on this posterior costs ~0.5 s per draw)
     opts = replace(ModelOptions(), method="nuts", nuts_draws=30, nuts_tune=30, nuts_chains=2,
-                   summary_draws=20, outlier_k=0.0)
+                   summary_draws=20, robust=False)
     manifest = train(paths["train"], tmp_path / "m", options=opts)
     fit = manifest["fit"]
     assert fit["method"] == "nuts" and fit["rhat_max"] > 0.9 and fit["ess_bulk_min"] > 0
@@ -433,52 +453,101 @@ def test_shifted_algebra_equals_statistics_of_shifted_rows() -> None:
                                    atol=1e-9, err_msg=name)
 
 
-def test_slope_rt_recovers_slopes_that_grow_along_the_gradient() -> None:
-    from rtprep.models.pooled import choose_lambda, prepare, slope_rt
+def test_slope_prior_recovers_slopes_that_bend_along_the_gradient() -> None:
+    from rtprep.models.pooled import prepare
+    from rtprep.models.slopes import choose_lambda, fit_slope_prior
 
     data = _small(n_sample_sets=80, n_test_sets=5)
     df, covs, stats, alg = _prepared(data.train)
     d = prepare(stats, alg, "species", 0.05, None)
     x = covs.matrix(df)
     _, gid = group_table(df, "species", "rows.csv")
-    kappa = np.array([0.2, -0.1, 0.3, 0.0])
     t_c = np.bincount(d.cpd_g, weights=alg.n * alg.ybar) / np.bincount(d.cpd_g, weights=alg.n)
     t_g = t_c[d.cpd_g] - (alg.n * alg.ybar).sum() / alg.n.sum()
-    # add t_g κ to every group's slopes: the estimate finds κ (the species slopes absorb the rest)
-    df2 = df.with_columns(pl.Series("rt", df["rt"].to_numpy() + t_g[gid] * (x @ kappa)))
+    # slopes that change with the compound's RT non-linearly (a gradient that bends mid-way)
+    scale = np.abs(t_g).max()
+    bend = np.array([0.2, -0.1, 0.3, 0.0])[None, :] * np.sin(2.5 * t_g / scale)[:, None]
+    df2 = df.with_columns(pl.Series("rt", df["rt"].to_numpy()
+                                    + np.einsum("ri,ri->r", x, bend[gid])))
     _, _, stats2, alg2 = _prepared(df2)
-    srt = slope_rt(alg2, prepare(stats2, alg2, "species", 0.05, None))
-    # the standards' RTs move together (collinear), so κ is identified along the directions the
-    # covariates vary in: compare its effect on the rows
-    effect, fitted = t_g[gid] * (x @ kappa), t_g[gid] * (x @ srt.kappa)
-    assert np.sqrt(np.mean((fitted - effect) ** 2)) < 0.1 * np.std(effect)
-    # t_g: the compound's training mean rt minus the overall mean
-    t2 = (np.bincount(d.cpd_g, weights=alg2.n * alg2.ybar) / np.bincount(d.cpd_g, weights=alg2.n))
-    np.testing.assert_allclose(srt.t_g, t2[d.cpd_g] - (alg2.n * alg2.ybar).sum() / alg2.n.sum(),
+
+    def effect_error(n_knots: int | None) -> float:
+        prior = fit_slope_prior(alg2, d.unit_g, d.cpd_g, len(d.units), len(d.compounds), n_knots)
+        m0 = fit_slope_prior(alg, d.unit_g, d.cpd_g, len(d.units), len(d.compounds), n_knots)
+        # what the added slopes do to the rows, against what the estimate adds over the
+        # original rows' own estimate (the standards' RTs are collinear, so the slopes are
+        # identified only along the directions the covariates vary in)
+        m = prior.group_means(d.unit_g, d.cpd_g) - m0.group_means(d.unit_g, d.cpd_g)
+        fitted = np.einsum("ri,ri->r", x, m[gid])
+        effect = np.einsum("ri,ri->r", x, bend[gid])
+        return float(np.sqrt(np.mean((fitted - effect) ** 2)) / np.std(effect))
+
+    # a spline follows the bend; a line along the gradient cannot
+    assert effect_error(8) < 0.1
+    assert effect_error(0) > 2 * effect_error(8)
+    prior = fit_slope_prior(alg2, d.unit_g, d.cpd_g, len(d.units), len(d.compounds), 8)
+    # t: the compound's training mean rt minus the overall mean
+    t2 = np.bincount(d.cpd_g, weights=alg2.n * alg2.ybar) / np.bincount(d.cpd_g, weights=alg2.n)
+    np.testing.assert_allclose(prior.t_c, t2 - (alg2.n * alg2.ybar).sum() / alg2.n.sum(),
                                rtol=1e-9, atol=1e-9)
-    # group slopes deviate by sd 0.02 against noise sd ~0.05: λ = σ²/0.02² ≈ 6
-    lam, info = choose_lambda(alg2, d, srt)
+    # group slopes deviate by sd 0.02 (against noise sd ~0.05, so λ = σ²/0.02² ≈ 6), seen only
+    # through the standards' small jitter around their common drift: with the slopes' prior
+    # mean linear in RT the restricted likelihood finds λ inside [1, 100] (a spline of the
+    # compounds' RT takes some of that jitter's signal and sends λ up)
+    linear = fit_slope_prior(alg2, d.unit_g, d.cpd_g, len(d.units), len(d.compounds), 0)
+    lam, info = choose_lambda(alg2, linear.group_means(d.unit_g, d.cpd_g))
     assert 1.0 <= lam <= 100.0 and not info["at_grid_edge"]
 
 
-def test_robust_flags_use_each_cell_and_kind_scale() -> None:
-    from rtprep.models.robust import robust_flags
+def test_mixture_probabilities_single_out_far_rows() -> None:
+    from rtprep.models.robust import mixture_probabilities
 
     rng = np.random.default_rng(0)
-    r = np.concatenate([rng.normal(0, 0.1, 200), rng.normal(0, 1.0, 200)])
-    cell = np.repeat([0, 1], 200)
-    r[[5, 250]] = [0.9, 9.0]  # 9 sd in cell 0, 9 sd in cell 1
-    r[[6, 251]] = [0.3, 3.0]  # 3 sd: kept
-    flags, info = robust_flags(r, cell, 5.0)
-    assert set(np.flatnonzero(flags)) == {5, 250}
-    assert info["cells_own_scale"] == 2
-    # cells too small for their own scale use their kind's global scale
-    flags, _ = robust_flags(np.array([0.0, 0.1, -0.1, 5.0]), np.arange(4), 5.0,
-                            stratum=np.zeros(4, np.int64))
-    assert flags.tolist() == [False, False, False, True]
+    sd = rng.lognormal(np.log(0.01), 0.5, 5000)  # noise per row, as per compound
+    r = rng.normal(0, sd)
+    bad = rng.choice(5000, 50, replace=False)
+    r[bad] += rng.choice([-1, 1], 50) * rng.uniform(0.1, 0.5, 50)  # 10-50 sd off
+    p, info = mixture_probabilities(r, sd**2)
+    assert set(np.flatnonzero(p > 0.5)) == set(bad.tolist())
+    assert info["pi"] == pytest.approx(0.01, rel=0.2)
+    # a row 3 of its own sds off is ordinary noise, at the typical scale or twice it
+    p3, _ = mixture_probabilities(np.array([0.03, 0.06, *r]), np.array([1e-4, 4e-4, *sd**2]))
+    assert p3[0] < 0.1 and p3[1] < 0.1
 
 
-def test_outlier_screen_drops_misassigned_rows_and_counts_them(tmp_path: Path) -> None:
+def test_leave_one_out_residuals_equal_refits_without_the_row() -> None:
+    from rtprep.models.data import sufficient_stats
+    from rtprep.models.robust import loo_residuals
+
+    df, covs, stats, _ = _prepared(_small(n_sample_sets=20, n_test_sets=5).train)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy()
+    _, gid = group_table(df, "species", "rows.csv")
+    w = np.where(np.arange(len(y)) % 4 == 0, 0.5, 1.0)
+    s2, tau2, mu0 = 0.003, 0.02, 8.0
+
+    def posterior(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        st = sufficient_stats(stats.groups, gid[keep], x[keep], y[keep], w[keep])
+        alg = GroupAlgebra.from_stats(st, 0.7)
+        rho = np.full(len(alg.n), s2 / tau2)
+        a, b, s_schur = alg.posterior(rho, mu0 - alg.ybar, np.zeros((len(alg.n), alg.p)))
+        mean = np.concatenate([(alg.ybar + a)[:, None], b], axis=1)
+        return mean, alg.covariance(np.full(len(alg.n), s2), s2 / s_schur)
+
+    mean, cov = posterior(np.ones(len(y), bool))
+    r, v = loo_residuals(mean, cov, np.full(len(mean), s2), gid, x, y, w)
+    # groups of several rows (every group keeps a row when one is left out)
+    for i in np.flatnonzero(stats.n[gid] >= 3)[:6]:
+        keep = np.ones(len(y), bool)
+        keep[i] = False
+        m_i, c_i = posterior(keep)
+        z = np.concatenate([[1.0], x[i]])
+        g = gid[i]
+        np.testing.assert_allclose(r[i], y[i] - z @ m_i[g], rtol=1e-8)
+        np.testing.assert_allclose(v[i], s2 + z @ c_i[g].reshape(len(z), len(z)) @ z, rtol=1e-8)
+
+
+def test_misassigned_rows_are_left_out_and_counted(tmp_path: Path) -> None:
     data = _small(seed=21, n_species=4, n_compounds=60, n_sample_sets=80, n_test_sets=5)
     train_df = data.train.with_row_index("_i")
     bad = np.arange(7, train_df.height, train_df.height // 12)[:12]
@@ -494,11 +563,16 @@ def test_outlier_screen_drops_misassigned_rows_and_counts_them(tmp_path: Path) -
     meta = json.loads((tmp_path / "m" / "pooled" / "groups.parquet.meta.json").read_text())
     assert meta["drops"]["rt_outlier"] == screen["outliers"]
     assert meta["rows_out"] == shifted.height - screen["outliers"]
+    # every training row's probability of being mis-assigned is written; the shifted ones > 0.5
+    rows = pl.read_parquet(tmp_path / "m" / "rows.parquet")
+    assert rows.height == shifted.height
+    prob = rows["p_misassigned"].to_numpy()
+    assert (prob[bad] > 0.5).all() and ((prob > 0.5) == rows["rt_outlier"].to_numpy()).all()
     # the noise estimate is not inflated by the 4-minute outliers
     pooled = load_models(tmp_path / "m")["pooled"]
     assert np.median(np.sqrt(pooled.noise_var)) < 3 * data.noise_sd
-    with pytest.raises(RtprepError, match="outlier_k"):
-        replace(opts, outlier_k=-1.0)
+    with pytest.raises(RtprepError, match="robust_rounds"):
+        replace(opts, robust_rounds=0)
 
 
 def test_truth_report_on_hand_made_rows(tmp_path: Path) -> None:
@@ -540,15 +614,15 @@ def test_truth_report_on_hand_made_rows(tmp_path: Path) -> None:
 
 
 
-def test_screen_and_main_fit_share_one_compiled_model(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outlier screen's fit and the main fit have the same structure: the main fit reuses
-    the compiled model with new data, and gives exactly what a freshly built model gives."""
+def test_robust_rounds_and_main_fit_share_one_compiled_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The robust fit's rounds and the main fit have the same structure: later fits reuse the
+    compiled model with new data, and give exactly what a freshly built model gives."""
     from rtprep.models import pooled
 
     data = _small(seed=17, n_sample_sets=60, n_test_sets=5)
     paths = data.write(tmp_path / "d")
-    opts = replace(ModelOptions(), quick=True, quick_steps=150, screen_steps=100, outlier_k=3.0)
+    opts = replace(ModelOptions(), quick=True, quick_steps=150, screen_steps=100)
     built: list[int] = []
     build = pooled._build_model
 
@@ -559,7 +633,12 @@ def test_screen_and_main_fit_share_one_compiled_model(tmp_path: Path,
     monkeypatch.setattr(pooled, "_build_model", counting)
     pooled._MODEL_CACHE.clear()
     reused = train(paths["train"], tmp_path / "reused", options=opts)
-    assert reused["outlier_screen"]["outliers"] > 0 and len(built) == 1
+    rows = pl.read_parquet(tmp_path / "reused" / "rows.parquet")
+    # the main fit needs a model of its own only when leaving rows out removed a compound or
+    # a species (a different structure)
+    kept = rows.filter(~pl.col("rt_outlier"))
+    changed = any(rows[c].n_unique() != kept[c].n_unique() for c in ("species", "compound"))
+    assert len(reused["outlier_screen"]["rounds"]) >= 1 and len(built) == 1 + changed
 
     cached_build = pooled.build_model
 
@@ -571,9 +650,44 @@ def test_screen_and_main_fit_share_one_compiled_model(tmp_path: Path,
     monkeypatch.setattr(pooled, "build_model", build_fresh)
     built.clear()
     fresh = train(paths["train"], tmp_path / "fresh", options=opts)
-    assert len(built) == 2
+    assert len(built) == 1 + len(fresh["outlier_screen"]["rounds"])  # every fit builds afresh
     assert fresh["outlier_screen"]["outliers"] == reused["outlier_screen"]["outliers"]
-    for rel in ("pooled/groups.parquet", "pooled/effects.parquet", "ridge/groups.parquet"):
+    for rel in ("pooled/groups.parquet", "pooled/effects.parquet", "ridge/groups.parquet",
+                "rows.parquet"):
         a = pl.read_parquet(tmp_path / "reused" / rel)
         b = pl.read_parquet(tmp_path / "fresh" / rel)
         assert a.equals(b), rel
+
+
+def test_missing_standards_are_imputed_from_the_injections_other_standards() -> None:
+    """Standards follow one warp per injection (offset, scale, curvature): a missing one is
+    where the others say it is, far closer than its training mean."""
+    rng = np.random.default_rng(5)
+    base = np.linspace(2.0, 18.0, 8)
+    n = 3000
+    offset, scale, curve = rng.normal(0, 0.3, n), rng.normal(0, 0.02, n), rng.normal(0, 0.1, n)
+    true = (base[None] + offset[:, None] + scale[:, None] * base[None]
+            + curve[:, None] * np.sin(base[None] / 6.0) + rng.normal(0, 0.005, (n, 8)))
+    obs = np.where(rng.random((n, 8)) < 0.05, np.nan, true)
+    obs[0] = np.nan  # a row with no standard at all gets the means
+    names = [f"IS{i}" for i in range(8)]
+    df = pl.DataFrame({c: obs[:, i] for i, c in enumerate(names)}).fill_nan(None)
+    imputed = Covariates.fit(df, names, "impute")
+    mean_fill = Covariates.fit(df, names, "mean")
+    x_imp = imputed.matrix(df) + imputed.centre
+    x_mean = mean_fill.matrix(df) + mean_fill.centre
+    miss = np.isnan(obs)
+    miss[0] = False
+    err_imp = np.sqrt(np.mean((x_imp[miss] - true[miss]) ** 2))
+    err_mean = np.sqrt(np.mean((x_mean[miss] - true[miss]) ** 2))
+    # three warp terms and 7 other standards: the imputation error is near the standards' own
+    # noise (0.005), the mean's is the warp's spread (~0.3)
+    assert err_imp < 0.02 and err_imp < 0.05 * err_mean
+    np.testing.assert_array_equal(x_imp[~np.isnan(obs)], obs[~np.isnan(obs)])
+    np.testing.assert_allclose(x_imp[0], imputed.centre, rtol=0, atol=1e-12)
+    # saved with the model: the same fill after a round trip; older models fill by the mean
+    again = Covariates.from_json(json.loads(json.dumps(imputed.to_json())))
+    np.testing.assert_array_equal(again.matrix(df), imputed.matrix(df))
+    old = imputed.to_json()
+    old.pop("impute_cov")
+    np.testing.assert_array_equal(Covariates.from_json(old).matrix(df), mean_fill.matrix(df))

@@ -85,16 +85,20 @@ class GroupAlgebra:
         return np.maximum(e, 0.0), v
 
     def shifted(self, t: np.ndarray, kappa: np.ndarray) -> GroupAlgebra:
-        """The algebra of ``y' = y - t_g x·κ`` (same X, so ``K`` is reused), exactly.
+        """The algebra of ``y' = y - t_g x·κ``: :meth:`shifted_by` with ``m_g = t_g κ``."""
+        return self.shifted_by(t[:, None] * kappa[None, :])
 
-        With ``u = x·κ``: ``ȳ' = ȳ - t s·κ/n``, ``yc' = yc - t (X - 1sᵀ/n)κ``, so
-        ``c' = c - t Wκ`` and ``yc'ᵀyc' = ycᵀyc - 2t κ·c + t² κᵀWκ`` with ``W = XᵀX - ssᵀ/n``.
+    def shifted_by(self, m: np.ndarray) -> GroupAlgebra:
+        """The algebra of ``y' = y - x·m_g`` (same X, so ``K`` is reused), exactly.
+
+        With ``u = x·m_g``: ``ȳ' = ȳ - s·m/n``, ``yc' = yc - (X - 1sᵀ/n)m``, so
+        ``c' = c - Wm`` and ``yc'ᵀyc' = ycᵀyc - 2m·c + mᵀWm`` with ``W = XᵀX - ssᵀ/n``.
         """
-        wk = (np.einsum("gij,j->gi", self.xtx, kappa)
-              - self.s * (self.s @ kappa)[:, None] / self.n[:, None])
-        c = self.c - t[:, None] * wk
-        yty = self.yty - 2.0 * t * (self.c @ kappa) + t * t * (wk @ kappa)
-        ybar = self.ybar - t * (self.s @ kappa) / self.n
+        sm = np.einsum("gi,gi->g", self.s, m)
+        wm = np.einsum("gij,gj->gi", self.xtx, m) - self.s * (sm / self.n)[:, None]
+        c = self.c - wm
+        yty = self.yty - 2.0 * np.einsum("gi,gi->g", m, self.c) + np.einsum("gi,gi->g", m, wm)
+        ybar = self.ybar - sm / self.n
         kc = np.einsum("gij,gj->gi", self.k, c)
         return GroupAlgebra(
             lam=self.lam, n=self.n, ybar=ybar, s=self.s, c=c, yty=np.maximum(yty, 0.0),

@@ -35,7 +35,7 @@ from rtprep.models.fitted import FittedModel
 from rtprep.models.options import ModelOptions
 from rtprep.models.pooled import Embeddings, fit_pooled
 from rtprep.models.ridge import fit_ridge, ridge_algebra
-from rtprep.models.robust import screen_outliers
+from rtprep.models.robust import misassignment
 from rtprep.paths import MODEL_KINDS, MODEL_MANIFEST, MODEL_ROWS
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,10 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     """Fit the ridge and pooled models on an RT CSV; write ``<out>/{ridge,pooled}/`` and
     ``<out>/model.json`` (a manifest, written last). Returns the manifest.
 
-    Unless ``options.outlier_k`` is 0, training rows a first pooled fit finds far off (peaks
-    assigned to the wrong compound) are left out of both models and counted as ``rt_outlier``
-    in the sidecars (:mod:`rtprep.models.robust`).
+    Unless ``options.robust`` is off, every training row gets a probability of being
+    mis-assigned (peaks of the wrong compound, :mod:`rtprep.models.robust`): rows more likely
+    mis-assigned than not are left out of both models and counted as ``rt_outlier`` in the
+    sidecars, the others weighted by their probability of being right.
     """
     t0 = time.perf_counter()
     opts = replace(options, quick=bool(quick or options.quick))
@@ -89,21 +90,24 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     stats = sufficient_stats(groups, gid, x, y)
     alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
     screen: dict[str, Any] | None = None
-    rows_table = _rows_table(df, np.zeros(df.height, dtype=bool))
+    rows_table = _rows_table(df, np.zeros(df.height))
     t_screen = time.perf_counter()
-    if opts.outlier_k > 0 and stats.groups.height:
-        flags, screen = screen_outliers(stats, covs, alg, gid, x, y, opts,
-                                        sigma_init=_sigma_init(stats, covs, alg, opts),
-                                        embeddings=emb)
-        require_converged(screen["fit"], input_csv, opts, "outlier screen's fit")
-        rows_table = _rows_table(df, flags)
+    if opts.robust and stats.groups.height:
+        sigma_init, lam = _sigma_init(stats, covs, alg, opts), alg.lam
+        del stats, alg  # the rounds build their own (weighted) statistics
+        prob, screen = misassignment(groups, gid, x, y, covs, opts, ridge_lambda=lam,
+                                     sigma_init=sigma_init, embeddings=emb)
+        require_converged(screen["fit"], input_csv, opts, "robust fit")
+        rows_table = _rows_table(df, prob)
+        flags = prob > 0.5
         if flags.any():
             account.drop("rt_outlier", int(flags.sum()))
             df = df.filter(pl.Series(~flags))
             x, y = x[~flags], y[~flags]  # rebinding frees the unscreened arrays
             groups, gid = group_table(df, unit, input_csv)
-            stats = sufficient_stats(groups, gid, x, y)
-            alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
+        # the others count by their probability of being right (the EM's M-step)
+        stats = sufficient_stats(groups, gid, x, y, 1.0 - prob[~flags])
+        alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
     del x, y, gid
     t_screen = time.perf_counter() - t_screen
     species_map = dict(df.select("species", "species_cluster").unique().sort("species").iter_rows())
@@ -158,10 +162,13 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     return manifest
 
 
-def _rows_table(df: pl.DataFrame, flags: np.ndarray) -> pl.DataFrame:
-    """Every training row's identity and rt, and whether it was left out as mis-assigned."""
+def _rows_table(df: pl.DataFrame, prob: np.ndarray) -> pl.DataFrame:
+    """Every training row's identity and rt, its probability of being mis-assigned and whether
+    it was left out as such (probability above one half)."""
     ids = [c for c in ("sampleset_id", "task_id", "species", "compound") if c in df.columns]
-    return df.select(*ids, "rt").with_columns(pl.Series("rt_outlier", flags, dtype=pl.Boolean))
+    return df.select(*ids, "rt").with_columns(
+        pl.Series("p_misassigned", prob, dtype=pl.Float64),
+        pl.Series("rt_outlier", prob > 0.5, dtype=pl.Boolean))
 
 
 def _verdicts(fit: dict[str, Any], screen: dict[str, Any] | None) -> dict[str, Any]:

@@ -83,12 +83,20 @@ def read_rows(path: str | Path, families: tuple[str, ...], *,
 
 @dataclass
 class Covariates:
-    """Covariate names, the training centre of each and the value a null is filled with."""
+    """Covariate names, the training centre of each and how a null is filled.
+
+    ``fill`` is the value a null takes (the training mean, median or zero). With ``cov`` (fill
+    ``impute``) a row's nulls take instead their expected value given the row's other
+    covariates, under a normal fitted to the training rows (mean ``centre``, covariance
+    ``cov``): the standards of one injection move together (a gradient that runs late moves
+    them all), so its other standards say where a missing one would have been.
+    """
 
     names: list[str]
     centre: np.ndarray
     fill: np.ndarray
     scale: np.ndarray
+    cov: np.ndarray | None = None
 
     @classmethod
     def fit(cls, df: pl.DataFrame, names: list[str], how: str = "mean") -> Covariates:
@@ -108,26 +116,79 @@ class Covariates:
             log.warning("covariates with no value in the training rows are left out: %s", dropped)
         means, medians, sds = means[ok], medians[ok], sds[ok]
         kept = [n for n, o in zip(names, ok, strict=True) if o]
-        fill = {"mean": means, "median": medians, "zero": np.zeros_like(means)}[how]
+        fill = {"mean": means, "median": medians, "zero": np.zeros_like(means),
+                "impute": means}[how]
         sds = np.where(np.isfinite(sds) & (sds > 0), sds, 1.0)
-        return cls(kept, means, fill, sds)
+        cov = _covariance(df, kept, means) if how == "impute" and kept else None
+        return cls(kept, means, fill, sds, cov)
 
     def matrix(self, df: pl.DataFrame) -> np.ndarray:
         """The centred, filled covariate matrix (rows × p, float64, C order)."""
         if not self.names:
             return np.zeros((df.height, 0))
+        if self.cov is not None:
+            raw = df.select([pl.col(c).cast(pl.Float64) for c in self.names]).to_numpy()
+            x = np.ascontiguousarray(raw - self.centre[None, :])
+            _impute_centred(x, self.cov)
+            return x
         exprs = [(pl.col(c).fill_null(float(f)) - float(m)).alias(c)
                  for c, f, m in zip(self.names, self.fill, self.centre, strict=True)]
         return np.ascontiguousarray(df.select(exprs).to_numpy().astype(np.float64, copy=False))
 
     def to_json(self) -> dict[str, Any]:
-        return {"names": self.names, "centre": self.centre.tolist(), "fill": self.fill.tolist(),
-                "scale": self.scale.tolist()}
+        out = {"names": self.names, "centre": self.centre.tolist(), "fill": self.fill.tolist(),
+               "scale": self.scale.tolist()}
+        if self.cov is not None:
+            out["impute_cov"] = self.cov.tolist()
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Covariates:
+        cov = d.get("impute_cov")
         return cls(list(d["names"]), np.asarray(d["centre"], float), np.asarray(d["fill"], float),
-                   np.asarray(d["scale"], float))
+                   np.asarray(d["scale"], float),
+                   None if cov is None else np.asarray(cov, float))
+
+
+#: Ridge on the imputation covariance, relative to its mean variance (keeps it invertible).
+IMPUTE_RIDGE = 1e-6
+
+
+def _covariance(df: pl.DataFrame, names: list[str], means: np.ndarray) -> np.ndarray:
+    """Covariance of the covariates on the training rows where all are present (pairwise
+    where too few rows are complete), with a small ridge."""
+    raw = df.select([pl.col(c).cast(pl.Float64) for c in names]).to_numpy()
+    complete = raw[np.isfinite(raw).all(axis=1)]
+    p = len(names)
+    if len(complete) >= max(10, 2 * p):
+        c = complete - complete.mean(axis=0)
+        cov = c.T @ c / max(len(complete) - 1, 1)
+    else:
+        cov = pl.DataFrame(raw - means, schema=names).fill_nan(None).select(
+            [pl.cov(a, b).alias(f"{i}_{j}") for i, a in enumerate(names)
+             for j, b in enumerate(names)]).to_numpy().reshape(p, p)
+        cov = np.nan_to_num(cov)
+    ridge = IMPUTE_RIDGE * max(float(np.trace(cov)) / p, 1e-12)
+    return cov + ridge * np.eye(p)
+
+
+def _impute_centred(x: np.ndarray, cov: np.ndarray) -> None:
+    """Fill the NaNs of centred rows ``x`` in place by ``E[x_m | x_o] = S_mo S_oo⁻¹ x_o``: one
+    solve per distinct pattern of missing values (rows with none missing are untouched; a row
+    with all missing gets 0, the mean)."""
+    miss = ~np.isfinite(x)
+    rows = np.flatnonzero(miss.any(axis=1))
+    if not len(rows):
+        return
+    patterns, inverse = np.unique(miss[rows], axis=0, return_inverse=True)
+    for k, pat in enumerate(patterns):  # a loop over the few distinct patterns
+        r = rows[inverse.ravel() == k]
+        obs = ~pat
+        if not obs.any():
+            x[np.ix_(r, pat)] = 0.0
+            continue
+        coef = np.linalg.solve(cov[np.ix_(obs, obs)], cov[np.ix_(obs, pat)])  # S_oo⁻¹ S_om
+        x[np.ix_(r, pat)] = x[np.ix_(r, obs)] @ coef
 
 
 def unit_column(group_by: str) -> str:
@@ -201,31 +262,40 @@ def group_table(df: pl.DataFrame, unit: str, path: str | Path) -> tuple[pl.DataF
 
 
 def sufficient_stats(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray,
-                     y: np.ndarray) -> GroupStats:
-    """Per-group n, mean y, Σx, XᵀX, Xᵀ(y-ȳ), Σ(y-ȳ)², summed in row order (deterministic)."""
+                     y: np.ndarray, w: np.ndarray | None = None) -> GroupStats:
+    """Per-group n, mean y, Σx, XᵀX, Xᵀ(y-ȳ), Σ(y-ȳ)², summed in row order (deterministic).
+
+    With row weights ``w`` every sum is weighted (``n = Σw``, ``ȳ`` the weighted mean): the
+    statistics of a likelihood in which row i counts ``w_i`` times (the M-step of the robust
+    fit's EM, :mod:`rtprep.models.robust`).
+    """
     g_count = groups.height
     p = x.shape[1]
     order = np.argsort(gid, kind="stable")
     gs = gid[order]
-    xs = x[order]
     ys = y[order]
-    n = np.bincount(gs, minlength=g_count).astype(np.float64)
-    ybar = np.bincount(gs, weights=ys, minlength=g_count) / n
+    ws = None if w is None else np.asarray(w, dtype=np.float64)[order]
+    n = (np.bincount(gs, minlength=g_count).astype(np.float64) if ws is None
+         else np.bincount(gs, weights=ws, minlength=g_count))
+    ybar = np.bincount(gs, weights=ys if ws is None else ws * ys, minlength=g_count) / n
     yc = ys - ybar[gs]
+    # covariates by column, in group order (one copy); weighted: a second copy times w, so that
+    # every sum has one factor of w (Σ w x, Σ w x yc, Σ (w xᵢ) xⱼ)
+    xt_raw = np.ascontiguousarray(x.T[:, order])
+    xt = xt_raw if ws is None else xt_raw * ws[None, :]
     sx = np.empty((g_count, p))
     xty = np.empty((g_count, p))
     for j in range(p):  # a loop over covariates (p ≈ 30), each step vectorised over rows
-        sx[:, j] = np.bincount(gs, weights=xs[:, j], minlength=g_count)
-        xty[:, j] = np.bincount(gs, weights=xs[:, j] * yc, minlength=g_count)
-    yty = np.bincount(gs, weights=yc * yc, minlength=g_count)
+        sx[:, j] = np.bincount(gs, weights=xt[j], minlength=g_count)
+        xty[:, j] = np.bincount(gs, weights=xt[j] * yc, minlength=g_count)
+    yty = np.bincount(gs, weights=yc * yc if ws is None else ws * yc * yc, minlength=g_count)
     # XᵀX one (i, j) pair at a time: a weighted bincount sums each group's products in row
     # order (deterministic) without materialising the rows × p² outer products (7× faster
     # than reducing chunks of those at 1 M rows × 32 covariates)
-    xt = np.ascontiguousarray(xs.T)
     xtx = np.empty((g_count, p, p))
     for i in range(p):  # p(p+1)/2 pairs, each vectorised over rows
         for j in range(i, p):
-            v = np.bincount(gs, weights=xt[i] * xt[j], minlength=g_count)
+            v = np.bincount(gs, weights=xt[i] * xt_raw[j], minlength=g_count)
             xtx[:, i, j] = v
             xtx[:, j, i] = v
     return GroupStats(groups, n, ybar, sx, xtx, xty, yty)

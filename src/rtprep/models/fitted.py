@@ -190,7 +190,7 @@ class FittedModel:
                 g_idx = np.where(seen, g_idx, base + combo_idx)
         usable = seen | (self.effects is not None)
         x = self.covariates.matrix(df)
-        pred, var = _apply(mean_tab, cov_tab, noise_var, g_idx, x)
+        pred, var = apply_groups(mean_tab, cov_tab, noise_var, g_idx, x)
         q = np.where(np.isfinite(noise_df[g_idx]),
                      sps.t.ppf(0.5 + level / 2, np.maximum(noise_df[g_idx], 1e-9)),
                      sps.norm.ppf(0.5 + level / 2))
@@ -262,7 +262,7 @@ class FittedModel:
                 out[ok] = tab.filter(pl.Series(ok))[name].to_numpy().reshape(-1, width)
             return out
 
-        t2 = {k_: float(v) for k_, v in hyper.items() if not isinstance(v, list)}
+        t2 = {k_: float(v) for k_, v in hyper.items() if isinstance(v, (int, float))}
         # intercept: alpha0 + unit effect + compound effect (+ group deviation)
         im = np.full(n, glob["intercept_mean"])
         iv = np.full(n, glob["intercept_var"]) + t2["tau_group2"]
@@ -288,17 +288,29 @@ class FittedModel:
                       np.where(cl_ok[:, None], arr(cl, "slope_mean", p, g_slope), g_slope))
         sc = np.where(u_ok[:, None], arr(u, "slope_cov", p * p, g_cov),
                       np.where(cl_ok[:, None], arr(cl, "slope_cov", p * p, g_cov), g_cov))
-        if "slope_rt" in hyper:
-            # slopes grow along the gradient: the unseen group's predicted intercept sets where
+        if "slope_prior" in hyper:
+            # the slope prior mean follows the compound's RT: a known compound's own part, an
+            # unseen compound's from the spline at its predicted intercept
+            from rtprep.models.slopes import spline_basis
+
+            sp = hyper["slope_prior"]
+            along = spline_basis(im - float(sp["centre"]), np.asarray(sp["knots"], float)) @ (
+                np.asarray(sp["kappa"], dtype=np.float64).reshape(-1, p))
+            sm = sm + np.where(c_ok[:, None], arr(cp, "slope_mean", p, np.zeros(p)), along)
+        elif "slope_rt" in hyper:
+            # models written before the spline: slopes linear along the gradient
             sm = sm + (im - float(hyper["slope_rt_centre"]))[:, None] * np.asarray(
                 hyper["slope_rt"], dtype=np.float64)[None, :]
         extra = np.where(u_ok[:, None], 0.0, tsp[None, :]) + np.where(
             (u_ok | cl_ok)[:, None] | (unit != "species"), 0.0, tsc[None, :])
-        # noise: log sd = log σ0 + unit effect + class effect; unseen levels add their spread
+        # noise: log sd = log σ0 + unit, class and compound effects; unseen levels add their
+        # spread
         lsd = (glob["log_noise_sd"] + np.where(u_ok, col(u, "log_noise_sd"), 0.0)
-               + np.where(k_ok, col(k, "log_noise_sd"), 0.0))
+               + np.where(k_ok, col(k, "log_noise_sd"), 0.0)
+               + np.where(c_ok, col(cp, "log_noise_sd"), 0.0))
         lvar = (np.where(u_ok, 0.0, t2["tau_noise_species2"])
-                + np.where(k_ok, 0.0, t2["tau_noise_class2"]))
+                + np.where(k_ok, 0.0, t2["tau_noise_class2"])
+                + np.where(c_ok, 0.0, t2.get("tau_noise_compound2", 0.0)))
         noise = np.exp(2 * lsd + 2 * lvar)
         mean = np.concatenate([im[:, None], sm], axis=1)
         cov = np.zeros((n, p + 1, p + 1))
@@ -309,7 +321,7 @@ class FittedModel:
         return mean, cov.reshape(n, (p + 1) ** 2), noise
 
 
-def _apply(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, g_idx: np.ndarray,
+def apply_groups(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, g_idx: np.ndarray,
            x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predictive mean and variance per row: zᵀθ and zᵀΣz + σ², in bounded-memory chunks."""
     n, p = x.shape

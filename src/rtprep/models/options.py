@@ -34,20 +34,25 @@ class ModelOptions:
       penalised); None: chosen on the training rows by generalised cross-validation
       (:func:`rtprep.models.ridge.choose_ridge_lambda`).
     - ``families``: covariate column prefixes, in RT CSV order.
-    - ``fill``: how a null covariate is filled: the training ``mean`` (default), ``median`` or
-      ``zero`` (before centring).
+    - ``fill``: how a null covariate is filled: ``impute`` (default: its expected value given
+      the row's other covariates, :class:`rtprep.models.data.Covariates`), the training
+      ``mean``, ``median`` or ``zero`` (before centring).
     - ``method``: ``advi`` (mean-field ADVI; ``advi_steps``, or ``quick_steps`` when quick) or
       ``nuts`` (``nuts_draws``, ``nuts_tune``, ``nuts_chains``).
     - ``pooled_lambda``: the pooled model's slope precision ratio ``λ`` (slopes ~
       N(species mean, noise_var / λ)); 0 (default): chosen by the within-group restricted
       likelihood on a grid (covariates in any unit); ``ridge_lambda`` stays the ridge penalty.
-    - ``slope_by_rt``: the pooled model's slope prior mean moves with the compound's mean rt
-      (``slope_rt``: injection drift that scales the gradient moves late eluters more).
-    - ``outlier_k``: training rows whose residual from a first pooled fit exceeds ``outlier_k``
-      robust SDs (1.4826 × MAD of the residuals in their noise cell) are left out of both models
-      and counted as ``rt_outlier`` (mis-assigned peaks); 0 turns the screen off.
-    - ``screen_steps``: ADVI steps of each round of that first fit; rounds repeat until another
-      no longer improves it (:mod:`rtprep.models.advi`).
+    - ``slope_by_rt``: the pooled model's slope prior mean is a smooth function of the
+      compound's mean rt (:mod:`rtprep.models.slopes`): a cubic spline with ``slope_knots``
+      interior knots (0: linear in rt).
+    - ``robust``: each training row's probability of being mis-assigned from a mixture of the
+      model's Gaussian and a broad outlier component, by EM (:mod:`rtprep.models.robust`):
+      rows more likely mis-assigned than not are left out of both models (counted as
+      ``rt_outlier``), the others weighted by their probability of being right; false: every
+      row counts fully.
+    - ``robust_rounds``: at most this many EM rounds (each a pooled fit).
+    - ``screen_steps``: ADVI steps of each ADVI round of an EM round's fit; ADVI rounds repeat
+      until another no longer improves it (:mod:`rtprep.models.advi`).
     - ``allow_unconverged``: a fit whose ADVI verdict is ``not converged`` after recovery is
       written (and marked so) instead of failing the run.
     - ``summary_draws``: posterior draws used to summarise the pooled fit per group.
@@ -68,7 +73,9 @@ class ModelOptions:
     summary_draws: int = _model("summary_draws")
     pooled_lambda: float = _model("pooled_lambda")
     slope_by_rt: bool = _model("slope_by_rt")
-    outlier_k: float = _model("outlier_k")
+    slope_knots: int = _model("slope_knots")
+    robust: bool = _model("robust")
+    robust_rounds: int = _model("robust_rounds")
     screen_steps: int = _model("screen_steps")
     allow_unconverged: bool = _model("allow_unconverged")
     seed: int = _model("seed")
@@ -88,9 +95,6 @@ class ModelOptions:
             raise RtprepError(
                 f"model option fill={self.fill!r}: use one of {', '.join(FILL_CHOICES)}"
             )
-        if not self.outlier_k >= 0:
-            raise RtprepError(f"model option outlier_k={self.outlier_k!r}: must be >= 0 "
-                              "(0: no outlier screen)")
         if not self.pooled_lambda >= 0:
             raise RtprepError(f"model option pooled_lambda={self.pooled_lambda!r}: must be >= 0 "
                               "(0: chosen from the data)")
@@ -98,7 +102,7 @@ class ModelOptions:
             raise RtprepError(f"model option ridge_lambda={self.ridge_lambda!r}: must be > 0 "
                               "(or null: chosen from the data)")
         for name in ("advi_steps", "quick_steps", "nuts_draws", "nuts_tune", "nuts_chains",
-                     "summary_draws", "screen_steps"):
+                     "summary_draws", "screen_steps", "robust_rounds"):
             if int(getattr(self, name)) < 1:
                 raise RtprepError(f"model option {name}={getattr(self, name)!r}: must be >= 1")
         if not self.families:

@@ -1,37 +1,39 @@
 """Partial-pooling RT model in PyMC, fitted from per-group sufficient statistics.
 
-The model (one group g = (species, compound); u = its species, c = its compound)::
+The model (one group g = (species, compound); u = its species, c = its compound, k its class)::
 
-    rt_i = a_g + x_i·b_g + ε_i,        ε_i ~ N(0, σ²_cell(g)),   x centred on training rows
+    rt_i = a_g + x_i·b_g + ε_i,        ε_i ~ N(0, σ_g²),   x centred on training rows
     a_g ~ N(α0 + species_u + compound_c, τ_group²)
-    b_g ~ N(slope_species_u + t_c·κ, σ²_cell / λ · I)   λ: fixed (see :func:`choose_lambda`)
-    species_u = cluster_{cl(u)} + τ_species·z            slope_species_u = slope_cluster + τ·z
-    cluster   = τ_cluster·z                              slope_cluster  = slope_global + τ·z
-    compound_c = class_{k(c)} + embedding_c·γ + τ_compound·z,   class_k = τ_class·z
-    log σ_cell = log σ0 + τ_noise_species·z_u + τ_noise_class·z_k     (cell = (species, class))
+    b_g ~ N(m_g, σ_g² / λ · I)      m_g: fixed (:mod:`rtprep.models.slopes`), λ: fixed
+    species_u = cluster_{cl(u)} + τ_species·z
+    cluster   = τ_cluster·z
+    compound_c = class_k + embedding_c·γ + τ_compound·z,   class_k = τ_class·z
+    log σ_g = log σ0 + τ_noise_species·z_u + τ_noise_class·z_k + τ_noise_compound·z_c
 
-``t_c`` is the compound's training mean rt minus the overall mean, and ``κ`` (``slope_rt``, one
-per covariate) lets the slopes change along the gradient: an injection that runs a little slower
-(standards later by a factor ``1 + s``) moves a late eluter more than an early one, so a
-compound's slope on the standards' RTs grows with its own RT. Without this term every compound
-of a species shares one slope vector, which is wrong for all but mid-gradient compounds. ``κ``
-is estimated once, in closed form, from the within-group variation of all rows (species slopes
-and κ by least squares on the within-group sufficient statistics), and then held fixed: with κ
-known, ``y - t_c x·κ`` has slopes ``b_g - t_c κ ~ N(slope_species_u, σ²/λ)``, so the fit runs on
-shifted sufficient statistics (exact, :meth:`GroupAlgebra.shifted`) at no cost per step, and
-``t_c κ`` is added back to the slopes of the group summaries.
+The slope prior mean ``m_g`` is the species' slopes plus a smooth function (a spline) of the
+compound's training mean RT: a compound's response to the standards follows where it elutes, as
+the standards that bracket it move (:mod:`rtprep.models.slopes`). It is estimated in closed form
+from the within-group variation of all rows and held fixed, so the fit runs on statistics
+shifted by it (exact, :meth:`GroupAlgebra.shifted_by`) and ``m_g`` is added back to the slopes of
+the group summaries. The noise is per compound, pooled toward its class and species (a few rows
+of one compound say little about its scale, thousands of its class's rows say more).
 
 ``λ`` sets how far a group's slopes may stray from that mean. It is in the covariates' units
 (a drift of a tenth of a minute makes XᵀX small), so a fixed default fits no dataset: it is
-chosen by the within-group restricted likelihood (:func:`choose_lambda`, closed form on a grid)
-unless ``pooled_lambda`` fixes it; each group's ``XᵀX + λI`` is then factored once, as before.
+chosen by the within-group restricted likelihood (:func:`rtprep.models.slopes.choose_lambda`,
+closed form on a grid) unless ``pooled_lambda`` fixes it; each group's ``XᵀX + λI`` is then
+factored once, as before.
 
-All group effects are non-centred (z ~ N(0, 1)); priors are scaled by the spread of rt and of
-the covariates. The group's own intercept deviation and slopes are integrated out analytically
+All group effects are non-centred (z ~ N(0, 1)); priors are scaled by the spread of rt. The
+group's own intercept deviation and slopes are integrated out analytically
 (:mod:`rtprep.models.algebra`), so the likelihood is a ``pm.Potential`` over per-group
-precomputed arrays: a gradient costs O(groups × p + cells × p²) and does not depend on the
-number of rows. With ``group_by: species_cluster`` the cluster takes the species' place and the
+precomputed arrays: a gradient costs O(groups) and does not depend on the number of rows or
+covariates. With ``group_by: species_cluster`` the cluster takes the species' place and the
 cluster level above it is dropped.
+
+Rows may carry weights (the robust fit's probability that a row is well assigned,
+:mod:`rtprep.models.robust`): the statistics are then weighted sums, which is the M-step of the
+mixture's EM.
 
 Inference: mean-field ADVI (Adam with a decaying step and iterate averaging over the last
 quarter, which removes most of the stochastic-gradient jitter from the means) or NUTS. Group
@@ -54,6 +56,7 @@ from rtprep.models.algebra import LOG_2PI, GroupAlgebra
 from rtprep.models.data import Covariates, GroupStats, unit_column
 from rtprep.models.fitted import FittedModel
 from rtprep.models.options import ModelOptions
+from rtprep.models.slopes import SlopePrior, choose_lambda, fit_slope_prior
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +99,9 @@ class PooledData:
     classes: list[str]
     unit_g: np.ndarray
     cpd_g: np.ndarray
-    cell_g: np.ndarray
+    class_g: np.ndarray
     cluster_u: np.ndarray
     class_c: np.ndarray
-    unit_cell: np.ndarray
-    class_cell: np.ndarray
-    n_cell: np.ndarray
-    hm_cell: np.ndarray      # (cells, p)  Σ_g λKc
-    hmm_cell: np.ndarray     # (cells, p, p)  Σ_g λ(I - λK)
     emb: np.ndarray | None   # (compounds, d)
     has_parent: bool
     const: float
@@ -121,7 +119,7 @@ def _codes(values: pl.Series) -> tuple[list[str], np.ndarray]:
 
 def prepare(stats: GroupStats, alg: GroupAlgebra, group_by: str, sigma_init: float,
             embeddings: Embeddings | None) -> PooledData:
-    """Index the groups by species / cluster / compound / class / noise cell; sum cell terms."""
+    """Index the groups by species / cluster / compound / class."""
     g = stats.groups
     unit = unit_column(group_by)
     units, unit_g = _codes(g[unit])
@@ -137,15 +135,6 @@ def prepare(stats: GroupStats, alg: GroupAlgebra, group_by: str, sigma_init: flo
         clusters, cluster_u = ["<all>"], np.zeros(len(units), np.int64)
     class_c = np.zeros(len(compounds), np.int64)
     class_c[cpd_g] = class_g
-    cell_key = unit_g * len(classes) + class_g
-    cells, cell_g = np.unique(cell_key, return_inverse=True)
-    n_cells = len(cells)
-    p = alg.p
-    hm_cell = np.zeros((n_cells, p))
-    np.add.at(hm_cell, cell_g, alg.h_m)
-    hmm_cell = np.zeros((n_cells, p, p))
-    np.add.at(hmm_cell, cell_g, alg.h_mm())
-    n_cell = np.bincount(cell_g, weights=alg.n, minlength=n_cells)
     emb = None
     if embeddings is not None:
         emb, has = embeddings.for_keys(compounds)
@@ -158,9 +147,8 @@ def prepare(stats: GroupStats, alg: GroupAlgebra, group_by: str, sigma_init: flo
     y_var = float(((alg.yty + alg.n * (alg.ybar - y_mean) ** 2).sum()) / max(n_tot - 1, 1))
     return PooledData(
         units=units, clusters=clusters, compounds=compounds, classes=classes, unit_g=unit_g,
-        cpd_g=cpd_g, cell_g=cell_g, cluster_u=cluster_u, class_c=class_c,
-        unit_cell=cells // len(classes), class_cell=cells % len(classes), n_cell=n_cell,
-        hm_cell=hm_cell, hmm_cell=hmm_cell, emb=emb, has_parent=has_parent,
+        cpd_g=cpd_g, class_g=class_g, cluster_u=cluster_u, class_c=class_c, emb=emb,
+        has_parent=has_parent,
         const=float(-0.5 * (n_tot * LOG_2PI + alg.logdet.sum())), y_mean=y_mean,
         y_sd=float(np.sqrt(max(y_var, 1e-12))),
         y_sd_within=float(np.sqrt(max(alg.yty.sum() / n_tot, sigma_init**2, 1e-12))),
@@ -174,27 +162,18 @@ _MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
 _FN_CACHE: dict[int, Any] = {}
 
 
-def _model_data(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> dict[str, Any]:
+def _model_data(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
     """Every data array the model reads, by the name of its shared variable."""
-    import scipy.sparse as sp
-
-    g_n, p_n = alg.h_am.shape
-    ham = sp.csr_matrix(
-        (alg.h_am.ravel(),
-         (np.repeat(np.arange(g_n), p_n),
-          (d.unit_g[:, None] * p_n + np.arange(p_n)[None, :]).ravel())),
-        shape=(g_n, max(len(d.units), 1) * p_n)) if p_n else sp.csr_matrix((g_n, 0))
     values: dict[str, Any] = {
         # data-dependent scales too (a literal constant would be compiled into fused C code,
         # which is then rebuilt for every dataset)
         "sd_y": np.float64(d.y_sd), "sd_w": np.float64(d.y_sd_within),
-        "slope_scale": d.y_sd_within / covs.scale, "y_mean": np.float64(d.y_mean),
+        "y_mean": np.float64(d.y_mean),
         "log_sigma_init": np.float64(np.log(d.sigma_init)), "ll_const": np.float64(d.const),
         # per-group arrays: the Potential only ever sees these, never rows
-        "h_aa": alg.h_aa, "h_a": alg.h_a, "c0": alg.c0, "ybar": alg.ybar,
-        "n_cell": d.n_cell, "hm_cell": d.hm_cell, "hmm_cell": d.hmm_cell, "ham_sparse": ham,
-        "unit_g": d.unit_g, "cpd_g": d.cpd_g, "cell_g": d.cell_g, "unit_cell": d.unit_cell,
-        "class_cell": d.class_cell, "cluster_u": d.cluster_u, "class_c": d.class_c,
+        "n_g": alg.n, "h_aa": alg.h_aa, "h_a": alg.h_a, "c0": alg.c0, "ybar": alg.ybar,
+        "unit_g": d.unit_g, "cpd_g": d.cpd_g, "class_g": d.class_g,
+        "cluster_u": d.cluster_u, "class_c": d.class_c,
     }
     if d.emb is not None:
         values["embedding"] = d.emb
@@ -207,9 +186,9 @@ def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
 
     All data enter as shared variables, so a model of the same structure (the same clusters,
     species, compounds, classes and covariates; any groups and rows) is the previous model
-    with new values: the outlier screen's fit and the main fit then compile once.
+    with new values: the robust fit's rounds and the main fit then compile once.
     """
-    values = _model_data(alg, d, covs)
+    values = _model_data(alg, d)
     key = (tuple(d.clusters), tuple(d.units), tuple(d.compounds), tuple(d.classes),
            tuple(covs.names), bool(d.has_parent),
            None if d.emb is None else tuple(d.emb.shape),
@@ -220,59 +199,36 @@ def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
         for name, value in values.items():
             shared_vars[name].set_value(value)
         return model
-    model, shared_vars = _build_model(values, d, covs)
+    model, shared_vars = _build_model(values, d)
     _MODEL_CACHE.clear()  # one model kept: the next fit of this run is the likely reuse
     _FN_CACHE.clear()
     _MODEL_CACHE[key] = (model, shared_vars)
     return model
 
 
-def _build_model(values: dict[str, Any], d: PooledData, covs: Covariates,
-                 ) -> tuple[Any, dict[str, Any]]:
+def _build_model(values: dict[str, Any], d: PooledData) -> tuple[Any, dict[str, Any]]:
     import pymc as pm
     import pytensor
-    import pytensor.sparse as ps
     import pytensor.tensor as pt
 
-    shared_vars = {name: pytensor.shared(value, name=name) for name, value in values.items()}
+    sv = {name: pytensor.shared(value, name=name) for name, value in values.items()}
     coords: dict[str, Any] = {"cluster": d.clusters, "species": d.units,
-                              "compound": d.compounds, "compound_class": d.classes,
-                              "covariate": covs.names}
+                              "compound": d.compounds, "compound_class": d.classes}
     if d.emb is not None:
         coords["embedding_dim"] = [f"e{i}" for i in range(d.emb.shape[1])]
-    sd_y = shared_vars["sd_y"]
-    # slopes and group deviations live on the within-group scale of rt, not its spread across
-    # compounds: a slope's prior scale is the within-group sd of rt per sd of the covariate
-    sd_w = shared_vars["sd_w"]
-    slope_scale = shared_vars["slope_scale"]
-    y_mean = shared_vars["y_mean"]
-    log_sigma_init = shared_vars["log_sigma_init"]
-    ll_const = shared_vars["ll_const"]
-    h_aa = shared_vars["h_aa"]
-    h_a = shared_vars["h_a"]
-    c0 = shared_vars["c0"]
-    ybar = shared_vars["ybar"]
-    n_cell = shared_vars["n_cell"]
-    hm_cell = shared_vars["hm_cell"]
-    hmm_cell = shared_vars["hmm_cell"]
-    ham_sparse = shared_vars["ham_sparse"]
-    unit_g = shared_vars["unit_g"]
-    cpd_g = shared_vars["cpd_g"]
-    cell_g = shared_vars["cell_g"]
-    unit_cell = shared_vars["unit_cell"]
-    class_cell = shared_vars["class_cell"]
-    cluster_u = shared_vars["cluster_u"]
-    class_c = shared_vars["class_c"]
+    sd_y = sv["sd_y"]
+    # group deviations live on the within-group scale of rt, not its spread across compounds
+    sd_w = sv["sd_w"]
     with pm.Model(coords=coords) as model:
         z_alpha = pm.Normal("z_alpha", 0.0, 1.0)
-        alpha0 = pm.Deterministic("alpha0", y_mean + sd_y * z_alpha)
+        alpha0 = pm.Deterministic("alpha0", sv["y_mean"] + sd_y * z_alpha)
         # intercept effects
         if d.has_parent:
             tau_cluster = pm.HalfNormal("tau_cluster", sd_y)
             z_cluster = pm.Normal("z_cluster", 0.0, 1.0, dims="cluster")
             cluster_eff = pm.Deterministic("cluster_effect", tau_cluster * z_cluster,
                                            dims="cluster")
-            parent_int = cluster_eff[cluster_u]
+            parent_int = cluster_eff[sv["cluster_u"]]
         else:
             parent_int = pt.zeros(len(d.units))
         tau_species = pm.HalfNormal("tau_species", sd_y)
@@ -282,77 +238,59 @@ def _build_model(values: dict[str, Any], d: PooledData, covs: Covariates,
         tau_class = pm.HalfNormal("tau_class", sd_y)
         z_class = pm.Normal("z_class", 0.0, 1.0, dims="compound_class")
         class_eff = pm.Deterministic("class_effect", tau_class * z_class, dims="compound_class")
-        cpd_prior = class_eff[class_c]
+        cpd_prior = class_eff[sv["class_c"]]
         if d.emb is not None:
             # the embedding regression shrinks as a whole (τ_gamma): with few compounds per
             # dimension an unshrunk 20-D regression overfits
             tau_gamma = pm.HalfNormal("tau_gamma", sd_y / float(np.sqrt(d.emb.shape[1])))
             z_gamma = pm.Normal("z_gamma", 0.0, 1.0, dims="embedding_dim")
             gamma = pm.Deterministic("gamma", tau_gamma * z_gamma, dims="embedding_dim")
-            cpd_prior = cpd_prior + pt.dot(shared_vars["embedding"], gamma)
+            cpd_prior = cpd_prior + pt.dot(sv["embedding"], gamma)
         tau_compound = pm.HalfNormal("tau_compound", sd_y)
         z_compound = pm.Normal("z_compound", 0.0, 1.0, dims="compound")
         compound_eff = pm.Deterministic("compound_effect", cpd_prior + tau_compound * z_compound,
                                         dims="compound")
         tau_group = pm.HalfNormal("tau_group", sd_w)
-        # slopes
-        z_slope = pm.Normal("z_slope", 0.0, 1.0, dims="covariate")
-        slope_global = pm.Deterministic("slope_global", slope_scale * z_slope, dims="covariate")
-        if d.has_parent:
-            tau_sc = pm.HalfNormal("tau_slope_cluster", slope_scale, dims="covariate")
-            z_sc = pm.Normal("z_slope_cluster", 0.0, 1.0, dims=("cluster", "covariate"))
-            slope_cluster = pm.Deterministic("slope_cluster", slope_global + tau_sc * z_sc,
-                                             dims=("cluster", "covariate"))
-            parent_slope = slope_cluster[cluster_u]
-        else:
-            parent_slope = slope_global[None, :]
-        tau_ss = pm.HalfNormal("tau_slope_species", slope_scale, dims="covariate")
-        z_ss = pm.Normal("z_slope_species", 0.0, 1.0, dims=("species", "covariate"))
-        slope_species = pm.Deterministic("slope_species", parent_slope + tau_ss * z_ss,
-                                         dims=("species", "covariate"))
-        # noise
+        # noise per compound, pooled toward its class and species
         z_ls = pm.Normal("z_log_sigma", 0.0, 1.0)
-        log_sigma0 = pm.Deterministic("log_sigma0", log_sigma_init + z_ls)
+        log_sigma0 = pm.Deterministic("log_sigma0", sv["log_sigma_init"] + z_ls)
         tau_ns = pm.HalfNormal("tau_noise_species", 0.5)
         z_ns = pm.Normal("z_noise_species", 0.0, 1.0, dims="species")
         noise_species = pm.Deterministic("noise_species", tau_ns * z_ns, dims="species")
         tau_nk = pm.HalfNormal("tau_noise_class", 0.5)
         z_nk = pm.Normal("z_noise_class", 0.0, 1.0, dims="compound_class")
         noise_class = pm.Deterministic("noise_class", tau_nk * z_nk, dims="compound_class")
-        # integrated likelihood of every group
-        log_s_cell = log_sigma0 + noise_species[unit_cell] + noise_class[class_cell]
-        s2_cell = pt.exp(2.0 * log_s_cell)
-        s2 = s2_cell[cell_g]
+        tau_nc = pm.HalfNormal("tau_noise_compound", 0.5)
+        z_nc = pm.Normal("z_noise_compound", 0.0, 1.0, dims="compound")
+        noise_compound = pm.Deterministic("noise_compound", tau_nc * z_nc, dims="compound")
+        # integrated likelihood of every group (slope prior mean 0: the statistics are shifted)
+        log_s = (log_sigma0 + noise_species[sv["unit_g"]] + noise_class[sv["class_g"]]
+                 + noise_compound[sv["cpd_g"]])
+        s2 = pt.exp(2.0 * log_s)
         tau2 = tau_group**2
-        mu = alpha0 + species_eff[unit_g] + compound_eff[cpd_g] - ybar
-        # H_am,g · m_unit(g) for every group as one sparse (groups × units·p) product: its
-        # gradient is a sparse transpose product, where a gather's is a slow scatter-add
-        ham_m = ps.structured_dot(ham_sparse, pt.reshape(slope_species, (-1, 1)))[:, 0]
-        q0 = c0 - 2.0 * mu * h_a + mu**2 * h_aa + 2.0 * mu * ham_m
-        m_c = slope_species[unit_cell]
-        q_cell = (-2.0 * pt.sum(m_c * hm_cell, axis=1)
-                  + pt.sum(m_c * pt.batched_dot(hmm_cell, m_c), axis=1))
-        q1 = h_a - mu * h_aa - ham_m
-        ll = ll_const - 0.5 * (
-            pt.sum(n_cell * 2.0 * log_s_cell) + pt.sum(q_cell / s2_cell)
-            + pt.sum(pt.log1p(tau2 * h_aa / s2) + q0 / s2
-                     - tau2 * q1**2 / (s2 * (s2 + tau2 * h_aa)))
-        )
+        h_aa, h_a = sv["h_aa"], sv["h_a"]
+        mu = alpha0 + species_eff[sv["unit_g"]] + compound_eff[sv["cpd_g"]] - sv["ybar"]
+        q0 = sv["c0"] - 2.0 * mu * h_a + mu**2 * h_aa
+        q1 = h_a - mu * h_aa
+        ll = sv["ll_const"] - 0.5 * pt.sum(
+            sv["n_g"] * 2.0 * log_s + pt.log1p(tau2 * h_aa / s2) + q0 / s2
+            - tau2 * q1**2 / (s2 * (s2 + tau2 * h_aa)))
         pm.Potential("integrated_groups", ll)
-    return model, shared_vars
+    return model, sv
 
 
 _DRAW_VARS = ("alpha0", "species_effect", "class_effect", "compound_effect", "tau_group",
-              "slope_global", "slope_species", "log_sigma0", "noise_species", "noise_class",
-              "tau_species", "tau_class", "tau_compound", "tau_slope_species",
-              "tau_noise_species", "tau_noise_class")
+              "log_sigma0", "noise_species", "noise_class", "noise_compound",
+              "tau_species", "tau_class", "tau_compound", "tau_noise_species",
+              "tau_noise_class", "tau_noise_compound")
 
 
 def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
     """Start from moment estimates: compound and class effects from the group means."""
     n_c = len(d.compounds)
     w = np.bincount(d.cpd_g, weights=alg.n, minlength=n_c)
-    v_hat = np.bincount(d.cpd_g, weights=alg.n * alg.ybar, minlength=n_c) / w - d.y_mean
+    v_hat = np.bincount(d.cpd_g, weights=alg.n * alg.ybar, minlength=n_c) / np.maximum(
+        w, 1e-300) - d.y_mean
     n_k = len(d.classes)
     k_hat = (np.bincount(d.class_c, weights=v_hat, minlength=n_k)
              / np.maximum(np.bincount(d.class_c, minlength=n_k), 1))
@@ -371,10 +309,9 @@ def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
         "tau_class": tau_k, "z_class": k_hat / tau_k, "tau_compound": tau_c,
         "z_compound": resid / tau_c, "tau_species": 0.05 * d.y_sd,
         "tau_group": d.y_sd_within, "tau_noise_species": 0.1, "tau_noise_class": 0.1,
-        "tau_slope_species": np.full(len(d.hm_cell[0]), 0.1),
+        "tau_noise_compound": 0.1,
     }
     if d.has_parent:
-        start["tau_slope_cluster"] = np.full(len(d.hm_cell[0]), 0.1)
         start["tau_cluster"] = 0.05 * d.y_sd
     if gamma is not None:
         tau_g = float(max(np.sqrt(np.mean(gamma**2)), 0.01 * d.y_sd))
@@ -431,6 +368,7 @@ def _deterministics(model: Any, points: list[dict[str, np.ndarray]]) -> dict[str
             for i, n in enumerate(names)}
 
 
+
 def _fit_nuts(model: Any, options: ModelOptions, start: dict[str, Any],
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     import arviz as az
@@ -462,8 +400,7 @@ def _fit_nuts(model: Any, options: ModelOptions, start: dict[str, Any],
 
 def _present(model: Any, names: tuple[str, ...]) -> list[str]:
     have = set(model.named_vars)
-    return [n for n in (*names, "cluster_effect", "slope_cluster", "gamma", "tau_cluster",
-                        "tau_slope_cluster") if n in have]
+    return [n for n in (*names, "cluster_effect", "gamma", "tau_cluster") if n in have]
 
 
 def _draws(idata: Any, model: Any) -> dict[str, np.ndarray]:
@@ -475,182 +412,108 @@ def _draws(idata: Any, model: Any) -> dict[str, np.ndarray]:
     return out
 
 
-@dataclass
-class SlopeRt:
-    """The fixed slope-along-the-gradient term: ``κ`` and each group's ``t_g``."""
-
-    kappa: np.ndarray    # (p,)
-    t_g: np.ndarray      # (G,) compound's training mean rt minus ``centre``
-    centre: float
-    beta_u: np.ndarray   # (units, p) least-squares species slopes beside κ
-
-
-def slope_rt(alg: GroupAlgebra, d: PooledData, ridge: float = 1e-6) -> SlopeRt:
-    """Estimate ``κ`` by least squares on the within-group sufficient statistics.
-
-    Within group g (rows centred on the group means) ``yc ≈ Xw (β_u + t_g κ)`` with ``Xw`` the
-    within-centred covariates: the normal equations need only ``W_g = XᵀX - s sᵀ/n`` and
-    ``c_g = Xᵀyc``. The species slopes ``β_u`` are eliminated per species (Schur complement), so
-    the cost is O(groups × p² + species × p³). ``ridge`` (relative to the mean diagonal of W)
-    keeps species with too few rows solvable.
-    """
-    n_c = len(d.compounds)
-    w_c = np.bincount(d.cpd_g, weights=alg.n, minlength=n_c)
-    t_c = np.bincount(d.cpd_g, weights=alg.n * alg.ybar, minlength=n_c) / np.maximum(w_c, 1e-300)
-    centre = float((alg.n * alg.ybar).sum() / alg.n.sum())
-    t_g = t_c[d.cpd_g] - centre
-    p = alg.p
-    if p == 0:
-        return SlopeRt(np.zeros(0), t_g, centre, np.zeros((len(d.units), 0)))
-    import scipy.sparse as sp
-
-    w = alg.within()
-    n_u, g_n = len(d.units), len(t_g)
-    w_flat = w.reshape(g_n, p * p)
-
-    def per_unit(weights: np.ndarray, v: np.ndarray) -> np.ndarray:
-        # Σ_g∈u weight_g v_g as a sparse (units × groups) product: no (G, p, p) temporaries
-        u = sp.csr_matrix((weights, (d.unit_g, np.arange(g_n))), shape=(n_u, g_n))
-        return np.asarray(u @ v)
-
-    ones = np.ones(g_n)
-    a_u = per_unit(ones, w_flat).reshape(n_u, p, p)
-    b_u = per_unit(t_g, w_flat).reshape(n_u, p, p)
-    c_u = per_unit(ones, alg.c)
-    eps = ridge * max(float(np.trace(a_u.sum(axis=0)) / p), 1e-12)
-    a_u = a_u + eps * np.eye(p)[None]
-    ainv_b = np.linalg.solve(a_u, b_u)
-    ainv_c = np.linalg.solve(a_u, c_u[:, :, None])[:, :, 0]
-    lhs = (t_g**2 @ w_flat).reshape(p, p) - np.einsum("uji,ujk->ik", b_u, ainv_b)
-    rhs = t_g @ alg.c - np.einsum("uji,uj->i", b_u, ainv_c)
-    kappa = np.linalg.solve(lhs + eps * np.eye(p), rhs)
-    beta_u = ainv_c - np.einsum("uij,j->ui", ainv_b, kappa)
-    return SlopeRt(kappa, t_g, centre, beta_u)
-
-
-#: Grid of slope precision ratios λ searched by :func:`choose_lambda` (log10).
-LAMBDA_GRID = np.arange(-2.0, 5.01, 0.25)
-
-
-def choose_lambda(alg: GroupAlgebra, d: PooledData, srt: SlopeRt | None) -> tuple[float,
-                                                                                   dict[str, Any]]:
-    """The slope precision ratio λ that maximises the within-group (restricted) likelihood.
-
-    Within group g (rows centred on their mean; the intercept drops out), with the prior slope
-    mean ``m_g`` (least-squares species slopes + ``t_g κ``): ``yc ~ N(Xw m_g, σ²(P + Xw Xwᵀ/λ))``.
-    With ``W = V diag(e) Vᵀ`` (one batched eigendecomposition) and ``r = c - W m``:
-    ``Q_g = ycᵀyc - 2m·c + mᵀWm - Σ_i (Vᵀr)_i² / (e_i + λ)``, ``logdet = Σ_i log(1 + e_i/λ)``;
-    σ² is profiled out. The grid search costs O(groups × p × grid) after the O(groups × p³)
-    decomposition.
-    """
-    p = alg.p
-    w = alg.within()
-    if srt is not None:
-        m = srt.beta_u[d.unit_g] + srt.t_g[:, None] * srt.kappa[None, :]
-    else:
-        m = np.zeros((len(alg.n), p))
-    e, v = alg.within_eigh(w)
-    wm = np.einsum("gij,gj->gi", w, m)
-    r = alg.c - wm
-    q_base = alg.yty - 2.0 * np.einsum("gi,gi->g", m, alg.c) + np.einsum("gi,gi->g", m, wm)
-    vr2 = np.einsum("gji,gj->gi", v, r) ** 2
-    dof = float((alg.n - 1).sum())
-    scores = []
-    for lg in LAMBDA_GRID:  # a loop over ~30 grid values, each vectorised over groups
-        lam = 10.0**lg
-        q = q_base - (vr2 / (e + lam)).sum(axis=1)
-        logdet = np.log1p(e / lam).sum()
-        sigma2 = max(float(q.sum()) / max(dof, 1.0), 1e-300)
-        scores.append(-0.5 * (dof * np.log(sigma2) + logdet + dof))
-    best = int(np.argmax(scores))
-    lam = float(10.0 ** LAMBDA_GRID[best])
-    info = {"lambda": lam, "grid_log10": [float(LAMBDA_GRID[0]), float(LAMBDA_GRID[-1])],
-            "at_grid_edge": best in (0, len(LAMBDA_GRID) - 1)}
-    log.info("pooled: slope precision ratio λ = %.4g (restricted likelihood)", lam)
-    return lam, info
-
-
 def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: ModelOptions, *,
                sigma_init: float, embeddings: Embeddings | None = None,
                meta: dict[str, Any] | None = None,
-               species_map: dict[str, str] | None = None) -> FittedModel:
-    """Fit the pooled model and summarise it per group and per effect level."""
-    d, alg, srt = prepare_fit(stats, alg, options, sigma_init, embeddings)
+               species_map: dict[str, str] | None = None,
+               prepared: PreparedFit | None = None) -> FittedModel:
+    """Fit the pooled model and summarise it per group and per effect level (``prepared``:
+    the statistics, slope prior and λ of an earlier :func:`prepare_fit` on the same rows)."""
+    fit = prepared or prepare_fit(stats, alg, options, sigma_init, embeddings)
+    d, alg = fit.data, fit.alg
     model = build_model(alg, d, covs)
     start = _initial_point(alg, d)
     if options.method == "nuts":
         draws, info = _fit_nuts(model, options, start)
     else:
         draws, info = _fit_advi(model, options, start)
-    mean, cov, noise_var = group_posteriors(alg, d, draws)
-    effects, hyper = effect_tables(d, draws, embeddings, covs)
-    if srt is not None:
-        mean[:, 1:] += srt.t_g[:, None] * srt.kappa[None, :]
-        # backoff slopes: slope mean + (predicted intercept - slope_rt_centre) · slope_rt
-        hyper["slope_rt"] = srt.kappa.tolist()
-        hyper["slope_rt_centre"] = srt.centre
+    mean, cov, noise_var, noise_df = group_posteriors(alg, d, draws)
+    mean[:, 1:] += fit.slope_means
+    effects, hyper = effect_tables(d, draws, embeddings, covs, fit.prior)
     meta = dict(meta or {})
     meta["fit"] = info
     meta["hyper"] = hyper
     meta["pooled"] = {"n_species": len(d.units), "n_clusters": len(d.clusters),
                       "n_compounds": len(d.compounds), "n_classes": len(d.classes),
-                      "slope_lambda": alg.lam,
-                      "slope_rt": None if srt is None else srt.kappa.tolist(),
-                      "n_noise_cells": len(d.n_cell), "embeddings": d.emb is not None,
+                      "slope_lambda": alg.lam, "slope_lambda_choice": fit.lambda_info,
+                      "slope_prior": None if fit.prior is None else {
+                          "knots": len(fit.prior.knots), "basis": int(fit.prior.kappa.shape[0])},
+                      "embeddings": d.emb is not None,
                       "summary_draws": int(next(iter(draws.values())).shape[0])}
     return FittedModel(kind="pooled", group_by=options.group_by, covariates=covs,
                        ridge_lambda=alg.lam, groups=stats.groups, mean=mean, cov=cov,
-                       noise_var=noise_var, noise_df=np.full(len(noise_var), np.inf),
+                       noise_var=noise_var, noise_df=noise_df,
                        meta=meta, effects=effects, species_map=dict(species_map or {}))
 
 
+@dataclass
+class PreparedFit:
+    """What the fit runs on: the indexed data, the algebra of the shifted statistics, the fixed
+    slope prior (``None`` without covariates) and each group's slope prior mean ``m_g``."""
+
+    data: PooledData
+    alg: GroupAlgebra
+    prior: SlopePrior | None
+    slope_means: np.ndarray   # (G, p)
+    lambda_info: dict[str, Any] | None
+
+
 def prepare_fit(stats: GroupStats, alg: GroupAlgebra, options: ModelOptions, sigma_init: float,
-                embeddings: Embeddings | None,
-                ) -> tuple[PooledData, GroupAlgebra, SlopeRt | None]:
-    """:func:`prepare`, with the slope-along-the-gradient term estimated and the statistics
-    shifted by it when ``options.slope_by_rt`` (returns the algebra the fit runs on)."""
+                embeddings: Embeddings | None) -> PreparedFit:
+    """:func:`prepare`, the slope prior mean estimated (:mod:`rtprep.models.slopes`), λ chosen,
+    and the statistics shifted by the prior mean."""
     d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
-    srt = slope_rt(alg, d) if options.slope_by_rt and alg.p else None
-    if srt is not None:
-        log.info("pooled: slope along the gradient Σ|κ| = %.4g per min",
-                 float(np.abs(srt.kappa).sum()))
+    p = alg.p
+    if not p:
+        return PreparedFit(d, alg, None, np.zeros((len(alg.n), 0)), None)
+    prior = fit_slope_prior(alg, d.unit_g, d.cpd_g, len(d.units), len(d.compounds),
+                            int(options.slope_knots) if options.slope_by_rt else None)
+    m = prior.group_means(d.unit_g, d.cpd_g)
+    log.info("pooled: slope prior mean along the gradient: %d basis functions, "
+             "spread of compound slopes %.4g", prior.kappa.shape[0],
+             float(np.abs(prior.compound_slopes()).sum(axis=1).std()))
     lam = float(options.pooled_lambda)
-    if lam <= 0 and alg.p:
-        lam, _ = choose_lambda(alg, d, srt)
-    if lam > 0 and lam != alg.lam:
+    lam_info = None
+    if lam <= 0:
+        lam, lam_info = choose_lambda(alg, m)
+    if lam != alg.lam:
         alg = GroupAlgebra.from_stats(stats, lam)
-    if srt is None:
-        return d, alg, None
-    alg = alg.shifted(srt.t_g, srt.kappa)
-    return prepare(stats, alg, options.group_by, sigma_init, embeddings), alg, srt
+    alg = alg.shifted_by(m)
+    return PreparedFit(prepare(stats, alg, options.group_by, sigma_init, embeddings), alg, prior,
+                       m, lam_info)
 
 
-def _cell_sigma2(d: PooledData, draws: dict[str, np.ndarray], i: int) -> np.ndarray:
-    log_s = (draws["log_sigma0"][i] + draws["noise_species"][i][d.unit_cell]
-             + draws["noise_class"][i][d.class_cell])
-    return np.exp(2.0 * log_s)
+def _log_s2(d: PooledData, draws: dict[str, np.ndarray]) -> np.ndarray:
+    """log σ_g² per draw and group (draws, G)."""
+    return 2.0 * (draws["log_sigma0"][:, None] + draws["noise_species"][:, d.unit_g]
+                  + draws["noise_class"][:, d.class_g] + draws["noise_compound"][:, d.cpd_g])
 
 
 def group_posteriors(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.ndarray],
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group posterior mean and covariance of (intercept, slopes) and noise variance.
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group posterior mean and covariance of (intercept, slopes), noise variance and the
+    degrees of freedom of the predictive t.
 
     Exact given each draw of the hyperparameters; combined over draws by the law of total
-    covariance: E[Cov | draw] + Cov[E | draw].
+    covariance: E[Cov | draw] + Cov[E | draw]. The noise scale's own uncertainty (few rows of a
+    compound behind it) makes the predictive a scale mixture of normals: it is summarised as a
+    t whose degrees of freedom match the posterior variance of log σ² (``ν ≈ 2 / Var log σ²``,
+    as for a scaled-inverse-χ² posterior).
     """
     g, p = alg.ks.shape
     n_draws = draws["alpha0"].shape[0]
+    log_s2 = _log_s2(d, draws)
     s_theta = np.zeros((g, p + 1))
     s_outer = np.zeros((g, (p + 1) ** 2))
     s_w = np.zeros(g)
     s_ws = np.zeros(g)
+    zeros = np.zeros((g, p))
     for i in range(n_draws):  # a loop over posterior draws (tens), each vectorised over groups
-        s2 = _cell_sigma2(d, draws, i)[d.cell_g]
+        s2 = np.exp(log_s2[i])
         rho = s2 / draws["tau_group"][i] ** 2
         mu = (draws["alpha0"][i] + draws["species_effect"][i][d.unit_g]
               + draws["compound_effect"][i][d.cpd_g] - alg.ybar)
-        m = draws["slope_species"][i][d.unit_g]
-        a, b, s_schur = alg.posterior(rho, mu, m)
+        a, b, s_schur = alg.posterior(rho, mu, zeros)
         theta = np.concatenate([(alg.ybar + a)[:, None], b], axis=1)
         s_theta += theta
         s_outer += (theta[:, :, None] * theta[:, None, :]).reshape(g, -1)
@@ -659,38 +522,60 @@ def group_posteriors(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.ndarr
     mean = s_theta / n_draws
     between = s_outer / n_draws - (mean[:, :, None] * mean[:, None, :]).reshape(g, -1)
     cov = alg.covariance(s_w / n_draws, s_ws / n_draws) + between
-    return mean, cov, s_w / n_draws
+    var_log = log_s2.var(axis=0) if n_draws > 1 else np.zeros(g)
+    df = np.where(var_log > 1e-12, 2.0 / np.maximum(var_log, 1e-12), np.inf)
+    df = np.where(df > MAX_DF, np.inf, np.maximum(df, MIN_DF))
+    return mean, cov, s_w / n_draws, df
+
+
+#: Degrees of freedom of the predictive t: beyond ``MAX_DF`` a normal; never below ``MIN_DF``.
+MAX_DF = 200.0
+MIN_DF = 3.0
 
 
 def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embeddings | None,
-                  covs: Covariates) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Effects per level for backoff, and the hyperparameters (E[τ²]) the backoff needs."""
+                  covs: Covariates, prior: SlopePrior | None,
+                  ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Effects per level for backoff, and the hyperparameters (E[τ²]) the backoff needs.
+
+    Slopes: the species' fixed slopes, the cluster's and the global mean of them (their spread
+    as the slope covariance and as ``tau_slope_*``); each compound's part of the slope prior
+    mean (the spline at its RT) on the compound rows.
+    """
     p = len(covs.names)
+    beta = prior.beta_u if prior is not None else np.zeros((len(d.units), p))
+    n_cl = len(d.clusters)
+    cl_of = d.cluster_u if d.has_parent else np.zeros(len(d.units), np.int64)
+    cnt = np.maximum(np.bincount(cl_of, minlength=n_cl), 1)[:, None]
+    cl_mean = np.stack([np.bincount(cl_of, weights=beta[:, j], minlength=n_cl)
+                        for j in range(p)], axis=1) / cnt if p else np.zeros((n_cl, 0))
+    glob_mean = beta.mean(axis=0) if len(beta) else np.zeros(p)
+    dev_u = beta - cl_mean[cl_of]
+    dev_cl = cl_mean - glob_mean[None]
+    tau_ss = (dev_u**2).mean(axis=0) if len(beta) else np.zeros(p)
+    tau_sc = (dev_cl**2).mean(axis=0) if d.has_parent else np.zeros(p)
 
-    def mv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x.mean(axis=0), x.var(axis=0)
-
-    def slope_cov(x: np.ndarray) -> np.ndarray:
-        # x: (draws, levels, p) -> (levels, p*p)
-        c = x - x.mean(axis=0)
-        return np.einsum("dli,dlj->lij", c, c).reshape(x.shape[1], p * p) / x.shape[0]
+    def outer(dev: np.ndarray) -> np.ndarray:
+        return np.einsum("li,lj->ij", dev, dev).reshape(-1) / max(len(dev), 1)
 
     frames: list[pl.DataFrame] = []
 
     def add(level: str, keys: list[str], parent: list[str | None] | None,
             int_draws: np.ndarray, slopes: np.ndarray | None = None,
-            noise: np.ndarray | None = None) -> None:
-        m, v = mv(int_draws)
+            slope_cov: np.ndarray | None = None, noise: np.ndarray | None = None) -> None:
         n = len(keys)
         frame = pl.DataFrame({
             "level": [level] * n, "key": keys,
             "parent": parent if parent is not None else [None] * n,
-            "intercept_mean": m, "intercept_var": v,
+            "intercept_mean": int_draws.mean(axis=0), "intercept_var": int_draws.var(axis=0),
         }, schema_overrides={"parent": pl.String})
         if slopes is not None:
+            cov = (np.zeros((n, p * p)) if slope_cov is None
+                   else np.broadcast_to(slope_cov, (n, p * p)))
             frame = frame.with_columns(
-                pl.Series("slope_mean", slopes.mean(axis=0), dtype=pl.Array(pl.Float64, p)),
-                pl.Series("slope_cov", slope_cov(slopes), dtype=pl.Array(pl.Float64, p * p)))
+                pl.Series("slope_mean", slopes, dtype=pl.Array(pl.Float64, p)),
+                pl.Series("slope_cov", np.ascontiguousarray(cov),
+                          dtype=pl.Array(pl.Float64, p * p)))
         else:
             frame = frame.with_columns(
                 pl.lit(None, dtype=pl.Array(pl.Float64, p)).alias("slope_mean"),
@@ -700,16 +585,19 @@ def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embed
                       else np.full(n, np.nan), dtype=pl.Float64).fill_nan(None))
         frames.append(frame)
 
-    add("global", ["global"], None, draws["alpha0"][:, None], draws["slope_global"][:, None, :],
-        draws["log_sigma0"][:, None])
+    add("global", ["global"], None, draws["alpha0"][:, None], glob_mean[None],
+        outer(dev_cl if d.has_parent else dev_u)[None], draws["log_sigma0"][:, None])
     unit_level = "species" if d.has_parent else "cluster"
     if d.has_parent:
-        add("cluster", d.clusters, None, draws["cluster_effect"], draws["slope_cluster"])
+        add("cluster", d.clusters, None, draws["cluster_effect"], cl_mean, outer(dev_u)[None])
     add(unit_level, d.units,
         [d.clusters[i] for i in d.cluster_u] if d.has_parent else None,
-        draws["species_effect"], draws["slope_species"], draws["noise_species"])
-    add("class", d.classes, None, draws["class_effect"], None, draws["noise_class"])
-    add("compound", d.compounds, [d.classes[i] for i in d.class_c], draws["compound_effect"])
+        draws["species_effect"], beta, None, draws["noise_species"])
+    add("class", d.classes, None, draws["class_effect"], None, None, draws["noise_class"])
+    cpd_slopes = (prior.compound_slopes() if prior is not None
+                  else np.zeros((len(d.compounds), p)))
+    add("compound", d.compounds, [d.classes[i] for i in d.class_c], draws["compound_effect"],
+        cpd_slopes, None, draws["noise_compound"])
     if embeddings is not None and "gamma" in draws:
         add("embedding", embeddings.chem_ids, None, draws["gamma"] @ embeddings.values.T)
     effects = pl.concat(frames, how="vertical")
@@ -718,16 +606,18 @@ def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embed
         v = (draws[name] ** 2).mean(axis=0)
         return v.tolist() if np.ndim(v) else float(v)
 
-    hyper = {
+    hyper: dict[str, Any] = {
         "tau_group2": e2("tau_group"), "tau_species2": e2("tau_species"),
         "tau_cluster2": e2("tau_cluster") if d.has_parent else 0.0,
         "tau_class2": e2("tau_class"), "tau_compound2": e2("tau_compound"),
         "tau_noise_species2": e2("tau_noise_species"), "tau_noise_class2": e2("tau_noise_class"),
-        "tau_slope_species2": e2("tau_slope_species"),
-        "tau_slope_cluster2": e2("tau_slope_cluster") if d.has_parent else [0.0] * p,
+        "tau_noise_compound2": e2("tau_noise_compound"),
+        "tau_slope_species2": tau_ss.tolist(), "tau_slope_cluster2": tau_sc.tolist(),
         "log_sigma0": float(draws["log_sigma0"].mean()),
         "alpha0": float(draws["alpha0"].mean()),
     }
+    if prior is not None:
+        hyper["slope_prior"] = prior.to_json()
     if "gamma" in draws:
         hyper["gamma"] = draws["gamma"].mean(axis=0).tolist()
     return effects, hyper

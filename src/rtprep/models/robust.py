@@ -1,27 +1,33 @@
-"""Outlier screen of the training rows: mis-assigned peaks out of the sufficient statistics.
+"""Mis-assigned peaks: each training row's probability of being one, from a mixture likelihood.
 
-Peak tables hold a small share of mis-assigned peaks: an apex minutes away from the compound's
-true retention time. A Gaussian noise model cannot absorb them: a handful inflate the noise
-variance (so every interval is too wide) and pull the few-row groups they sit in. The screen:
+Peak tables hold a small share of mis-assigned peaks: an apex that belongs to another compound
+(an isomer eluting nearby, tenths of a minute away) or to nothing (minutes away). A Gaussian
+noise model cannot absorb them: a handful inflate their compound's noise (so its intervals are
+too wide) and pull the few-row groups they sit in. A hard cut at k robust SDs either passes the
+near ones or, on data without any, leaves out good rows.
 
-1. fit the pooled model once on all rows (``screen_steps`` ADVI steps: a rough fit suffices,
-   since what it must tell apart is minutes against tenths of a minute);
-2. each row's residual from its group's prior mean (species + compound effects and species
-   slopes, without the group's own deviation, which an outlier in a small group would pull),
-   minus the median residual of its group when the group has ``MIN_GROUP_MEDIAN`` rows or
-   more;
-3. the robust SD of the residuals per noise cell (species × compound class, as the model's
-   noise) and kind (median-centred or not): 1.4826 × the median absolute deviation from the
-   cell's median, the kind's global one for cells with fewer than ``MIN_CELL_ROWS`` rows (and
-   never below the global one times ``MIN_CELL_FRACTION``, so that a cell of near-identical
-   rows does not flag ordinary noise);
-4. rows further than ``outlier_k`` robust SDs from their cell's median are left out of both
-   models' statistics and counted as drop reason ``rt_outlier``.
+The robust fit treats every row as drawn from a mixture: with probability ``1 - π`` the model's
+Gaussian (its group's prediction, its compound's noise), with probability ``π`` a broad outlier
+component around the same prediction (``N(0, s² + s_out²)`` for the residual). EM, keeping the
+collapsed design:
 
-The species and compound effects are estimated from many groups, so one outlier barely moves
-them, and a median ignores one outlier among three rows: the clean rows of a group that holds
-an outlier keep small residuals (a group posterior mean would be pulled towards the outlier
-and push them over the threshold instead).
+1. E-step: fit the pooled model on the rows with their current weights (all 1 at first; the
+   statistics are weighted sums, :func:`rtprep.models.data.sufficient_stats`), and judge each
+   row by its leave-one-out predictive: with ``r`` the residual from its group's posterior mean,
+   ``v`` that mean's variance at the row, ``s²`` the noise and ``w`` the row's weight,
+   ``h = w v / s²``, the residual without the row is ``r / (1 - h)`` and its variance
+   ``s² + v / (1 - h)`` (exact for a Gaussian linear model given the hyperparameters), so a
+   mis-assigned row in a small group cannot hide by pulling its group. ``π`` and ``s_out`` are
+   then fitted to those residuals (a one-dimensional EM), giving each row's posterior
+   probability ``p`` of being mis-assigned.
+2. M-step: weights ``1 - p`` (at least ``MIN_WEIGHT``, so no group vanishes between rounds);
+   refit. Rounds repeat until no row's probability moves by more than ``ROUND_TOLERANCE`` (at
+   most ``robust_rounds``).
+
+The main fit then leaves out the rows more likely mis-assigned than not (``p > 0.5``, counted
+as drop reason ``rt_outlier``) and weights the others by ``1 - p``. Every training row's ``p`` is
+written beside the models (``rows.parquet``), usable to clean training data and in peak
+assignment.
 """
 
 from __future__ import annotations
@@ -34,107 +40,111 @@ import numpy as np
 import polars as pl
 
 from rtprep.models.algebra import GroupAlgebra
-from rtprep.models.data import Covariates, GroupStats
+from rtprep.models.data import Covariates, sufficient_stats
+from rtprep.models.fitted import apply_groups
 from rtprep.models.options import ModelOptions
 
 log = logging.getLogger(__name__)
 
-MAD_TO_SD = 1.4826
-MIN_CELL_ROWS = 30
-MIN_CELL_FRACTION = 0.5
-MIN_GROUP_MEDIAN = 3
+#: A row's weight never drops below this between rounds (its group keeps its place).
+MIN_WEIGHT = 1e-3
+#: Rounds stop once no row's probability moves by more than this.
+ROUND_TOLERANCE = 0.05
+#: At least this many rounds of ``screen_steps`` in each robust fit's ADVI (see advi.fit).
 SCREEN_MIN_ROUNDS = 3
-_CHUNK = 65_536
+#: Prior share of mis-assigned rows and the outlier spread's start (× the median row sd).
+PI_START = 0.01
+OUT_SCALE_START = 20.0
+_EM_ITERATIONS = 200
 
 
-def fitted_values(mean: np.ndarray, gid: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``mean[g, 0] + x · mean[g, 1:]`` per row (chunked: bounded extra memory)."""
-    out = np.empty(len(gid))
-    for start in range(0, len(gid), _CHUNK):  # chunks of rows, each vectorised
-        stop = min(start + _CHUNK, len(gid))
-        m = mean[gid[start:stop]]
-        out[start:stop] = m[:, 0] + np.einsum("ri,ri->r", x[start:stop], m[:, 1:])
-    return out
+def loo_residuals(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, gid: np.ndarray,
+                  x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's leave-one-out residual and predictive variance (see the module docstring)."""
+    pred, var = apply_groups(mean, cov, noise_var, gid, x)
+    s2 = noise_var[gid]
+    v = np.maximum(var - s2, 0.0)
+    one_minus_h = np.clip(1.0 - w * v / s2, 1e-6, 1.0)
+    return (y - pred) / one_minus_h, s2 + v / one_minus_h
 
 
-def robust_flags(residual: np.ndarray, cell: np.ndarray, k: float,
-                 stratum: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Rows further than ``k`` robust SDs from their cell's median residual (True = outlier).
+def mixture_probabilities(r: np.ndarray, s2: np.ndarray, *, pi: float = PI_START,
+                          out_var: float | None = None, max_r2: float | None = None,
+                          ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Posterior probability that each residual is the outlier component's.
 
-    ``stratum`` (optional, small ints) separates residuals of different kinds: each stratum has
-    its own global robust SD, the fallback of its small cells.
+    ``r ~ (1 - π) N(0, s²) + π N(0, s² + s_out²)``; ``π`` and ``s_out²`` by EM (deterministic:
+    fixed start, fixed iterations, sums in row order). ``max_r2`` caps the squared residuals
+    (a peak cannot lie further off than the RT range) so that a row whose leave-one-out
+    prediction is vague cannot blow up ``s_out``.
     """
-    strat = np.zeros(len(residual), np.int64) if stratum is None else stratum.astype(np.int64)
-    frame = pl.DataFrame({"s": strat, "cell": cell, "r": residual})
-    mad = (pl.col("r") - pl.col("r").median()).abs().median() * MAD_TO_SD
-    glob = frame.group_by("s").agg(pl.col("r").median().alias("med_s"), mad.alias("sd_s"))
-    per_cell = (frame.group_by("s", "cell")
-                .agg(pl.len().alias("n"), pl.col("r").median().alias("med"), mad.alias("sd"))
-                .join(glob, on="s", how="left"))
-    own = pl.col("n") >= MIN_CELL_ROWS
-    per_cell = per_cell.with_columns(
-        pl.when(own).then(pl.col("med")).otherwise(pl.col("med_s")).alias("med"),
-        pl.when(own).then(pl.max_horizontal(pl.col("sd"), MIN_CELL_FRACTION * pl.col("sd_s")))
-        .otherwise(pl.col("sd_s")).alias("sd"))
-    j = frame.join(per_cell, on=["s", "cell"], how="left", maintain_order="left")
-    z = np.abs(j["r"].to_numpy() - j["med"].to_numpy()) / np.maximum(j["sd"].to_numpy(), 1e-12)
-    flags = z > k
-    sds = dict(glob.sort("s").select("s", "sd_s").iter_rows())
-    info = {"robust_sd": {int(a): float(b) for a, b in sds.items()}, "k": k,
-            "cells_own_scale": int(per_cell.select(own.sum()).item()),
-            "cells": per_cell.height}
-    return flags, info
+    if out_var is None:
+        out_var = float((OUT_SCALE_START**2) * np.median(s2))
+    r2 = r * r if max_r2 is None else np.minimum(r * r, max_r2)
+    p = np.zeros(len(r))
+    for _ in range(_EM_ITERATIONS):  # a 2-parameter EM, each step vectorised over rows
+        v_out = s2 + out_var
+        log_good = np.log1p(-pi) - 0.5 * (np.log(s2) + r2 / s2)
+        log_out = np.log(pi) - 0.5 * (np.log(v_out) + r2 / v_out)
+        p = 1.0 / (1.0 + np.exp(np.clip(log_good - log_out, -700, 700)))
+        total = float(p.sum())
+        pi = float(np.clip(total / len(r), 1e-6, 0.5))
+        if total > 0:
+            out_var = max(float((p * np.maximum(r2 - s2, 0.0)).sum() / total),
+                          float(np.median(s2)))
+    info = {"pi": pi, "out_sd": float(np.sqrt(out_var))}
+    return p, info
 
 
-def screen_outliers(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, gid: np.ndarray,
-                    x: np.ndarray, y: np.ndarray, options: ModelOptions, *, sigma_init: float,
-                    embeddings: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Flag the training rows to leave out (see the module docstring); True = outlier."""
-    from rtprep.models.pooled import _fit_advi, _initial_point, build_model, prepare_fit
+def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.ndarray,
+                  covs: Covariates, options: ModelOptions, *, ridge_lambda: float,
+                  sigma_init: float, embeddings: Any = None,
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each training row's posterior probability of being mis-assigned (EM rounds, module
+    docstring), and what the rounds did."""
+    from rtprep.models.pooled import (
+        _fit_advi,
+        _initial_point,
+        build_model,
+        group_posteriors,
+        prepare_fit,
+    )
 
     steps = int(min(options.steps(), options.screen_steps))
-    first_opts = replace(options, quick=True, quick_steps=steps, method="advi",
+    round_opts = replace(options, quick=True, quick_steps=steps, method="advi",
                          summary_draws=min(options.summary_draws, 10))
-    d, alg_fit, srt = prepare_fit(stats, alg, first_opts, sigma_init, embeddings)
-    model = build_model(alg_fit, d, covs)
-    # the screen judges rows only from a converged fit: rounds of ``steps`` until another round
-    # no longer moves it (at most the main fit's steps, and at least three rounds' worth)
-    draws, fit_info = _fit_advi(model, first_opts, _initial_point(alg_fit, d),
-                                label="outlier screen", until_converged=True,
-                                max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps))
-    prior = group_prior_means(d, draws)
-    if srt is not None:
-        prior[:, 1:] += srt.t_g[:, None] * srt.kappa[None, :]
-    # residual from the group's prior (species + compound effects, species slopes): a group's
-    # own outlier cannot pull it; the group's median residual (groups of >= 3 rows) then
-    # removes the group's own deviation robustly
-    residual = y - fitted_values(prior, gid, x)
-    frame = pl.DataFrame({"g": gid, "r": residual})
-    centred = (stats.n >= MIN_GROUP_MEDIAN)[gid]
-    centre = frame.select(pl.col("r").median().over("g").alias("m"))["m"].to_numpy()
-    residual = np.where(centred, residual - centre, residual)
-    unit = stats.groups.columns[0]
-    cell_key = (stats.groups.select(pl.concat_str(pl.col(unit), pl.lit("\x1f"),
-                                                  pl.col("compound_class")).rank("dense")
-                                    .alias("c"))["c"].to_numpy().astype(np.int64))
-    # residuals from the group prior (groups of 1-2 rows) spread wider than median-centred
-    # ones: each kind gets its own scale
-    flags, info = robust_flags(residual, cell_key[gid], float(options.outlier_k),
-                               stratum=centred.astype(np.int64))
-    info["robust_sd"] = {"group_prior": info["robust_sd"].get(0),
-                         "group_median": info["robust_sd"].get(1)}
-    info.update({"rows": len(y), "outliers": int(flags.sum()), "first_fit_steps": steps,
-                 "first_fit_seconds": fit_info.get("seconds"), "fit": fit_info})
-    log.info("outlier screen: %d of %d training rows beyond %.3g robust SDs (robust SDs %s "
-             "min) left out as rt_outlier", info["outliers"], info["rows"], options.outlier_k,
-             info["robust_sd"])
-    return flags, info
-
-
-def group_prior_means(d: Any, draws: dict[str, np.ndarray]) -> np.ndarray:
-    """Each group's prior mean of (intercept, slopes) given the hyperparameters, averaged over
-    draws: ``α0 + species + compound`` and ``slope_species`` (G, p+1)."""
-    a = (draws["alpha0"][:, None] + draws["species_effect"][:, d.unit_g]
-         + draws["compound_effect"][:, d.cpd_g]).mean(axis=0)
-    m = draws["slope_species"][:, d.unit_g, :].mean(axis=0)
-    return np.concatenate([a[:, None], m], axis=1)
+    w = np.ones(len(y))
+    prob = np.zeros(len(y))
+    rounds: list[dict[str, Any]] = []
+    fit_info: dict[str, Any] = {}
+    for i in range(max(int(options.robust_rounds), 1)):  # EM rounds (a few), each a fit
+        fit = mean = cov = None  # the last round's arrays go before this round's are built
+        stats = sufficient_stats(groups, gid, x, y, w)
+        alg = GroupAlgebra.from_stats(stats, ridge_lambda)
+        fit = prepare_fit(stats, alg, round_opts, sigma_init, embeddings)
+        del stats, alg
+        model = build_model(fit.alg, fit.data, covs)
+        # each round judges rows only from a converged fit: ADVI rounds of ``steps`` until
+        # another no longer moves it (at most the main fit's steps, at least three rounds')
+        draws, fit_info = _fit_advi(model, round_opts, _initial_point(fit.alg, fit.data),
+                                    label=f"robust fit, round {i + 1}", until_converged=True,
+                                    max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps))
+        mean, cov, noise_var, _ = group_posteriors(fit.alg, fit.data, draws)
+        mean[:, 1:] += fit.slope_means
+        r, s2 = loo_residuals(mean, cov, noise_var, gid, x, y, w)
+        new, mix = mixture_probabilities(r, s2, max_r2=float(np.ptp(y)) ** 2)
+        change = float(np.abs(new - prob).max())
+        prob = new
+        w = np.maximum(1.0 - prob, MIN_WEIGHT)
+        rounds.append({"round": i + 1, "verdict": fit_info.get("verdict"),
+                       "loss": fit_info.get("final_loss"), "steps": fit_info.get("steps"),
+                       "misassigned": int((prob > 0.5).sum()), "max_change": change, **mix})
+        log.info("robust fit, round %d: %d of %d rows more likely mis-assigned than not "
+                 "(share %.4f, outlier sd %.3g min; largest change %.3f)", i + 1,
+                 int((prob > 0.5).sum()), len(y), mix["pi"], mix["out_sd"], change)
+        if change <= ROUND_TOLERANCE:
+            break
+    info = {"rows": len(y), "outliers": int((prob > 0.5).sum()), "rounds": rounds,
+            "round_steps": steps, "fit": fit_info,
+            "expected_misassigned": float(prob.sum())}
+    return prob, info
