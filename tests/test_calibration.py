@@ -161,6 +161,12 @@ def test_evaluate_scores_against_any_truth_table(tmp_path: Path) -> None:
     choice = res["isomer_choice"]
     assert choice["peaks"] > 0 and choice["formulas"] == 1
     assert choice["model_right"] > choice["nearest_median_right"] + 0.2
+    assert choice["pooled_right"] == choice["model_right"] and 0 <= choice["ridge_right"] <= 1
+    # bootstrap intervals by sample set hold the point estimates, and the gain's excludes 0
+    ci = choice["ci95"]
+    for key in ("pooled_right", "ridge_right", "nearest_median_right"):
+        assert ci[key][0] <= choice[key] <= ci[key][1]
+    assert ci["pooled_gain"][0] > 0
 
 
 def test_formulas_from_structures(tmp_path: Path) -> None:

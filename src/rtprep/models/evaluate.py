@@ -254,7 +254,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
                                     key=lambda r: MODEL_ORDER.index(r["model"]))},
         "metrics": metrics.to_dicts(),
         "skipped": skipped.to_dicts(),
-        "isomer_choice": _isomer_choice(models, train_df, test_df, embeddings),
+        "isomer_choice": _isomer_choice(models, train_df, test_df, embeddings, opts.seed),
         "files": [*EVAL_FILES[1:], *(EVAL_TRUTH_FILES if truth_block is not None else [])],
     }
     if truth_block is not None:
@@ -270,7 +270,7 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
 
 
 def _isomer_choice(models: dict[str, Any], train_df: pl.DataFrame, test_df: pl.DataFrame,
-                   embeddings: str | Path | None) -> dict[str, Any] | None:
+                   embeddings: str | Path | None, seed: int = 0) -> dict[str, Any] | None:
     """The pooled model's choice among isomers on the held-out peaks (:mod:`.isomers`), when
     the embeddings table gives the structures."""
     if embeddings is None or "pooled" not in models:
@@ -280,9 +280,11 @@ def _isomer_choice(models: dict[str, Any], train_df: pl.DataFrame, test_df: pl.D
     formula = isomers.formulas(embeddings)
     if not formula:
         return None
-    choice = isomers.isomer_choice(models["pooled"], train_df, test_df, formula)
-    log.info("evaluate: isomer choice on %d held-out peaks: pooled %.3f, nearest median %.3f",
-             choice["peaks"], choice.get("model_right", float("nan")),
+    ordered = {k: models[k] for k in ("pooled", "ridge") if k in models}
+    choice = isomers.isomer_choice(ordered, train_df, test_df, formula, seed=seed)
+    log.info("evaluate: isomer choice on %d held-out peaks: pooled %.3f, ridge %.3f, "
+             "nearest median %.3f", choice["peaks"], choice.get("pooled_right", float("nan")),
+             choice.get("ridge_right", float("nan")),
              choice.get("nearest_median_right", float("nan")))
     return choice
 

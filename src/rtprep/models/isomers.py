@@ -21,6 +21,9 @@ from rtprep.models.fitted import FittedModel
 
 log = logging.getLogger(__name__)
 
+#: Bootstrap resamples of whole sample sets for the intervals (as :mod:`.calibration`).
+BOOTSTRAP = 200
+
 
 def formulas(embeddings: str | Path) -> dict[str, str]:
     """Molecular formula per ``chem_id`` from the embeddings table's ``smiles`` (RDKit); an
@@ -41,11 +44,20 @@ def formulas(embeddings: str | Path) -> dict[str, str]:
     return out
 
 
-def isomer_choice(model: FittedModel, train: pl.DataFrame, test: pl.DataFrame,
-                  formula: dict[str, str]) -> dict[str, Any]:
-    """Share of ``test`` peaks (of compounds with isomers the model knows) whose compound the
-    model picks among its isomers, beside the nearest-median baseline (see the module)."""
-    known = model.groups.select("compound", "compound_class").unique("compound")
+def isomer_choice(models: FittedModel | dict[str, FittedModel], train: pl.DataFrame,
+                  test: pl.DataFrame, formula: dict[str, str], *,
+                  seed: int = 0) -> dict[str, Any]:
+    """Share of ``test`` peaks (of compounds with isomers the first model knows) whose compound
+    each model picks among its isomers, beside the nearest-median baseline (see the module).
+
+    ``models``: one model (reported as ``model_right``) or ``{name: model}``, the first of which
+    (the pooled model) defines the isomers and is reported as ``model_right``; every model gets
+    ``<name>_right`` on the same peaks. ``ci95``: bootstrap intervals (``BOOTSTRAP`` resamples of
+    whole sample sets, seeded) of each share and of each model's gain over the baseline."""
+    if not isinstance(models, dict):
+        models = {"pooled": models}
+    first = next(iter(models.values()))
+    known = first.groups.select("compound", "compound_class").unique("compound")
     known = known.with_columns(pl.col("compound").replace_strict(formula, default=None)
                                .alias("formula")).drop_nulls("formula")
     sizes = known.group_by("formula").len().filter(pl.col("len") >= 2)
@@ -58,27 +70,61 @@ def isomer_choice(model: FittedModel, train: pl.DataFrame, test: pl.DataFrame,
     grid = (rows.drop("compound", "compound_class")
             .join(iso.rename({"compound": "candidate"}), on="formula")
             .with_columns(pl.col("candidate").alias("compound")))
-    pred = model.predict_frame(grid)
-    dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
-                    pred["rt_sd"].to_numpy())
     medians = train.group_by("compound").agg(pl.col("rt").median().alias("median"))
-    scored = grid.select("_peak", "candidate", "rt").with_columns(
-        pl.Series("density", dens)).join(
+    base = grid.select("_peak", "candidate", "rt").join(
         medians.rename({"compound": "candidate"}), on="candidate", how="left")
-    pick_model = (scored.sort("_peak", pl.col("density").fill_nan(-np.inf),
-                              descending=[False, True])
-                  .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
-    pick_median = (scored.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
+    truth = rows.select("_peak", "compound",
+                        (pl.col("sampleset_id") if "sampleset_id" in rows.columns
+                         else pl.lit(0)).alias("_set"))
+    pick_median = (base.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
                    .sort("_peak", pl.col("dist").fill_null(np.inf))
                    .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
-    truth = rows.select("_peak", "compound")
-    right_model = truth.join(pick_model, on="_peak").select(
-        (pl.col("compound") == pl.col("candidate")).mean()).item()
-    right_median = truth.join(pick_median, on="_peak").select(
-        (pl.col("compound") == pl.col("candidate")).mean()).item()
-    return {"peaks": rows.height, "formulas": sizes.height,
-            "compounds_with_isomers": iso.height,
-            "model_right": float(right_model), "nearest_median_right": float(right_median)}
+    right = {"nearest_median": _right(truth, pick_median)}
+    for name, model in models.items():
+        pred = model.predict_frame(grid)
+        dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
+                        pred["rt_sd"].to_numpy())
+        pick = (base.with_columns(pl.Series("density", dens))
+                .sort("_peak", pl.col("density").fill_nan(-np.inf).fill_null(-np.inf),
+                      descending=[False, True])
+                .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
+        right[name] = _right(truth, pick)
+    out: dict[str, Any] = {"peaks": rows.height, "formulas": sizes.height,
+                           "compounds_with_isomers": iso.height}
+    names = list(models)
+    out["model_right"] = float(right[names[0]].mean())
+    out["nearest_median_right"] = float(right["nearest_median"].mean())
+    for name in names:
+        out[f"{name}_right"] = float(right[name].mean())
+    out["ci95"] = _bootstrap(truth["_set"].to_numpy(), right, names, seed)
+    return out
+
+
+def _right(truth: pl.DataFrame, pick: pl.DataFrame) -> np.ndarray:
+    """Per peak of ``truth`` (in its order): 1.0 where ``pick`` chose the peak's compound."""
+    joined = truth.join(pick, on="_peak", how="left", maintain_order="left")
+    return (joined["compound"] == joined["candidate"]).fill_null(False).to_numpy().astype(
+        np.float64)
+
+
+def _bootstrap(sets: np.ndarray, right: dict[str, np.ndarray], names: list[str],
+               seed: int) -> dict[str, list[float]]:
+    """95% intervals over resamples of whole sample sets of each share right and of each
+    model's share minus the baseline's."""
+    uniq, inv = np.unique(sets, return_inverse=True)
+    k = len(uniq)
+    if k < 2:
+        return {}
+    n = np.bincount(inv, minlength=k).astype(np.float64)
+    per_set = {key: np.bincount(inv, weights=v, minlength=k) for key, v in right.items()}
+    pick = np.random.default_rng(seed).integers(0, k, size=(BOOTSTRAP, k))
+    total = n[pick].sum(axis=1)
+    share = {key: v[pick].sum(axis=1) / total for key, v in per_set.items()}
+    out = {f"{key}_right": np.quantile(v, [0.025, 0.975]).tolist() for key, v in share.items()}
+    for name in names:
+        out[f"{name}_gain"] = np.quantile(share[name] - share["nearest_median"],
+                                          [0.025, 0.975]).tolist()
+    return out
 
 
 def _density(y: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
