@@ -326,6 +326,18 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any], *,
     """Mean-field ADVI (:mod:`rtprep.models.advi`) on the PyMC model's compiled log density and
     gradient, from ``start``; ``summary_draws`` draws of the summarised variables, and the fit's
     diagnostics."""
+    draws, info, _ = fit_advi_state(model, options, start, label=label,
+                                    until_converged=until_converged, max_steps=max_steps)
+    return draws, info
+
+
+def fit_advi_state(model: Any, options: ModelOptions, start: dict[str, Any], *,
+                   label: str = "pooled", until_converged: bool = False,
+                   max_steps: int | None = None, q_start: advi.Gaussian | None = None,
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any], advi.Gaussian]:
+    """:func:`_fit_advi`, also returning the variational state kept; ``q_start`` (a state of a
+    model of the same parameters, e.g. the previous robust round's) replaces the start point
+    (``warm_start`` in the diagnostics says which was used)."""
     from pymc.blocking import DictToArrayBijection
     from pymc.initial_point import make_initial_point_fn
 
@@ -341,7 +353,9 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any], *,
         _FN_CACHE[id(model)] = fn
     t_compile = time.perf_counter() - t0
     mu0 = np.asarray(raveled.data, dtype=np.float64).copy()
-    q0 = advi.Gaussian(mu0, np.full_like(mu0, np.log(0.1)))
+    warm = q_start is not None and q_start.mu.shape == mu0.shape
+    q0 = (advi.Gaussian(q_start.mu.copy(), q_start.omega.copy()) if warm and q_start is not None
+          else advi.Gaussian(mu0, np.full_like(mu0, np.log(0.1))))
     settings = advi.AdviSettings(steps=options.steps(), learning_rate=options.learning_rate,
                                  seed=options.seed, label=label,
                                  until_converged=until_converged, max_steps=max_steps)
@@ -352,8 +366,8 @@ def _fit_advi(model: Any, options: ModelOptions, start: dict[str, Any], *,
     draws = _deterministics(model, points)
     info = {"method": "advi", **diag, "seconds": round(time.perf_counter() - t0, 3),
             "compile_seconds": round(t_compile, 3), "learning_rate": options.learning_rate,
-            "parameters": len(mu0)}
-    return draws, info
+            "parameters": len(mu0), "warm_start": warm}
+    return draws, info, q
 
 
 def _deterministics(model: Any, points: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -103,9 +103,9 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
     """Each training row's posterior probability of being mis-assigned (EM rounds, module
     docstring), and what the rounds did."""
     from rtprep.models.pooled import (
-        _fit_advi,
         _initial_point,
         build_model,
+        fit_advi_state,
         group_posteriors,
         prepare_fit,
     )
@@ -117,6 +117,7 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
     prob = np.zeros(len(y))
     rounds: list[dict[str, Any]] = []
     fit_info: dict[str, Any] = {}
+    q_prev = None
     for i in range(max(int(options.robust_rounds), 1)):  # EM rounds (a few), each a fit
         fit = mean = cov = None  # the last round's arrays go before this round's are built
         stats = sufficient_stats(groups, gid, x, y, w)
@@ -126,9 +127,12 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
         model = build_model(fit.alg, fit.data, covs)
         # each round judges rows only from a converged fit: ADVI rounds of ``steps`` until
         # another no longer moves it (at most the main fit's steps, at least three rounds')
-        draws, fit_info = _fit_advi(model, round_opts, _initial_point(fit.alg, fit.data),
-                                    label=f"robust fit, round {i + 1}", until_converged=True,
-                                    max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps))
+        # (rounds after the first start from the previous round's state: the weights moved
+        # few rows, so it is close to this round's optimum)
+        draws, fit_info, q_prev = fit_advi_state(
+            model, round_opts, _initial_point(fit.alg, fit.data),
+            label=f"robust fit, round {i + 1}", until_converged=True,
+            max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps), q_start=q_prev)
         mean, cov, noise_var, _ = group_posteriors(fit.alg, fit.data, draws)
         mean[:, 1:] += fit.slope_means
         r, s2 = loo_residuals(mean, cov, noise_var, gid, x, y, w)
