@@ -332,13 +332,13 @@ def check_inputs(config: Mapping[str, Any]) -> list[str]:
 
 
 def split_words(config: Mapping[str, Any], split: str) -> str:
-    """A split in words, for the end-of-run summary: ``random split (20% of sample sets)``,
-    ``time split (latest 20% of worksheets by worksheet_id)``."""
+    """A split in words, for the end-of-run summary: ``random split, 20% of sample sets held
+    out``, ``time split, latest 20% of worksheets by worksheet_id held out``."""
     share = f"{float(config['eval']['test_fraction']):.0%}"
     if split == "time":
-        return (f"time split (latest {share} of worksheets by "
-                f"{config['eval']['time_column']})")
-    return f"{split} split ({share} of sample sets)"
+        return (f"time split, latest {share} of worksheets by "
+                f"{config['eval']['time_column']} held out")
+    return f"{split} split, {share} of sample sets held out"
 
 
 def end_summary(config: Mapping[str, Any]) -> str:
@@ -363,7 +363,7 @@ def end_summary(config: Mapping[str, Any]) -> str:
                     if not metrics.is_file():
                         continue
                     overall = json.loads(metrics.read_text(encoding="utf-8"))["overall"]
-                    lines.append(f"    held-out rows, {split_words(config, split)} ({metrics}):")
+                    lines.append(f"    {split_words(config, split)} ({metrics}):")
                     for m in ("pooled", "ridge"):
                         s = overall.get(m) or {}
                         if s.get("rmse") is not None:
