@@ -60,6 +60,11 @@ SPLITS: tuple[str, ...] = choices("eval", "splits")
 
 _HASH = "_row_hash"
 _ORDER = "_time"
+#: Text the time split reads as a date or time (ISO 8601, without a time zone).
+_ISO_FORMATS: tuple[str, ...] = tuple(
+    f"%Y-%m-%d{t}" for t in ("", "T%H:%M", " %H:%M", "T%H:%M:%S", " %H:%M:%S", "T%H:%M:%S%.f",
+                             " %H:%M:%S%.f")
+)
 _THRESHOLD = "_threshold"
 _KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_COLUMNS)))
 
@@ -441,7 +446,9 @@ def _time_keys(lf: pl.LazyFrame, schema: pl.Schema, path: Path, time_column: str
                               "a worksheet for every row", column=c)
     order = keys[time_column]
     if order.dtype == pl.String:
-        parsed = order.str.to_datetime(strict=False)
+        parsed = pl.select(pl.coalesce(
+            [pl.lit(order).str.to_datetime(f, strict=False) for f in _ISO_FORMATS]
+        )).to_series()
         bad = order.filter(parsed.is_null())
         if bad.len():
             raise input_error(path, f"{bad.n_unique()} value(s) are not dates or times, e.g. "
