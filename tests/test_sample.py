@@ -396,8 +396,8 @@ def test_time_split_orders_dates_numbers_and_worksheet_ids(tmp_path: Path) -> No
     assign_folds(src, tmp_path / "date.csv", test_fraction=0.3, split="time",
                  time_column="acquisition_date")
     assign_folds(src, tmp_path / "ws.csv", test_fraction=0.3, split="time")
-    pl.read_parquet(src).with_columns(
-        pl.col("acquisition_date").cast(pl.Int32).alias("day")).write_parquet(tmp_path / "d.parquet")
+    days = pl.read_parquet(src).with_columns(pl.col("acquisition_date").cast(pl.Int32).alias("day"))
+    days.write_parquet(tmp_path / "d.parquet")
     assign_folds(tmp_path / "d.parquet", tmp_path / "day.csv", test_fraction=0.3, split="time",
                  time_column="day")
     want = {100 + i: "test" if i >= 7 else "train" for i in range(10)}
@@ -429,7 +429,8 @@ def test_time_split_holds_out_a_sample_set_that_spans_a_held_out_worksheet(
     # sample set 102 also has a row on the latest worksheet (804)
     extra = df.filter(pl.col("sample_set_id") == 102).head(1).with_columns(
         pl.lit(804, dtype=pl.Int64).alias("worksheet_id"),
-        pl.lit("2024-06-05").alias("acquisition_date"), pl.lit(999, dtype=pl.Int64).alias("task_id"))
+        pl.lit("2024-06-05").alias("acquisition_date"),
+        pl.lit(999, dtype=pl.Int64).alias("task_id"))
     _write(pl.concat([df, extra]), tmp_path / "lib.parquet")
     acc = assign_folds(tmp_path / "lib.parquet", tmp_path / "f.csv", test_fraction=0.2,
                        split="time", time_column="acquisition_date")

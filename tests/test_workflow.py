@@ -108,8 +108,8 @@ def test_real_run_writes_every_artifact(run_dir: Path) -> None:
         assert csv.columns[-1] == "rt"
         assert csv.height > 0
         for split in SPLITS:  # the train-fold CSVs keep the RT CSV's columns
-            train = pl.read_csv(run_dir / lib_file(lib, f"_{split}_train_cap5_chemclass_rt_prod.csv"),
-                                n_rows=1)
+            train_csv = lib_file(lib, f"_{split}_train_cap5_chemclass_rt_prod.csv")
+            train = pl.read_csv(run_dir / train_csv, n_rows=1)
             assert train.columns == csv.columns, split
         # the time split holds out the latest worksheets (time_column worksheet_id), whole
         folds = pl.read_csv(run_dir / lib_file(lib, "_time_folds.csv"))

@@ -40,13 +40,13 @@ import polars as pl
 from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
 from rtprep.errors import RtprepError, input_error
 from rtprep.frames import read_csv_checked, require_columns
-from rtprep.settings import choices
 from rtprep.hashing import (
     IDENTITY_COLUMNS,
     MASK64,
     id_hash,
     with_row_hash,
 )
+from rtprep.settings import choices
 
 log = logging.getLogger(__name__)
 
