@@ -125,7 +125,7 @@ TRUTH = DEMO_TRUTH if DEMO else config["eval"].get("truth")
 
 
 def eval_truth(wildcards):
-    """Evaluate also scores against a truth (eval/truth.json): the demo generator's, or the
+    """Evaluate also scores against a truth (eval/<split>/truth.json): the demo generator's, or the
     truth table of eval.truth."""
     return {"truth": TRUTH} if TRUTH else {}
 

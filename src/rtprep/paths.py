@@ -63,7 +63,7 @@ def merged_name(export: str) -> str:
 def beside(path: str | Path, suffix: str) -> Path:
     """``x.parquet`` (or ``x.csv``) -> ``x<suffix>`` in the same folder: a stage's output named
     after its input, as the original scripts name them (``_lib209.parquet``, ``_cap5.parquet``,
-    ``_chemclass.parquet``, ``_rt_prod.csv``, ``_folds.csv``, ``_species_compounds.csv``)."""
+    ``_chemclass.parquet``, ``_rt_prod.csv``, ``_random_folds.csv``, ``_species_compounds.csv``)."""
     p = Path(path)
     name = p.name
     for ext in (".parquet", ".csv"):
