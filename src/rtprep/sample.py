@@ -398,6 +398,12 @@ def random_folds(sample_sets: pl.Series, *, test_fraction: float, fold_seed: int
     )
 
 
+def _worksheets_in_time_order(keys: pl.DataFrame, time_column: str) -> pl.DataFrame:
+    """``worksheet_id, start`` (its earliest ``time_column`` value), by (start, worksheet_id)."""
+    return (keys.group_by("worksheet_id").agg(pl.col(time_column).min().alias("start"))
+            .sort("start", "worksheet_id"))
+
+
 def time_folds(keys: pl.DataFrame, *, test_fraction: float, time_column: str) -> pl.DataFrame:
     """The ``time`` split: the latest worksheets held out, whole.
 
@@ -410,10 +416,7 @@ def time_folds(keys: pl.DataFrame, *, test_fraction: float, time_column: str) ->
     order is the worksheet ids'. Returns ``sample_set_id, fold`` sorted by ``sample_set_id``.
     """
     fraction = _check_fraction(test_fraction)
-    worksheets = (
-        keys.group_by("worksheet_id").agg(pl.col(time_column).min().alias("_t"))
-        .sort("_t", "worksheet_id")
-    )
+    worksheets = _worksheets_in_time_order(keys, time_column)
     n_test = _n_test(worksheets.height, fraction)
     held_out = worksheets["worksheet_id"].tail(n_test)
     return (
@@ -440,8 +443,7 @@ def _time_keys(lf: pl.LazyFrame, schema: pl.Schema, path: Path, time_column: str
     cols = list(dict.fromkeys(["sample_set_id", "worksheet_id", time_column]))
     keys = lf.select(pl.col(cols)).unique().collect(engine="streaming")
     for c in cols:
-        n_null = keys[c].null_count()
-        if n_null:
+        if keys[c].null_count():
             raise input_error(path, "has rows without a value; the time split needs a time and "
                               "a worksheet for every row", column=c)
     order = keys[time_column]
@@ -509,13 +511,10 @@ def assign_folds(
         keys = _time_keys(lf, schema, paths[0], time_column)
         folds = time_folds(keys, test_fraction=fraction, time_column=_ORDER)
         config["time_column"] = time_column
-        test_ws = keys.join(folds.filter(pl.col("fold") == "test"), on="sample_set_id",
-                            how="semi")
-        n_ws = keys["worksheet_id"].n_unique()
-        n_ws_test = test_ws["worksheet_id"].n_unique()
-        ws_start = keys.group_by("worksheet_id").agg(pl.col(_ORDER).min())
-        test_from = ws_start.join(test_ws.select("worksheet_id").unique(), on="worksheet_id",
-                                  how="semi")[_ORDER].min()
+        worksheets = _worksheets_in_time_order(keys, _ORDER)
+        n_ws = worksheets.height
+        n_ws_test = _n_test(n_ws, fraction)
+        test_from = worksheets["start"][n_ws - n_ws_test] if n_ws_test else None
         spanning = int((keys.group_by("sample_set_id").agg(pl.col("worksheet_id").n_unique())
                         ["worksheet_id"] > 1).sum())
         extra.update({"unit": "worksheet_id", "time_column": time_column,
