@@ -12,8 +12,9 @@ from rtprep.paths import (
     MODEL_MANIFEST,
     MODEL_ROWS,
     Layout,
+    train_kind,
 )
-from rtprep.settings import demo_active
+from rtprep.settings import choices, demo_active
 from rtprep.workflow import (
     accounted_artifacts,
     check_inputs,
@@ -31,7 +32,7 @@ from snakemake.exceptions import WorkflowError
 # A bad config stops here with one message naming the key, the value and what is allowed;
 # the exports' folders and the libs asked for are checked up front too, and every input the
 # config names that no rule makes (mappings, embeddings or SMILES) is read by its stage's reader. On the demo, the demo's
-# fast settings (demo.model, demo.embeddings, demo.rt_range) are laid over the config first.
+# settings (demo.model, demo.embeddings, demo.rt_range, demo.eval) are laid over the config first.
 try:
     config.update(complete_config(config))
     check_inputs(config)
@@ -48,6 +49,7 @@ CLASSES_PARQUET, CLASSES_CSV = P.classes(
     config["embeddings"]["path"], config["n_clusters"]
 )
 HLC = ("{hash}", "{lib}", "{cap}")  # the wildcards of a (hash, lib, cap) artifact
+SPLITS = choices("eval", "splits")  # how held-out folds can be drawn (eval.splits)
 # What train writes beside its manifest: the training rows' flags, each model kind's summary,
 # tables and effects.
 TRAINED_FILES = [("", MODEL_ROWS)] + [
@@ -76,7 +78,8 @@ wildcard_constraints:
     hash="[0-9a-f]+",
     lib=r"\d+",
     cap=r"\d+",
-    kind="cap|train_cap",
+    split="|".join(SPLITS),
+    kind="|".join(["cap", *(train_kind(s) for s in SPLITS)]),
 
 
 def all_targets():
@@ -122,7 +125,7 @@ TRUTH = DEMO_TRUTH if DEMO else config["eval"].get("truth")
 
 
 def eval_truth(wildcards):
-    """Evaluate also scores against a truth (eval/truth.json): the demo generator's, or the
+    """Evaluate also scores against a truth (eval/<split>/truth.json): the demo generator's, or the
     truth table of eval.truth."""
     return {"truth": TRUTH} if TRUTH else {}
 

@@ -1,5 +1,6 @@
 # Stage 8: RT models (ridge and partial pooling) from the RT production CSVs, and their held-out
-# evaluation (trained on the train folds' capped rows, scored on every test-fold row).
+# evaluation, one per split (trained on the split's train-fold capped rows, scored on every row
+# of its test fold).
 
 
 rule train:
@@ -32,16 +33,20 @@ rule train:
 rule evaluate:
     input:
         unpack(eval_truth),
-        train_csv=P.rt_csv(*HLC, kind="train_cap"),
-        test_rows=P.test_rows("{hash}", "{lib}"),
+        train_csv=P.rt_csv(*HLC, kind=train_kind("{split}")),
+        test_rows=P.test_rows("{hash}", "{lib}", "{split}"),
         embeddings=config["embeddings"]["path"],
     output:
-        metrics=P.eval_file(*HLC),
-        tables=[P.eval_file(*HLC, f) for f in EVAL_FILES[1:]],
-        truth=[P.eval_file(*HLC, f) for f in EVAL_TRUTH_FILES] if TRUTH else [],
-        model=directory(P.eval_file(*HLC, EVAL_MODEL_DIR)),
+        metrics=P.eval_file(*HLC, split="{split}"),
+        tables=[P.eval_file(*HLC, split="{split}", name=f) for f in EVAL_FILES[1:]],
+        truth=(
+            [P.eval_file(*HLC, split="{split}", name=f) for f in EVAL_TRUTH_FILES]
+            if TRUTH
+            else []
+        ),
+        model=directory(P.eval_file(*HLC, split="{split}", name=EVAL_MODEL_DIR)),
     log:
-        P.log("evaluate/{hash}_lib{lib}_cap{cap}"),
+        P.log("evaluate/{hash}_lib{lib}_cap{cap}_{split}"),
     priority: PRIORITY_MODEL
     conda:
         ENV

@@ -75,17 +75,17 @@ rule plot_classes:
 
 rule plot_model_quality:
     input:
-        P.eval_file(*HLC),
+        P.eval_file(*HLC, split="{split}"),
     output:
         report(
-            P.figure("model_quality", *HLC),
+            P.figure("model_quality_{split}", *HLC),
             caption="../report/model_quality.rst",
             category="Model quality",
             subcategory="{hash}",
-            labels={"lib": "{lib}", "cap": "{cap}"},
+            labels={"lib": "{lib}", "cap": "{cap}", "split": "{split}"},
         ),
     log:
-        P.log("plot/model_quality_{hash}_lib{lib}_cap{cap}"),
+        P.log("plot/model_quality_{hash}_lib{lib}_cap{cap}_{split}"),
     conda:
         ENV
     threads: 1

@@ -1,4 +1,5 @@
-# Seed step 7: RT production CSVs (the trainers' contract), and every held-out row for evaluation.
+# Seed step 7: RT production CSVs (the trainers' contract), and every held-out row of each split
+# for evaluation.
 
 
 rule rt_csv:
@@ -25,14 +26,14 @@ rule rt_csv:
 rule test_rows:
     input:
         parquet=P.lib("{hash}", "{lib}"),
-        folds=P.folds("{hash}", "{lib}"),
+        folds=P.folds("{hash}", "{lib}", "{split}"),
         lib_mapping=lib_mapping,
         classes=CLASSES_PARQUET,
         species_mapping=species_mapping,
     output:
-        P.test_rows("{hash}", "{lib}"),
+        P.test_rows("{hash}", "{lib}", "{split}"),
     log:
-        P.log("test_rows/{hash}_lib{lib}"),
+        P.log("test_rows/{hash}_lib{lib}_{split}"),
     priority: PRIORITY_DATA
     conda:
         ENV

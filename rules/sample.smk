@@ -1,13 +1,14 @@
-# Seed step 4 (cap per species x compound pair) and the held-out folds of whole sample sets.
+# Seed step 4 (cap per species x compound pair) and the held-out folds of whole sample sets,
+# one set of folds per split of eval.splits (random sample sets, or the latest worksheets).
 
 
 rule folds:
     input:
         P.lib("{hash}", "{lib}"),
     output:
-        P.folds("{hash}", "{lib}"),
+        P.folds("{hash}", "{lib}", "{split}"),
     log:
-        P.log("folds/{hash}_lib{lib}"),
+        P.log("folds/{hash}_lib{lib}_{split}"),
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -17,7 +18,12 @@ rule folds:
         runtime=15,
     params:
         test_fraction=config["eval"]["test_fraction"],
-        fold_seed=config["fold_seed"],
+        # each split's params only: a new fold_seed redraws the random split alone, a new
+        # time_column the time split alone
+        fold_seed=lambda wc: config["fold_seed"] if wc.split == "random" else None,
+        time_column=lambda wc: (
+            config["eval"]["time_column"] if wc.split == "time" else None
+        ),
     script:
         "../workflow_scripts/rule_folds.py"
 
@@ -48,11 +54,11 @@ rule cap:
 rule cap_train:
     input:
         parquet=P.lib("{hash}", "{lib}"),
-        folds=P.folds("{hash}", "{lib}"),
+        folds=P.folds("{hash}", "{lib}", "{split}"),
     output:
-        P.capped(*HLC, kind="train_cap"),
+        P.capped(*HLC, kind=train_kind("{split}")),
     log:
-        P.log("cap/{hash}_lib{lib}_train_cap{cap}"),
+        P.log("cap/{hash}_lib{lib}_{split}_train_cap{cap}"),
     priority: PRIORITY_DATA
     conda:
         ENV

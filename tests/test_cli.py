@@ -62,6 +62,9 @@ def test_every_step_through_the_cli(demo_dir: Path) -> None:
          "--classes", str(demo_dir / "resources/metabolites/chem_classes_k8.parquet")),
         ("rt-csv", "--input", str(data / f"merged_training_{H208}_lib208_cap5_chemclass.parquet"),
          "--species-mapping", str(data / f"merged_training_{H208}_lib208_species_mapping.csv")),
+        ("folds", str(data / f"merged_training_{H208}_lib208.parquet")),
+        ("folds", str(data / f"merged_training_{H208}_lib208.parquet"), "--split", "time",
+         "--test-fraction", "0.25"),
     ]
     for step in steps:
         proc = rtprep(*step)
@@ -73,6 +76,14 @@ def test_every_step_through_the_cli(demo_dir: Path) -> None:
     assert csv.height > 0
     assert (data / f"merged_training_{H208}_lib208_species_compounds.csv").is_file()
     assert (data / f"merged_training_{H208}_lib208_cap5_chemclass_rt_prod.csv.meta.json").is_file()
+    # folds beside the lib file, one file per split (random by default)
+    for split in ("random", "time"):
+        folds = pl.read_csv(data / f"merged_training_{H208}_lib208_{split}_folds.csv")
+        assert folds.columns == ["sample_set_id", "fold"] and folds.height > 0
+    proc = rtprep("folds", str(data / f"merged_training_{H208}_lib208.parquet"), "--split",
+                  "time", "--time-column", "acquisition_date")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "column(s) 'acquisition_date'" in proc.stderr and "lib208.parquet" in proc.stderr
 
 
 def test_run_dry_run_goes_through_snakemake(tmp_path: Path) -> None:

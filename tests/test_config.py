@@ -50,6 +50,7 @@ def test_a_users_config_gets_production_defaults(tmp_path: Path) -> None:
     assert model_caps(cfg) == cfg["caps"] == [5, 10]
     assert cfg["embeddings"]["path"] == str(tmp_path / "emb.parquet")
     assert cfg["rt_range"] == {}
+    assert cfg["eval"]["splits"] == ["random"] and cfg["eval"]["time_column"] == "worksheet_id"
     # and the shipped file, as a whole, states only production defaults outside demo:
     shipped = yaml.safe_load(SHIPPED.read_text())
     for block in ("model", "merge", "covariates", "eval"):
@@ -66,6 +67,47 @@ def test_the_shipped_config_alone_runs_the_fast_demo() -> None:
     tiny = load("test.yaml")  # the test suite's tiny demo keeps its own fast settings
     assert tiny["model"]["quick_steps"] == 300
     assert tiny["embeddings"]["path"].startswith("demo/tiny")
+
+
+def test_eval_splits_random_in_production_both_on_the_demo(tmp_path: Path) -> None:
+    """eval.splits: [random] by default; the demo (demo.eval) and the test config run both. Each
+    split gets its own evaluation and model-quality figure among the targets."""
+    assert settings.default("eval", "splits") == ["random"]
+    assert settings.choices("eval", "splits") == ("random", "time")
+    for name in ("config.yaml", "test.yaml"):
+        assert load(name)["eval"]["splits"] == ["random", "time"], name
+        assert load(name)["eval"]["time_column"] == "worksheet_id", name
+    cfg = _real_export(tmp_path)
+    targets = final_targets(cfg)
+    for split in ("random", "time"):
+        assert f"results/rt_prod/abc1/lib11_cap5/eval/{split}/metrics.json" in targets
+        assert f"results/report/abc1/lib11_cap5_model_quality_{split}.png" in targets
+    cfg["eval"]["splits"] = ["time"]
+    targets = final_targets(cfg)
+    assert not any("/eval/random/" in t or "quality_random" in t for t in targets)
+    from rtprep.workflow import accounted_artifacts
+
+    arts = accounted_artifacts(cfg)
+    assert any(a.endswith("abc1_lib11_time_train_cap5_chemclass_rt_prod.csv") for a in arts)
+    assert any(a.endswith("abc1_lib11_time_test_chemclass_rt_prod.parquet") for a in arts)
+    assert not any("_random_" in Path(a).name for a in arts)
+
+
+def test_eval_splits_are_checked_and_coerced() -> None:
+    from rtprep.workflow import config_error_message
+
+    assert coerce_config({"eval": {"splits": "random,time"}})["eval"]["splits"] == [
+        "random", "time"]
+    assert coerce_config({"eval": {"splits": "[time]"}})["eval"]["splits"] == ["time"]
+    for bad, words in ((["random", "future"], ("'eval.splits[1]'", "one of random, time")),
+                       ([], ("'eval.splits'", "at least 1 item")),
+                       (["time", "time"], ("'eval.splits'", "non-unique"))):
+        cfg = load("test.yaml")
+        cfg["eval"]["splits"] = bad
+        with pytest.raises(Exception) as info:
+            validate(cfg, SCHEMA)
+        message = config_error_message(info.value)
+        assert all(w in message for w in words), (bad, message)
 
 
 def test_user_config_without_embeddings_is_told_to_set_them(tmp_path: Path) -> None:

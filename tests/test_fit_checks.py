@@ -105,6 +105,17 @@ def _small_train_csv(root: Path) -> Path:
     return named
 
 
+def test_run_label_names_lib_cap_and_split() -> None:
+    from rtprep.models.api import run_label
+
+    stem = "merged_training_abc_lib611"
+    assert run_label(f"{stem}_cap5_chemclass_rt_prod.csv") == "lib 611, cap 5"
+    assert run_label(f"{stem}_time_train_cap5_chemclass_rt_prod.csv") == (
+        "lib 611, cap 5 (time split's train fold)")
+    assert run_label(f"{stem}_train_cap5_chemclass_rt_prod.csv") == "lib 611, cap 5"
+    assert run_label("train.csv") == "train.csv"
+
+
 def test_train_fails_on_an_unrecoverable_fit_naming_lib_cap_and_loss(tmp_path: Path) -> None:
     csv = _small_train_csv(tmp_path)
     opts = ModelOptions(advi_steps=300, summary_draws=10, seed=1, learning_rate=10.0,

@@ -84,15 +84,18 @@ def test_readme_commands_work_in_a_fresh_copy(tmp_path: Path) -> None:
     assert passed >= 10 and passed + skipped == total, outputs[1][-2000:]
     # the demo command built every RT CSV, model and evaluation of the shipped config
     data = checkout / "demo/repo_export"
-    # (the glob also matches the train-fold CSVs, `..._lib208_train_cap5_...`)
+    # (the glob also matches the train-fold CSVs, `..._lib208_random_train_cap5_...`)
     rt_csvs = [p for p in data.glob("*_cap5_chemclass_rt_prod.csv") if "_train_cap" not in p.name]
     assert len(rt_csvs) == 5, sorted(p.name for p in rt_csvs)
-    assert len(list((checkout / "results/rt_prod").glob("*/*/eval/metrics.json"))) >= 5
+    # the demo evaluates both splits (demo.eval): eval/random/ and eval/time/ per lib
+    for split in ("random", "time"):
+        found = list((checkout / "results/rt_prod").glob(f"*/*/eval/{split}/metrics.json"))
+        assert len(found) == 5, split
     # on the demo, each evaluation is scored against the generator's truth too: even the
     # quick fits (1000 steps) stay near the true parameters on the rows not mis-assigned
     # (a fit thrown out of its basin, as one lib's was before the ADVI spike guard: 2.6x)
-    truths = sorted((checkout / "results/rt_prod").glob("*/*/eval/truth.json"))
-    assert len(truths) == 5
+    truths = sorted((checkout / "results/rt_prod").glob("*/*/eval/*/truth.json"))
+    assert len(truths) == 10
     for path in truths:
         clean = json.loads(path.read_text())["clean"]
         assert clean["pooled_over_truth"] < 1.7, (path, clean["pooled_over_truth"])

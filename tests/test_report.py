@@ -32,8 +32,9 @@ from tests.workflow_util import snakemake
 
 pytestmark = pytest.mark.slow
 
-#: Figures the test config (libs 208 and 209, cap 5) puts in each report category.
-EXPECTED = {"Chemistry classes": 1, "Coverage": 2, "Model quality": 2, "Partial pooling": 2,
+#: Figures the test config (libs 208 and 209, cap 5; model quality per split: random and time)
+#: puts in each report category.
+EXPECTED = {"Chemistry classes": 1, "Coverage": 2, "Model quality": 4, "Partial pooling": 2,
             "Row accounting": 2}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Root in a container has no usable sandbox or GPU; the rest keeps Chromium off the network.
@@ -244,6 +245,9 @@ def test_report_captions_name_their_result(walked: tuple[list[Shown], list[str]]
         assert f"lib {m.group(1)}" in s.caption, f"{s.path}: {s.caption}"
         if m.group(2):
             assert f"cap {m.group(2)}" in s.caption, f"{s.path}: {s.caption}"
+        split = re.search(r"_model_quality_(\w+)\.png$", s.path)
+        if split:
+            assert f"{split.group(1)} split" in s.caption, f"{s.path}: {s.caption}"
         if s.subcategory:
             assert s.subcategory in s.path  # the export hash groups its own figures
 

@@ -334,6 +334,157 @@ def test_bad_folds_values_are_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "o.parquet").exists()
 
 
+# --- the time split -----------------------------------------------------------------------------
+def _lib_on_worksheets(path: Path, sets: list[tuple[int, int, object]],
+                       time_dtype: pl.DataType | None = None) -> pl.DataFrame:
+    """Two peaks per sample set; ``sets``: (sample_set_id, worksheet_id, acquisition_date)."""
+    rows = [(ss, 10 * ss + t, 5, "plasma", 1.0 + t) for ss, _, _ in sets for t in range(2)]
+    ws = {ss: w for ss, w, _ in sets}
+    when = {ss: d for ss, _, d in sets}
+    df = _frame(rows).with_columns(
+        pl.col("sample_set_id").replace_strict(ws, return_dtype=pl.Int64).alias("worksheet_id"),
+        pl.col("sample_set_id").replace_strict(when, return_dtype=time_dtype)
+        .alias("acquisition_date"),
+    )
+    _write(df, path)
+    return df
+
+
+def _folds_of(path: Path) -> dict[int, str]:
+    folds = pl.read_csv(path)
+    assert folds.columns == ["sample_set_id", "fold"]
+    return dict(zip(folds["sample_set_id"], folds["fold"], strict=True))
+
+
+def test_time_split_holds_out_the_latest_worksheets_whole(tmp_path: Path) -> None:
+    """10 worksheets (ids in no time order), 1-3 sample sets each: the 2 latest by date are held
+    out (0.2 x 10), every sample set on them and nothing else; ties by worksheet_id."""
+    ws_dates = {907: "2024-01-05", 901: "2024-03-01", 905: "2024-01-20", 903: "2024-02-11",
+                902: "2024-02-02", 908: "2024-01-02", 904: "2024-02-20", 906: "2024-02-20",
+                909: "2024-01-11", 900: "2024-01-01"}
+    sets, ss = [], 100
+    for i, (w, d) in enumerate(ws_dates.items()):
+        for _ in range(1 + i % 3):
+            sets.append((ss, w, d))
+            ss += 1
+    src = tmp_path / "merged_training_ab12_lib209.parquet"
+    _lib_on_worksheets(src, sets, pl.String)
+    out = tmp_path / "time_folds.csv"
+    acc = assign_folds(src, out, test_fraction=0.2, split="time", time_column="acquisition_date")
+    got = _folds_of(out)
+    # latest: 901 (March), then 904 and 906 tie on 2024-02-20: the higher worksheet_id is later
+    test_ws = {901, 906}
+    assert got == {
+        s: "test" if w in test_ws else "train" for s, w, _ in sets}
+    assert acc.extra["worksheets"] == {"test": 2, "train": 8}
+    assert acc.extra["test"] == sum(w in test_ws for _, w, _ in sets)
+    assert acc.extra["test_from"].startswith("2024-02-20")
+    meta = read_meta(out)
+    assert meta["config"] == {"split": "time", "test_fraction": 0.2,
+                              "time_column": "acquisition_date"}
+    assert meta["seeds"] == {}  # fold_seed plays no part
+
+
+def test_time_split_orders_dates_numbers_and_worksheet_ids(tmp_path: Path) -> None:
+    """A Date column, an integer column and worksheet_id itself (the default) give the same
+    folds when they order the worksheets alike; the test fold is the latest 30%."""
+    import datetime as dt
+
+    sets = [(100 + i, 500 + i, dt.date(2024, 1, 1) + dt.timedelta(days=3 * i)) for i in range(10)]
+    src = tmp_path / "lib.parquet"
+    _lib_on_worksheets(src, sets, pl.Date)
+    assign_folds(src, tmp_path / "date.csv", test_fraction=0.3, split="time",
+                 time_column="acquisition_date")
+    assign_folds(src, tmp_path / "ws.csv", test_fraction=0.3, split="time")
+    days = pl.read_parquet(src).with_columns(pl.col("acquisition_date").cast(pl.Int32).alias("day"))
+    days.write_parquet(tmp_path / "d.parquet")
+    assign_folds(tmp_path / "d.parquet", tmp_path / "day.csv", test_fraction=0.3, split="time",
+                 time_column="day")
+    want = {100 + i: "test" if i >= 7 else "train" for i in range(10)}
+    assert _folds_of(tmp_path / "date.csv") == want
+    assert (tmp_path / "date.csv").read_bytes() == (tmp_path / "ws.csv").read_bytes() == (
+        tmp_path / "day.csv").read_bytes()
+
+
+def test_time_split_is_deterministic_and_ignores_row_order_and_seed(tmp_path: Path) -> None:
+    sets = [(100 + i, 700 + i // 3, f"2024-05-{1 + i // 3:02d}") for i in range(30)]
+    df = _lib_on_worksheets(tmp_path / "lib.parquet", sets, pl.String)
+    _write(df.sample(fraction=1.0, shuffle=True, seed=5), tmp_path / "shuffled.parquet")
+    for name, src, seed in (("a.csv", "lib.parquet", 1), ("b.csv", "lib.parquet", 1),
+                            ("c.csv", "shuffled.parquet", 2)):
+        assign_folds(tmp_path / src, tmp_path / name, test_fraction=0.25, fold_seed=seed,
+                     split="time", time_column="acquisition_date")
+    a = (tmp_path / "a.csv").read_bytes()
+    assert a == (tmp_path / "b.csv").read_bytes() == (tmp_path / "c.csv").read_bytes()
+    # 10 worksheets of 3 sample sets: round(2.5) = 3 latest (halves up) -> 9 sample sets
+    assert sorted(s for s, f in _folds_of(tmp_path / "a.csv").items() if f == "test") == list(
+        range(121, 130))
+
+
+def test_time_split_holds_out_a_sample_set_that_spans_a_held_out_worksheet(
+        tmp_path: Path) -> None:
+    """Folds are whole sample sets: one with rows on a train and a test worksheet is test."""
+    sets = [(100 + i, 800 + i, f"2024-06-{1 + i:02d}") for i in range(5)]
+    df = _lib_on_worksheets(tmp_path / "lib.parquet", sets, pl.String)
+    # sample set 102 also has a row on the latest worksheet (804)
+    extra = df.filter(pl.col("sample_set_id") == 102).head(1).with_columns(
+        pl.lit(804, dtype=pl.Int64).alias("worksheet_id"),
+        pl.lit("2024-06-05").alias("acquisition_date"),
+        pl.lit(999, dtype=pl.Int64).alias("task_id"))
+    _write(pl.concat([df, extra]), tmp_path / "lib.parquet")
+    acc = assign_folds(tmp_path / "lib.parquet", tmp_path / "f.csv", test_fraction=0.2,
+                       split="time", time_column="acquisition_date")
+    assert _folds_of(tmp_path / "f.csv") == {100: "train", 101: "train", 102: "test",
+                                             103: "train", 104: "test"}
+    assert acc.extra["sample_sets_on_several_worksheets"] == 1
+
+
+def test_time_split_errors_name_the_file_and_column(tmp_path: Path) -> None:
+    sets = [(100 + i, 800 + i, f"2024-06-{1 + i:02d}") for i in range(5)]
+    df = _lib_on_worksheets(tmp_path / "lib.parquet", sets, pl.String)
+    src = _write(df.drop("acquisition_date"), tmp_path / "merged_training_ab12_lib209.parquet")
+    with pytest.raises(RtprepError, match=r"merged_training_ab12_lib209.parquet: missing required "
+                       r"column\(s\) 'acquisition_date' \(the time split orders worksheets by "
+                       r"eval.time_column 'acquisition_date'\)"):
+        assign_folds(src, tmp_path / "f.csv", test_fraction=0.2, split="time",
+                     time_column="acquisition_date")
+    nulls = _write(df.with_columns(pl.when(pl.col("sample_set_id") == 103).then(None)
+                                   .otherwise(pl.col("acquisition_date"))
+                                   .alias("acquisition_date")), tmp_path / "nulls.parquet")
+    with pytest.raises(RtprepError, match=r"nulls.parquet, column 'acquisition_date': has rows "
+                       "without a value"):
+        assign_folds(nulls, tmp_path / "f.csv", test_fraction=0.2, split="time",
+                     time_column="acquisition_date")
+    words = _write(df.with_columns(pl.lit("last tuesday").alias("acquisition_date")),
+                   tmp_path / "words.parquet")
+    with pytest.raises(RtprepError, match=r"words.parquet, column 'acquisition_date': 1 value.*"
+                       "'last tuesday'"):
+        assign_folds(words, tmp_path / "f.csv", test_fraction=0.2, split="time",
+                     time_column="acquisition_date")
+    flags = _write(df.with_columns(pl.lit(True).alias("acquisition_date")),
+                   tmp_path / "flags.parquet")
+    with pytest.raises(RtprepError, match=r"column 'acquisition_date': has type Boolean"):
+        assign_folds(flags, tmp_path / "f.csv", test_fraction=0.2, split="time",
+                     time_column="acquisition_date")
+    with pytest.raises(RtprepError, match="split must be one of random, time"):
+        assign_folds(src, tmp_path / "f.csv", test_fraction=0.2, split="future")
+    with pytest.raises(RtprepError, match="the random split needs fold_seed"):
+        assign_folds(src, tmp_path / "f.csv", test_fraction=0.2)
+    assert not (tmp_path / "f.csv").exists() and _leftovers(tmp_path) == []
+
+
+def test_random_split_is_todays_assignment(tmp_path: Path) -> None:
+    """split='random' (the default) writes the folds of the fold_seed hash, byte for byte the
+    file written before splits existed (its rows fixed here), whatever a time column says."""
+    _lib_with_sample_sets(10, tmp_path / "lib.parquet")
+    assign_folds(tmp_path / "lib.parquet", tmp_path / "r.csv", test_fraction=0.3, fold_seed=3,
+                 split="random", time_column="no_such_column")
+    expected_test = sorted(sorted(range(100, 110), key=lambda s: (_fold_hash(s, 3), s))[:3])
+    lines = ["sample_set_id,fold"] + [
+        f"{s},{'test' if s in expected_test else 'train'}" for s in range(100, 110)]
+    assert (tmp_path / "r.csv").read_text() == "\n".join(lines) + "\n"
+
+
 # --- errors: nothing left behind --------------------------------------------------------------
 @pytest.mark.parametrize("cap", [0, -1, 2.5, True])
 def test_bad_cap_is_an_error_and_writes_nothing(tmp_path: Path, cap: object) -> None:

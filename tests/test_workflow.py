@@ -4,6 +4,7 @@ generator's manifest, and "edit the config, only the dependent artifacts rebuild
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -19,10 +20,13 @@ HASHES = {208: "5684639a28c04bc5af7c4fd1a75e62b5", 209: "de194c2cc2114efaa1075cc
 DATA = "demo/tiny/repo_export"
 BIG_CAP = 1_000_000  # keeps every row: the counts then equal the generator's manifest exactly
 
+# The test config (on the tiny demo, demo.eval) evaluates both splits: per lib and split its own
+# folds, train-fold cap, attach and RT CSV, test rows, evaluation and model-quality figure.
+SPLITS = ("random", "time")
 FULL_DAG = Counter(
-    demo=1, chem_classes=1, merge=2, split=2, coverage=2, folds=2, cap=2, cap_train=2,
-    attach=4, rt_csv=4, test_rows=2, train=2, evaluate=2, accounting=1, all=1,
-    plot_coverage=2, plot_funnel=2, plot_classes=1, plot_model_quality=2, plot_shrinkage=2,
+    demo=1, chem_classes=1, merge=2, split=2, coverage=2, folds=4, cap=2, cap_train=4,
+    attach=6, rt_csv=6, test_rows=4, train=2, evaluate=4, accounting=1, all=1,
+    plot_coverage=2, plot_funnel=2, plot_classes=1, plot_model_quality=4, plot_shrinkage=2,
 )  # fmt: skip
 
 
@@ -84,16 +88,45 @@ def test_bad_config_names_key(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_run_writes_every_artifact(run_dir: Path) -> None:
-    for lib in HASHES:
-        for suffix in ("_species_compounds.csv", "_folds.csv", "_cap5.parquet",
-                       "_train_cap5.parquet", "_cap5_chemclass.parquet",
-                       "_cap5_chemclass_rt_prod.csv", "_test_chemclass_rt_prod.parquet"):
+    for lib, h in HASHES.items():
+        for suffix in ("_species_compounds.csv", "_cap5.parquet", "_cap5_chemclass.parquet",
+                       "_cap5_chemclass_rt_prod.csv"):
             assert (run_dir / lib_file(lib, suffix)).is_file(), suffix
+        for split in SPLITS:  # each split: its folds, train-fold chain, test rows, evaluation
+            for suffix in ("_folds.csv", "_train_cap5.parquet", "_train_cap5_chemclass.parquet",
+                           "_train_cap5_chemclass_rt_prod.csv", "_test_chemclass_rt_prod.parquet"):
+                assert (run_dir / lib_file(lib, f"_{split}{suffix}")).is_file(), (split, suffix)
+            ev = run_dir / f"results/rt_prod/{h}/lib{lib}_cap5/eval/{split}"
+            for name in ("metrics.json", "metrics.csv", "predictions.parquet", "truth.json",
+                         "model/model.json"):
+                assert (ev / name).is_file(), (split, name)
+            assert (run_dir / f"results/report/{h}/lib{lib}_cap5_model_quality_{split}.png"
+                    ).is_file()
         csv = pl.read_csv(run_dir / lib_file(lib, "_cap5_chemclass_rt_prod.csv"))
         assert csv.columns[:7] == ["sampleset_id", "worksheet_id", "task_id", "species",
                                    "species_cluster", "compound", "compound_class"]
         assert csv.columns[-1] == "rt"
         assert csv.height > 0
+        for split in SPLITS:  # the train-fold CSVs keep the RT CSV's columns
+            train_csv = lib_file(lib, f"_{split}_train_cap5_chemclass_rt_prod.csv")
+            train = pl.read_csv(run_dir / train_csv, n_rows=1)
+            assert train.columns == csv.columns, split
+        # the time split holds out the latest worksheets (time_column worksheet_id), whole
+        folds = pl.read_csv(run_dir / lib_file(lib, "_time_folds.csv"))
+        ws = (pl.read_parquet(run_dir / lib_file(lib, ".parquet"),
+                              columns=["sample_set_id", "worksheet_id"]).unique()
+              .join(folds, on="sample_set_id"))
+        per_ws = ws.group_by("worksheet_id").agg(pl.col("fold").n_unique().alias("n"),
+                                                 pl.col("fold").first())
+        assert per_ws["n"].max() == 1  # no worksheet in both folds
+        test_ws = per_ws.filter(pl.col("fold") == "test")["worksheet_id"]
+        train_ws = per_ws.filter(pl.col("fold") == "train")["worksheet_id"]
+        assert test_ws.len() == round(0.2 * per_ws.height + 1e-9)
+        assert train_ws.max() < test_ws.min()
+        # and the random split's test fold is another set of sample sets
+        rnd = pl.read_csv(run_dir / lib_file(lib, "_random_folds.csv"))
+        assert rnd["sample_set_id"].to_list() == folds["sample_set_id"].to_list()
+        assert rnd["fold"].to_list() != folds["fold"].to_list()
         # at most 5 rows per (species_matrix_type, comp_id) pair
         capped = pl.read_parquet(run_dir / lib_file(lib, "_cap5.parquet"))
         assert capped.group_by("species_matrix_type", "comp_id").len()["len"].max() <= 5
@@ -153,7 +186,8 @@ def test_every_file_a_rule_writes_is_declared(run_dir: Path) -> None:
             declared.add(cells[0])
             declared.update(f.strip() for f in cells[3].split(",") if f.strip() != "-")
     folders = [d for d in declared if (run_dir / d).is_dir()]
-    assert any(d.endswith("eval/model") for d in folders)
+    for split in SPLITS:
+        assert any(d.endswith(f"eval/{split}/model") for d in folders), split
     undeclared = []
     for root in ("demo/tiny", "results", "logs", "benchmarks/runs"):
         for f in (run_dir / root).rglob("*"):
@@ -178,29 +212,57 @@ def test_a_finished_run_ends_with_where_the_results_are(run_dir: Path) -> None:
         csv = lib_file(lib, "_cap5_chemclass_rt_prod.csv")
         rows = meta(run_dir, csv)["rows_out"]
         assert f"lib {lib}, cap 5: {csv} ({rows:,} rows)" in tail
-    assert tail.count("pooled RMSE") == 2 and tail.count("ridge  RMSE") == 2
+    # per lib, one block of scores per split
+    assert tail.count("pooled RMSE") == 4 and tail.count("ridge  RMSE") == 4
+    assert tail.count("random split, 20% of sample sets held out (results/rt_prod/") == 2
+    assert tail.count("time split, latest 20% of worksheets by worksheet_id held out") == 2
+    assert tail.index("/eval/random/metrics.json") < tail.index("/eval/time/metrics.json")
     assert "95% coverage" in tail and "snakemake --report report.html" in tail
     assert "results/row_accounting.csv" in tail
 
 
 def test_eval_metrics_csv_is_a_target_of_its_own(tmp_path: Path) -> None:
-    """A declared output can be asked for by name: `snakemake <...>/eval/metrics.csv`."""
+    """A declared output can be asked for by name: `snakemake <...>/eval/<split>/metrics.csv`;
+    it builds that split's folds and train-fold chain only."""
     wd = copy_workflow(tmp_path)
-    target = f"results/rt_prod/{HASHES[209]}/lib209_cap5/eval/metrics.csv"
-    jobs = planned_jobs(snakemake(wd, "--dry-run", "--cores", "2", target))
-    assert jobs["evaluate"] == 1 and jobs["train"] == 0
+    for split in SPLITS:
+        target = f"results/rt_prod/{HASHES[209]}/lib209_cap5/eval/{split}/metrics.csv"
+        proc = snakemake(wd, "--dry-run", "--cores", "2", target)
+        jobs = planned_jobs(proc)
+        assert jobs["evaluate"] == 1 and jobs["train"] == 0
+        assert jobs["folds"] == jobs["cap_train"] == jobs["test_rows"] == 1
+        other = "time" if split == "random" else "random"
+        assert f"_{split}_folds.csv" in proc.stdout and f"_{other}_folds.csv" not in proc.stdout
+
+
+def test_eval_splits_choose_the_evaluations(tmp_path: Path) -> None:
+    """eval.splits: [time] runs the time split alone, [random] (production's default) the random
+    split alone: one folds, train-fold chain, test rows and evaluation per lib."""
+    wd = copy_workflow(tmp_path)
+    one_split = FULL_DAG - Counter(folds=2, cap_train=2, attach=2, rt_csv=2, test_rows=2,
+                                   evaluate=2, plot_model_quality=2)
+    for split in SPLITS:
+        proc = snakemake(wd, "--dry-run", "--cores", "2", overlay={"eval": {"splits": [split]}})
+        assert planned_jobs(proc) == one_split, split
+        other = "time" if split == "random" else "random"
+        assert f"/eval/{split}/metrics.json" in proc.stdout
+        assert f"/eval/{other}/" not in proc.stdout and f"_{other}_" not in proc.stdout
 
 
 def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
     return planned_jobs(snakemake(run_dir, "--dry-run", "--cores", "2", overlay=overlay))
 
 
-DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=2, attach=4, rt_csv=4, train=2, evaluate=2,
-                            accounting=1, all=1, plot_funnel=2, plot_model_quality=2,
+DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=4, attach=6, rt_csv=6, train=2, evaluate=4,
+                            accounting=1, all=1, plot_funnel=2, plot_model_quality=4,
                             plot_shrinkage=2)
-DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=4, rt_csv=4, test_rows=2, train=2,
-                                evaluate=2, accounting=1, all=1, plot_classes=1, plot_funnel=2,
-                                plot_model_quality=2, plot_shrinkage=2)
+DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=6, rt_csv=6, test_rows=4, train=2,
+                                evaluate=4, accounting=1, all=1, plot_classes=1, plot_funnel=2,
+                                plot_model_quality=4, plot_shrinkage=2)
+# One split's folds and what follows them (per lib): fold_seed redraws the random split only,
+# eval.time_column the time split only; the production RT CSVs and models stay.
+DOWNSTREAM_OF_ONE_SPLIT = Counter(folds=2, cap_train=2, attach=2, rt_csv=2, test_rows=2,
+                                  evaluate=2, accounting=1, all=1, plot_model_quality=2)
 
 
 @pytest.mark.slow
@@ -212,12 +274,29 @@ DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=4, rt_csv=4, test_rows=2,
         ({"cap_seed": 43}, DOWNSTREAM_OF_CAP),
         ({"n_clusters": 6}, DOWNSTREAM_OF_CLASSES),
         ({"kmeans_seed": 5}, DOWNSTREAM_OF_CLASSES),
+        ({"fold_seed": 2}, DOWNSTREAM_OF_ONE_SPLIT),
+        ({"eval": {"time_column": "task_id"}}, DOWNSTREAM_OF_ONE_SPLIT),
     ],
-    ids=["new-cap", "cap_seed", "n_clusters", "kmeans_seed"],
+    ids=["new-cap", "cap_seed", "n_clusters", "kmeans_seed", "fold_seed", "time_column"],
 )
 def test_config_edit_rebuilds_only_dependents(run_dir: Path, overlay: dict,
                                               expected: Counter[str]) -> None:
     assert _plan_after_edit(run_dir, overlay) == expected
+
+
+@pytest.mark.slow
+def test_a_time_column_the_data_lacks_stops_the_folds_job_naming_it(run_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """eval.time_column names a column the per-lib file does not have (here, a date column the
+    tiny demo lacks): the time split's folds job fails with one line naming file and column."""
+    wd = shutil.copytree(run_dir, tmp_path / "copy", symlinks=True)  # the shared run stays whole
+    proc = snakemake(wd, "--cores", "1", lib_file(208, "_time_folds.csv"), check=False,
+                     overlay={"eval": {"time_column": "acquisition_date"}})
+    assert proc.returncode != 0
+    log = (wd / f"logs/folds/{HASHES[208]}_lib208_time.log").read_text()
+    assert (f"{lib_file(208, '.parquet')}: missing required column(s) 'acquisition_date' (the "
+            "time split orders worksheets by eval.time_column 'acquisition_date')") in log
+    assert "Traceback" not in log and not (wd / lib_file(208, "_time_folds.csv")).exists()
 
 
 def test_shipped_config_is_valid_and_runs_the_demo() -> None:

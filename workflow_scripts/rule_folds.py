@@ -1,4 +1,4 @@
-"""Rule folds: whole sample sets into train and test folds."""
+"""Rule folds: whole sample sets into train and test folds, for one split of eval.splits."""
 
 from rtprep.smk import start
 
@@ -10,4 +10,6 @@ assign_folds(
     snakemake.output[0],
     test_fraction=snakemake.params.test_fraction,
     fold_seed=snakemake.params.fold_seed,
+    split=snakemake.wildcards.split,
+    time_column=snakemake.params.time_column or "worksheet_id",
 )

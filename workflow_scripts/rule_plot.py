@@ -13,7 +13,7 @@ elif snakemake.rule == "plot_funnel":
 elif snakemake.rule == "plot_classes":
     plots.plot_classes(snakemake.input.embeddings, snakemake.input.classes, out)
 elif snakemake.rule == "plot_model_quality":
-    plots.plot_model_quality(snakemake.params.eval_dir, out)
+    plots.plot_model_quality(snakemake.params.eval_dir, out, split=snakemake.wildcards.split)
 elif snakemake.rule == "plot_shrinkage":
     plots.plot_shrinkage(snakemake.params.model_dir, out)
 else:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rtprep.paths import beside, merged_name
-from rtprep.settings import default
+from rtprep.settings import choices, default
 
 DESCRIPTION = """\
 rtprep turns Pachyderm exports of LC-MS peak tables into compact, chemistry-aware retention-time
@@ -124,8 +124,9 @@ def cmd_folds(a: argparse.Namespace) -> None:
     from rtprep.sample import assign_folds
 
     f = _p(a.input)
-    out = _p(a.output) if a.output else beside(f, "_folds.csv")
-    acc = assign_folds(f, out, test_fraction=a.test_fraction, fold_seed=a.fold_seed)
+    out = _p(a.output) if a.output else beside(f, f"_{a.split}_folds.csv")
+    acc = assign_folds(f, out, test_fraction=a.test_fraction, fold_seed=a.fold_seed,
+                       split=a.split, time_column=a.time_column)
     print(f"{out}: {acc.extra or acc.funnel()}")
 
 
@@ -266,9 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("folds", cmd_folds, "hold out whole sample sets for evaluation")
     s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
-    s.add_argument("--test-fraction", type=float, default=default("eval", "test_fraction"))
-    s.add_argument("--fold-seed", type=int, default=default("fold_seed"))
-    s.add_argument("-o", "--output", help="default: ..._lib<lib>_folds.csv beside it")
+    s.add_argument("--split", choices=choices("eval", "splits"), default="random",
+                   help="random: sample sets drawn with --fold-seed; time: the latest worksheets "
+                   "in --time-column order (default: %(default)s)")
+    s.add_argument("--test-fraction", type=float, default=default("eval", "test_fraction"),
+                   help="share of the sample sets (random) or worksheets (time) held out")
+    s.add_argument("--fold-seed", type=int, default=default("fold_seed"),
+                   help="the random split's seed")
+    s.add_argument("--time-column", default=default("eval", "time_column"),
+                   help="the column whose order the time split follows (default: %(default)s)")
+    s.add_argument("-o", "--output", help="default: ..._lib<lib>_<split>_folds.csv beside it")
 
     s = add("chem-classes", cmd_chem_classes, "step 5: k-means compound classes from embeddings")
     s.add_argument("--embeddings", required=True,

@@ -31,7 +31,8 @@ MODEL_EFFECTS = "effects.parquet"
 #: Beside the manifest: every training row (identity, rt) and whether the model left it out as
 #: mis-assigned (``rt_outlier``).
 MODEL_ROWS = "rows.parquet"
-#: Files of an evaluation folder (``rtprep evaluate``); the models it trains go under ``model/``.
+#: Files of an evaluation folder (``rtprep evaluate``; ``eval/<split>/`` of a model folder, one
+#: per split of ``eval.splits``); the models it trains go under ``model/``.
 EVAL_METRICS = "metrics.json"
 EVAL_METRICS_CSV = "metrics.csv"
 EVAL_SKIPPED = "skipped.csv"
@@ -48,6 +49,12 @@ DEMO_TRUTH_FILES = ("truth.json", "truth_peaks.parquet", "truth_compounds.parque
 SIDECAR_SUFFIXES = (".meta.json", ".dropped.csv")
 
 
+def train_kind(split: Any) -> str:
+    """The ``kind`` of a split's train-fold artifacts (``random_train_cap``:
+    ``..._lib<lib>_random_train_cap<N>.parquet``, ``_chemclass.parquet``, ``_rt_prod.csv``)."""
+    return f"{split}_train_cap"
+
+
 def merged_name(export: str) -> str:
     """Step 1's output name."""
     return f"merged_training_{export}.parquet"
@@ -56,7 +63,7 @@ def merged_name(export: str) -> str:
 def beside(path: str | Path, suffix: str) -> Path:
     """``x.parquet`` (or ``x.csv``) -> ``x<suffix>`` in the same folder: a stage's output named
     after its input, as the original scripts name them (``_lib209.parquet``, ``_cap5.parquet``,
-    ``_chemclass.parquet``, ``_rt_prod.csv``, ``_folds.csv``, ``_species_compounds.csv``)."""
+    ``_chemclass.parquet``, ``_rt_prod.csv``, ``_random_folds.csv``, ``_species_compounds.csv``)."""
     p = Path(path)
     name = p.name
     for ext in (".parquet", ".csv"):
@@ -131,11 +138,12 @@ class Layout:
         stem = f"{self.lib_stem(export, lib)}_species_compounds"
         return f"{stem}.csv", f"{stem}_summary.txt"
 
-    def folds(self, export: Any, lib: Any) -> str:
-        return f"{self.lib_stem(export, lib)}_folds.csv"
+    def folds(self, export: Any, lib: Any, split: Any) -> str:
+        """The folds of one split (``random``, ``time``: ``eval.splits``)."""
+        return f"{self.lib_stem(export, lib)}_{split}_folds.csv"
 
     def capped(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
-        """Step 4's output; ``kind`` ``train_cap``: the train folds' rows only."""
+        """Step 4's output; ``kind`` :func:`train_kind` of a split: its train fold's rows only."""
         return f"{self.lib_stem(export, lib)}_{kind}{cap}.parquet"
 
     def chemclass(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
@@ -144,8 +152,9 @@ class Layout:
     def rt_csv(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
         return f"{self.lib_stem(export, lib)}_{kind}{cap}_chemclass_rt_prod.csv"
 
-    def test_rows(self, export: Any, lib: Any) -> str:
-        return f"{self.lib_stem(export, lib)}_test_chemclass_rt_prod.parquet"
+    def test_rows(self, export: Any, lib: Any, split: Any) -> str:
+        """Every row of a split's test fold, attached and filtered like the training rows."""
+        return f"{self.lib_stem(export, lib)}_{split}_test_chemclass_rt_prod.parquet"
 
     # -- results -------------------------------------------------------------------------------
     def model_dir(self, export: Any, lib: Any, cap: Any) -> str:
@@ -155,11 +164,14 @@ class Layout:
         """A file of the trained models (``pooled/groups.parquet``; default: the manifest)."""
         return f"{self.model_dir(export, lib, cap)}/{name}"
 
-    def eval_dir(self, export: Any, lib: Any, cap: Any) -> str:
-        return f"{self.model_dir(export, lib, cap)}/eval"
+    def eval_dir(self, export: Any, lib: Any, cap: Any, *, split: Any) -> str:
+        """The evaluation of one split: models trained on its train fold, scored on its test."""
+        return f"{self.model_dir(export, lib, cap)}/eval/{split}"
 
-    def eval_file(self, export: Any, lib: Any, cap: Any, name: str = EVAL_METRICS) -> str:
-        return f"{self.eval_dir(export, lib, cap)}/{name}"
+    def eval_file(self, export: Any, lib: Any, cap: Any, *, split: Any,
+                  name: str = EVAL_METRICS) -> str:
+        """A file of a split's evaluation (:data:`EVAL_FILES`; default: ``metrics.json``)."""
+        return f"{self.eval_dir(export, lib, cap, split=split)}/{name}"
 
     @property
     def accounting(self) -> str:

@@ -179,11 +179,12 @@ def _verdict_banner(fig: Any, model_json: str | Path) -> None:
              color="#c00000" if bad else "#333333", fontweight="bold" if bad else "normal")
 
 
-def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
+def plot_model_quality(eval_dir: str | Path, out: str | Path, split: str | None = None) -> None:
     """Held-out model quality: predicted vs observed (pooled); RMSE and, beside it, the MAE (which
     a few peaks assigned to the wrong compound, minutes off, do not dominate) by support bin and
     by species cluster for every model and baseline, on a log axis (the mean baselines are ten
-    to a hundred times worse); and 95% interval coverage, every bar visible with the target."""
+    to a hundred times worse); and 95% interval coverage, every bar visible with the target.
+    ``split`` (``random``, ``time``) names the held-out fold in the first panel's title."""
     plt = _plt()
     eval_dir = Path(eval_dir)
     metrics = pl.read_csv(eval_dir / EVAL_METRICS_CSV)
@@ -200,7 +201,7 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path) -> None:
         ax.plot([lo, hi], [lo, hi], color="#c44e52", lw=1)
     ax.set_xlabel("observed RT (min)")
     ax.set_ylabel("predicted RT, pooled (min)")
-    ax.set_title("held-out rows: predicted vs observed")
+    ax.set_title(f"held-out rows{f' ({split} split)' if split else ''}: predicted vs observed")
 
     def grouped(ax: Any, kind: str, title: str, value: str = "rmse", log: bool = True) -> None:
         sub = metrics.filter(pl.col("slice_kind") == kind, pl.col(value).is_not_null())

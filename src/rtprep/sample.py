@@ -20,8 +20,11 @@ streams the full rows through a join with that table and keeps ``hash <= thresho
 ``min(n, cap)`` rows per pair, more only if hashes tie exactly. Exact ties are resolved, and the
 output sorted, on that small set.
 
-Folds are whole sample sets: the ``round(test_fraction * n)`` sample sets with the smallest
-``id_hash("sample_set_id", fold_seed)`` are ``test``, the others ``train``.
+Folds are whole sample sets, drawn by one of two splits (``eval.splits``): ``random``, the
+``round(test_fraction * n)`` sample sets with the smallest ``id_hash("sample_set_id", fold_seed)``
+are ``test``, the others ``train``; ``time``, the latest ``round(test_fraction * n)`` of the n
+worksheets in the order of ``eval.time_column`` are held out whole, with every sample set on them
+(a model is trained on the past and scored on what came after).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from rtprep.hashing import (
     id_hash,
     with_row_hash,
 )
+from rtprep.settings import choices
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,17 @@ log = logging.getLogger(__name__)
 PAIR_COLUMNS: tuple[str, ...] = ("species_matrix_type", "comp_id")
 #: Fold labels of the folds CSV.
 FOLDS: tuple[str, ...] = ("train", "test")
+#: How the folds are drawn (``eval.splits``, as the schema allows): whole sample sets at random,
+#: or the latest worksheets in time order.
+SPLITS: tuple[str, ...] = choices("eval", "splits")
 
 _HASH = "_row_hash"
+_ORDER = "_time"
+#: Text the time split reads as a date or time (ISO 8601, without a time zone).
+_ISO_FORMATS: tuple[str, ...] = tuple(
+    f"%Y-%m-%d{t}" for t in ("", "T%H:%M", " %H:%M", "T%H:%M:%S", " %H:%M:%S", "T%H:%M:%S%.f",
+                             " %H:%M:%S%.f")
+)
 _THRESHOLD = "_threshold"
 _KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_COLUMNS)))
 
@@ -348,28 +361,129 @@ def sample_per_species_compound(
 
 
 # --- folds ------------------------------------------------------------------------------------
+def _check_fraction(test_fraction: float) -> float:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not (
+        0.0 <= float(test_fraction) < 1.0
+    ):
+        raise RtprepError(
+            f"test_fraction must be a number in [0, 1) (the share of sample sets, or of "
+            f"worksheets for the time split, held out for evaluation), got {test_fraction!r}"
+        )
+    return float(test_fraction)
+
+
+def _n_test(n: int, test_fraction: float) -> int:
+    # Half up, not Python's half-to-even: easy to state and to reproduce in any engine.
+    return min(n, math.floor(test_fraction * n + 0.5))
+
+
+def _fold_label(is_test: pl.Expr) -> pl.Expr:
+    return pl.when(is_test).then(pl.lit("test")).otherwise(pl.lit("train")).alias("fold")
+
+
+def random_folds(sample_sets: pl.Series, *, test_fraction: float, fold_seed: int) -> pl.DataFrame:
+    """The ``random`` split: ``sample_set_id, fold`` for the distinct ``sample_sets``.
+
+    The sample sets are ordered by ``id_hash("sample_set_id", fold_seed)`` (ties by id); the first
+    ``round(test_fraction * n)`` (halves rounded up) are ``test``, the rest ``train``. Sorted by
+    ``sample_set_id``."""
+    n_test = _n_test(sample_sets.len(), _check_fraction(test_fraction))
+    return (
+        sample_sets.rename("sample_set_id").to_frame()
+        .with_columns(id_hash("sample_set_id", fold_seed).alias("_h"))
+        .sort("_h", "sample_set_id")
+        .with_columns(_fold_label(pl.int_range(pl.len()) < n_test))
+        .select("sample_set_id", "fold")
+        .sort("sample_set_id")
+    )
+
+
+def _worksheets_in_time_order(keys: pl.DataFrame, time_column: str) -> pl.DataFrame:
+    """``worksheet_id, start`` (its earliest ``time_column`` value), by (start, worksheet_id)."""
+    return (keys.group_by("worksheet_id").agg(pl.col(time_column).min().alias("start"))
+            .sort("start", "worksheet_id"))
+
+
+def time_folds(keys: pl.DataFrame, *, test_fraction: float, time_column: str) -> pl.DataFrame:
+    """The ``time`` split: the latest worksheets held out, whole.
+
+    ``keys``: the distinct ``sample_set_id, worksheet_id, <time_column>`` of a lib (no nulls). A
+    worksheet's time is the earliest ``time_column`` value of its rows (when it was run); the
+    worksheets are ordered by (time, ``worksheet_id``) and the last ``round(test_fraction * n)``
+    of the n worksheets (halves rounded up) are held out. A sample set is ``test`` when any of its
+    rows is on a held-out worksheet, so folds stay whole sample sets even where one spans two
+    worksheets (its earlier rows are held out with it). With ``time_column: worksheet_id`` the
+    order is the worksheet ids'. Returns ``sample_set_id, fold`` sorted by ``sample_set_id``.
+    """
+    fraction = _check_fraction(test_fraction)
+    worksheets = _worksheets_in_time_order(keys, time_column)
+    n_test = _n_test(worksheets.height, fraction)
+    held_out = worksheets["worksheet_id"].tail(n_test)
+    return (
+        keys.group_by("sample_set_id")
+        .agg(pl.col("worksheet_id").is_in(held_out.implode()).any().alias("_test"))
+        .select("sample_set_id", _fold_label(pl.col("_test")))
+        .sort("sample_set_id")
+    )
+
+
+def _time_keys(lf: pl.LazyFrame, schema: pl.Schema, path: Path, time_column: str) -> pl.DataFrame:
+    """The distinct ``sample_set_id, worksheet_id`` of a lib file with ``time_column`` as
+    ``_time``, checked: the column exists, is a date, time, number or ISO date text (parsed), and
+    no row lacks a value."""
+    require_columns(schema, [time_column, "worksheet_id"], path,
+                    f"the time split orders worksheets by eval.time_column {time_column!r}")
+    for c in dict.fromkeys(["worksheet_id", time_column]):
+        dtype = schema[c]
+        if c == "worksheet_id" and not dtype.is_integer():
+            raise input_error(path, f"has type {dtype}, expected an integer", column=c)
+        if not (dtype.is_temporal() or dtype.is_numeric() or dtype == pl.String):
+            raise input_error(path, f"has type {dtype}, expected a date, a time or a number "
+                              "(eval.time_column orders the worksheets)", column=c)
+    cols = list(dict.fromkeys(["sample_set_id", "worksheet_id", time_column]))
+    keys = lf.select(pl.col(cols)).unique().collect(engine="streaming")
+    for c in cols:
+        if keys[c].null_count():
+            raise input_error(path, "has rows without a value; the time split needs a time and "
+                              "a worksheet for every row", column=c)
+    order = keys[time_column]
+    if order.dtype == pl.String:
+        parsed = pl.select(pl.coalesce(
+            [pl.lit(order).str.to_datetime(f, strict=False) for f in _ISO_FORMATS]
+        )).to_series()
+        bad = order.filter(parsed.is_null())
+        if bad.len():
+            raise input_error(path, f"{bad.n_unique()} value(s) are not dates or times, e.g. "
+                              f"{bad[0]!r} (eval.time_column orders the worksheets; write "
+                              "ISO dates, 2024-03-01 or 2024-03-01T09:30)", column=time_column)
+        order = parsed
+    return keys.select("sample_set_id", "worksheet_id", order.alias(_ORDER))
+
+
 def assign_folds(
     lib_parquet: PathLike,
     folds_csv: PathLike,
     *,
     test_fraction: float,
-    fold_seed: int,
+    fold_seed: int | None = None,
+    split: str = "random",
+    time_column: str = "worksheet_id",
 ) -> RowAccount:
     """Assign whole sample sets of a lib to ``test`` or ``train`` and write ``folds_csv``.
 
-    The distinct ``sample_set_id``s are ordered by ``id_hash("sample_set_id", fold_seed)`` (ties
-    by id); the first ``round(test_fraction * n)`` (halves rounded up) are ``test``, the rest
-    ``train``. Writes ``sample_set_id, fold`` sorted by ``sample_set_id``, atomically, with a
-    ``.meta.json`` sidecar holding the count per fold.
+    ``split`` (:data:`SPLITS`): ``random`` holds out ``round(test_fraction * n)`` of the n sample
+    sets, chosen by their hash under ``fold_seed`` (:func:`random_folds`); ``time`` holds out the
+    latest ``test_fraction`` of the worksheets in ``time_column`` order, whole (:func:`time_folds`;
+    ``fold_seed`` plays no part). Writes ``sample_set_id, fold`` sorted by ``sample_set_id``,
+    atomically, with a ``.meta.json`` sidecar holding the count per fold (and, for ``time``,
+    worksheets per fold and the time where the test fold starts).
     """
     t0 = time.perf_counter()
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not (
-        0.0 <= float(test_fraction) < 1.0
-    ):
-        raise RtprepError(
-            f"test_fraction must be a number in [0, 1) (the share of sample sets held out for "
-            f"evaluation), got {test_fraction!r}"
-        )
+    fraction = _check_fraction(test_fraction)
+    if split not in SPLITS:
+        raise RtprepError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "random" and fold_seed is None:
+        raise RtprepError("the random split needs fold_seed (which sample sets are held out)")
     paths = _as_paths(lib_parquet)
     try:
         lf = pl.scan_parquet(paths[0])
@@ -381,35 +495,44 @@ def assign_folds(
     if not schema["sample_set_id"].is_integer():
         raise input_error(paths[0], f"has type {schema['sample_set_id']}, expected an integer",
                           column="sample_set_id")
-    ids = (
-        lf.select(pl.col("sample_set_id").cast(pl.Int64)).unique()
-        .collect(engine="streaming")["sample_set_id"]
-    )
-    if ids.null_count():
-        raise input_error(paths[0], "has rows without a sample set", column="sample_set_id")
-    n = ids.len()
-    # Half up, not Python's half-to-even: easy to state and to reproduce in any engine.
-    n_test = min(n, math.floor(test_fraction * n + 0.5))
-    ranked = (
-        ids.to_frame()
-        .with_columns(id_hash("sample_set_id", fold_seed).alias("_h"))
-        .sort("_h", "sample_set_id")
-        .with_columns(
-            pl.when(pl.int_range(pl.len()) < n_test).then(pl.lit("test")).otherwise(pl.lit("train"))
-            .alias("fold")
-        )
-        .select("sample_set_id", "fold")
-        .sort("sample_set_id")
-    )
+    lf = lf.with_columns(pl.col("sample_set_id").cast(pl.Int64))
+    config: dict[str, object] = {"split": split, "test_fraction": fraction}
+    seeds: dict[str, int] = {}
+    extra: dict[str, object] = {"split": split}
+    if split == "random":
+        assert fold_seed is not None
+        ids = lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
+        if ids.null_count():
+            raise input_error(paths[0], "has rows without a sample set", column="sample_set_id")
+        folds = random_folds(ids, test_fraction=fraction, fold_seed=fold_seed)
+        seeds["fold_seed"] = fold_seed
+        extra["unit"] = "sample_set_id"
+    else:
+        keys = _time_keys(lf, schema, paths[0], time_column)
+        folds = time_folds(keys, test_fraction=fraction, time_column=_ORDER)
+        config["time_column"] = time_column
+        worksheets = _worksheets_in_time_order(keys, _ORDER)
+        n_ws = worksheets.height
+        n_ws_test = _n_test(n_ws, fraction)
+        test_from = worksheets["start"][n_ws - n_ws_test] if n_ws_test else None
+        spanning = int((keys.group_by("sample_set_id").agg(pl.col("worksheet_id").n_unique())
+                        ["worksheet_id"] > 1).sum())
+        extra.update({"unit": "worksheet_id", "time_column": time_column,
+                      "worksheets": {"test": n_ws_test, "train": n_ws - n_ws_test},
+                      "test_from": None if test_from is None else str(test_from),
+                      "sample_sets_on_several_worksheets": spanning})
+        if spanning:
+            log.warning("folds: %s: %d sample set(s) span several worksheets; each is held out "
+                        "whole when any of its worksheets is", paths[0], spanning)
+    n = folds.height
+    n_test = int((folds["fold"] == "test").sum())
     account = RowAccount("folds")
     account.rows_in = n
     account.rows_out = n
-    account.extra = {"unit": "sample_set_id", "test": n_test, "train": n - n_test}
+    account.extra = {**extra, "test": n_test, "train": n - n_test}
     with atomic_output(folds_csv) as tmp:
-        ranked.write_csv(tmp)
-        write_sidecars(folds_csv, account, inputs=paths,
-                       config={"test_fraction": float(test_fraction)},
-                       seeds={"fold_seed": fold_seed})
-    log.info("folds: %s: %d sample sets -> %d test, %d train (%.1fs)", lib_parquet, n, n_test,
-             n - n_test, time.perf_counter() - t0)
+        folds.write_csv(tmp)
+        write_sidecars(folds_csv, account, inputs=paths, config=config, seeds=seeds)
+    log.info("folds (%s split): %s: %d sample sets -> %d test, %d train (%.1fs)", split,
+             lib_parquet, n, n_test, n - n_test, time.perf_counter() - t0)
     return account

@@ -7,9 +7,10 @@ their defaults from it (:func:`default`), ``coerce_config`` finds the keys to co
 (:func:`typed_keys`), and the CLI's defaults are read from it.
 
 The demo's own choices live under ``demo:`` (``demo.model``, ``demo.embeddings``,
-``demo.rt_range``) and apply only while ``data_dir`` lies inside ``demo.dir``, as defaults that
-what a config sets itself overrides (:func:`resolve`): a config of your own, written from scratch
-or layered over the shipped one, gets the production defaults for every key it leaves out.
+``demo.rt_range``, ``demo.eval``) and apply only while ``data_dir`` lies inside ``demo.dir``, as
+defaults that what a config sets itself overrides (:func:`resolve`): a config of your own, written
+from scratch or layered over the shipped one, gets the production defaults for every key it leaves
+out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
 
 #: Keys under ``demo:`` that override the top-level block of the same name on the demo.
-DEMO_OVERRIDES = ("model", "embeddings", "rt_range")
+DEMO_OVERRIDES = ("model", "embeddings", "rt_range", "eval")
 
 
 @functools.cache
@@ -51,6 +52,13 @@ def default(*path: str) -> Any:
     return copy.deepcopy(node["default"])
 
 
+def choices(*path: str) -> tuple[Any, ...]:
+    """The values the schema allows at ``path``: its ``enum``, or its items' for a list
+    (``choices("eval", "splits")`` -> ``("random", "time")``)."""
+    node = _node(path)
+    return tuple(node.get("items", node)["enum"])
+
+
 def defaults() -> dict[str, Any]:
     """Every default the schema states, nested as a config (keys without one left out)."""
 
@@ -68,9 +76,10 @@ def defaults() -> dict[str, Any]:
 
 def typed_keys() -> dict[str, list[tuple[str, ...]]]:
     """Key paths by the type values given as strings (``--config``) must be coerced to:
-    ``bool``, ``int``, ``int_list`` (a list of integers, possibly null) and ``number``."""
+    ``bool``, ``int``, ``int_list`` (a list of integers, possibly null), ``number`` and
+    ``word_list`` (a list of words from a fixed set, e.g. ``eval.splits``)."""
     out: dict[str, list[tuple[str, ...]]] = {"bool": [], "int": [], "int_list": [],
-                                            "number": []}
+                                            "number": [], "word_list": []}
 
     def kind(node: Mapping[str, Any]) -> str | None:
         t = node.get("type")
@@ -83,6 +92,8 @@ def typed_keys() -> dict[str, list[tuple[str, ...]]]:
             return "number"
         if "array" in types and node.get("items", {}).get("type") == "integer":
             return "int_list"
+        if "array" in types and "enum" in node.get("items", {}):
+            return "word_list"
         return None
 
     def walk(node: Mapping[str, Any], path: tuple[str, ...]) -> None:

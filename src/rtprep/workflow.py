@@ -14,7 +14,7 @@ from typing import Any
 
 from rtprep import settings
 from rtprep.errors import RtprepError
-from rtprep.paths import Layout
+from rtprep.paths import Layout, train_kind
 from rtprep.settings import demo_active
 
 #: The demo's exports and the libs each holds (``rtprep.demo`` writes exactly these).
@@ -70,6 +70,12 @@ def _coerce_int_list(value: Any, key: str) -> Any:
     return value
 
 
+def _coerce_word_list(value: Any, key: str) -> Any:
+    if isinstance(value, str):  # "random,time" or "[random, time]"
+        return [v for v in re.split(r"[,\s\[\]]+", value) if v]
+    return value
+
+
 def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Coerce values that arrive as strings from ``--config`` (``libs=[209]`` gives ``['209']``,
     ``quick=false`` a non-empty string) to the types the schema expects. Returns a copy."""
@@ -85,7 +91,7 @@ def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
             node[path[-1]] = fn(node[path[-1]], ".".join(path))
 
     coercers = {"bool": _coerce_bool, "int": _coerce_int, "int_list": _coerce_int_list,
-                "number": _coerce_number}
+                "number": _coerce_number, "word_list": _coerce_word_list}
     for kind, paths in settings.typed_keys().items():  # the schema says which keys are typed
         for p in paths:
             walk(p, coercers[kind])
@@ -262,8 +268,9 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
                     out.append(p.model_file(export, lib, cap))
                     out.append(p.figure("shrinkage", export, lib, cap))
                 if config["model"]["evaluate"]:
-                    out.append(p.eval_file(export, lib, cap))
-                    out.append(p.figure("model_quality", export, lib, cap))
+                    for split in config["eval"]["splits"]:
+                        out.append(p.eval_file(export, lib, cap, split=split))
+                        out.append(p.figure(f"model_quality_{split}", export, lib, cap))
     out.append(p.accounting)
     return out
 
@@ -277,11 +284,12 @@ def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
             out.append(p.merged(export))
         for lib in libs:
             out.append(p.lib(export, lib))
-            if config["model"]["evaluate"]:
-                out.append(p.test_rows(export, lib))
-            evaluated = model_caps(config) if config["model"]["evaluate"] else []
+            splits = config["eval"]["splits"] if config["model"]["evaluate"] else []
+            for split in splits:
+                out.append(p.test_rows(export, lib, split))
+            evaluated = model_caps(config) if splits else []
             for cap in dict.fromkeys([*config["caps"], *evaluated]):
-                kinds = ["cap", "train_cap"] if cap in evaluated else ["cap"]
+                kinds = ["cap"] + ([train_kind(s) for s in splits] if cap in evaluated else [])
                 for kind in kinds:
                     out.append(p.capped(export, lib, cap, kind))
                     out.append(p.chemclass(export, lib, cap, kind))
@@ -323,10 +331,20 @@ def check_inputs(config: Mapping[str, Any]) -> list[str]:
     return checked
 
 
+def split_words(config: Mapping[str, Any], split: str) -> str:
+    """A split in words, for the end-of-run summary: ``random split, 20% of sample sets held
+    out``, ``time split, latest 20% of worksheets by worksheet_id held out``."""
+    share = f"{float(config['eval']['test_fraction']):.0%}"
+    if split == "time":
+        return (f"time split, latest {share} of worksheets by "
+                f"{config['eval']['time_column']} held out")
+    return f"{split} split, {share} of sample sets held out"
+
+
 def end_summary(config: Mapping[str, Any]) -> str:
     """What a finished run built, where: per lib and cap the RT CSV and its rows (from its
-    sidecar), and where models were evaluated, pooled and ridge RMSE, MAE and coverage on the
-    held-out rows; then the accounting table and the command that builds the report."""
+    sidecar), and where models were evaluated, per split, pooled and ridge RMSE, MAE and coverage
+    on the held-out rows; then the accounting table and the command that builds the report."""
     import json
 
     p = Layout.from_config(config)
@@ -340,10 +358,12 @@ def end_summary(config: Mapping[str, Any]) -> str:
                         if meta.is_file() else None)
                 lines.append(f"  lib {lib}, cap {cap}: {csv} "
                              f"({'?' if rows is None else f'{rows:,}'} rows)")
-                metrics = Path(p.eval_file(export, lib, cap))
-                if metrics.is_file():
+                for split in config["eval"]["splits"]:
+                    metrics = Path(p.eval_file(export, lib, cap, split=split))
+                    if not metrics.is_file():
+                        continue
                     overall = json.loads(metrics.read_text(encoding="utf-8"))["overall"]
-                    lines.append(f"    held-out rows ({metrics}):")
+                    lines.append(f"    {split_words(config, split)} ({metrics}):")
                     for m in ("pooled", "ridge"):
                         s = overall.get(m) or {}
                         if s.get("rmse") is not None:

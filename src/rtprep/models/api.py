@@ -180,9 +180,14 @@ def _verdicts(fit: dict[str, Any], screen: dict[str, Any] | None) -> dict[str, A
 
 
 def run_label(path: str | Path) -> str:
-    """``lib 611, cap 5`` from an RT CSV's name (the file name where it does not say)."""
-    m = re.search(r"_lib([^_]+)_(?:train_)?cap(\d+)_", Path(path).name)
-    return f"lib {m.group(1)}, cap {m.group(2)}" if m else Path(path).name
+    """``lib 611, cap 5`` from an RT CSV's name, ``lib 611, cap 5 (time split's train fold)``
+    from a split's train-fold CSV (``..._lib611_time_train_cap5_...``); the file name where it
+    does not say."""
+    m = re.search(r"_lib([^_]+)_(?:(?:([a-z]+)_)?train_)?cap(\d+)_", Path(path).name)
+    if not m:
+        return Path(path).name
+    lib, split, cap = m.groups()
+    return f"lib {lib}, cap {cap}" + (f" ({split} split's train fold)" if split else "")
 
 
 def require_converged(fit: dict[str, Any], input_csv: str | Path, opts: ModelOptions,

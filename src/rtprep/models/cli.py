@@ -114,8 +114,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                               description=cmd_evaluate.__doc__)
     s.add_argument("--model", help="folder written by `rtprep train --input <train csv>` "
                    "(default: train here, into <out>/model)")
-    s.add_argument("--train", required=True, help="..._train_cap<N>_chemclass_rt_prod.csv")
-    s.add_argument("--test", required=True, help="..._test_chemclass_rt_prod.parquet")
+    s.add_argument("--train", required=True,
+                   help="..._<split>_train_cap<N>_chemclass_rt_prod.csv (a split's train fold)")
+    s.add_argument("--test", required=True,
+                   help="..._<split>_test_chemclass_rt_prod.parquet (the same split's test fold)")
     s.add_argument("--out", required=True, help="output folder (metrics.json, metrics.csv, ...)")
     s.add_argument("--truth", help="a truth table (task_id, compound, rt_true, noise_sd, "
                    "misassigned), or the demo's truth/truth_peaks.parquet: also score against it "
