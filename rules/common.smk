@@ -22,6 +22,7 @@ from rtprep.workflow import (
     end_summary,
     export_libs,
     final_targets,
+    model_caps,
     rt_range,
     threads_for_inputs,
 )
@@ -148,6 +149,16 @@ def funnel_artifacts(wildcards):
         P.chemclass(h, lib, cap),
         P.rt_csv(h, lib, cap),
     ]
+
+
+def eval_entries(wildcards):
+    """(lib, cap, metrics.json) of each evaluation of the export: the metrics table's rows
+    (a fourth item, the split's name, adds a split column)."""
+    if not config["model"]["evaluate"]:
+        return []
+    h = wildcards.hash
+    libs = export_libs(config)[h]
+    return [(lib, cap, P.eval_file(h, lib, cap)) for lib in libs for cap in model_caps(config)]
 
 
 # Threads by input size: a model fit of a small CSV runs on one core (compiling the model and

@@ -23,6 +23,7 @@ FULL_DAG = Counter(
     demo=1, chem_classes=1, merge=2, split=2, coverage=2, folds=2, cap=2, cap_train=2,
     attach=4, rt_csv=4, test_rows=2, train=2, evaluate=2, accounting=1, all=1,
     plot_coverage=2, plot_funnel=2, plot_classes=1, plot_model_quality=2, plot_shrinkage=2,
+    table_metrics=2, table_accounting=2,
 )  # fmt: skip
 
 
@@ -197,10 +198,11 @@ def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
 
 DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=2, attach=4, rt_csv=4, train=2, evaluate=2,
                             accounting=1, all=1, plot_funnel=2, plot_model_quality=2,
-                            plot_shrinkage=2)
+                            plot_shrinkage=2, table_metrics=2, table_accounting=2)
 DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=4, rt_csv=4, test_rows=2, train=2,
                                 evaluate=2, accounting=1, all=1, plot_classes=1, plot_funnel=2,
-                                plot_model_quality=2, plot_shrinkage=2)
+                                plot_model_quality=2, plot_shrinkage=2, table_metrics=2,
+                                table_accounting=2)
 
 
 @pytest.mark.slow

@@ -264,6 +264,10 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
                 if config["model"]["evaluate"]:
                     out.append(p.eval_file(export, lib, cap))
                     out.append(p.figure("model_quality", export, lib, cap))
+        if libs:
+            out.append(p.table("row_accounting", export))
+            if config["model"]["evaluate"]:
+                out.append(p.table("metrics", export))
     out.append(p.accounting)
     return out
 
