@@ -158,7 +158,11 @@ def eval_entries(wildcards):
         return []
     h = wildcards.hash
     libs = export_libs(config)[h]
-    return [(lib, cap, P.eval_file(h, lib, cap)) for lib in libs for cap in model_caps(config)]
+    return [
+        (lib, cap, P.eval_file(h, lib, cap))
+        for lib in libs
+        for cap in model_caps(config)
+    ]
 
 
 # Threads by input size: a model fit of a small CSV runs on one core (compiling the model and
