@@ -181,7 +181,11 @@ def test_accounting_table_keeps_its_export(tmp_path: Path) -> None:
     df = write_accounting_table(csv, out, export="abcd")
     page = _parse(out)
     assert df.height == len(page.rows) == 2
-    assert [r[0][0] for r in page.rows] == [r[0] for r in rows[3:]]
+    assert page.header == list(df.columns)
+    # the export's common start is shown as … (the name in full in the cell's title)
+    assert [r[0][0] for r in page.rows] == ["….parquet", "…_lib2.parquet"]
+    assert [r[0][1]["title"] for r in page.rows] == [r[0] for r in rows[3:]]
+    assert "… stands for merged_training_abcd." in out.read_text(encoding="utf-8")
     assert page.rows[0][4] == ("n/a", {"data-col": "reason", "class": "na"})
     bad = tmp_path / "bad.csv"
     bad.write_text("artifact,stage\nx,merge\n")

@@ -21,7 +21,7 @@ import html
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,10 +151,13 @@ def accounting_table(accounting_csv: str | Path, export: str | None = None) -> p
     return df
 
 
-def _cell(col: str, value: Any) -> str:
+def _cell(col: str, value: Any, title: str | None = None) -> str:
     """A ``<td>`` of column ``col``: integers with thousands separators, floats to 4 significant
-    digits (the full value in ``data-value``), missing values as ``n/a``."""
+    digits (the full value in ``data-value``), missing values as ``n/a``; ``title``: the text
+    in full, when the cell shows it shortened."""
     attr = f'data-col="{html.escape(col)}"'
+    if title is not None:
+        attr += f' title="{html.escape(title)}"'
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return f'<td {attr} class="na">n/a</td>'
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -171,22 +174,27 @@ th, td { border: 1px solid #cbd5e1; padding: 3px 8px; }
 th { background: #f1f5f9; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.na { color: #94a3b8; text-align: right; }
+td[data-col="artifact"] { overflow-wrap: anywhere; }
 p { max-width: 60em; }
 """
 
 
 def write_html_table(df: pl.DataFrame, out: str | Path, *, title: str,
-                     headers: dict[str, str] | None = None, note: str = "") -> None:
+                     headers: Mapping[str, str] | None = None, note: str = "",
+                     full_text: Mapping[str, Sequence[str]] | None = None) -> None:
     """``df`` as a self-contained HTML page (no script, no external resource), atomically.
 
     ``headers``: display names by column (default: the column names); each ``<th>`` and
-    ``<td>`` carries its column in ``data-col``."""
+    ``<td>`` carries its column in ``data-col``. ``full_text``: by column, each row's text in
+    full (the cell's ``title``) for a column ``df`` holds shortened."""
     headers = headers or {}
+    full_text = full_text or {}
     head = "".join(f'<th data-col="{html.escape(c)}">{html.escape(headers.get(c, c))}</th>'
                    for c in df.columns)
     body = "\n".join(
-        "<tr>" + "".join(_cell(c, v) for c, v in zip(df.columns, row, strict=True)) + "</tr>"
-        for row in df.iter_rows())
+        "<tr>" + "".join(_cell(c, v, full_text[c][i] if c in full_text else None)
+                         for c, v in zip(df.columns, row, strict=True)) + "</tr>"
+        for i, row in enumerate(df.iter_rows()))
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n"
@@ -211,11 +219,21 @@ def write_metrics_table(entries: Iterable[EvalEntry | Sequence[Any]], out: str |
 
 def write_accounting_table(accounting_csv: str | Path, out: str | Path, *,
                            export: str | None = None) -> pl.DataFrame:
-    """:func:`accounting_table` as the report's HTML page ``out``."""
+    """:func:`accounting_table` as the report's HTML page ``out``. With ``export``, its artifacts'
+    common start ``merged_training_<export>`` is shown as ``…`` (each cell's title: the name in
+    full), so the numbers fit beside the names."""
     df = accounting_table(accounting_csv, export)
     title = "Row accounting" + (f" of export {export}" if export else "")
-    write_html_table(df, out, title=title, headers=ACCOUNTING_HEADERS,
-                     note=f"From {Path(accounting_csv).name}: one row per artifact and drop "
-                          "reason (an empty reason: nothing dropped).")
+    note = (f"From {Path(accounting_csv).name}: one row per artifact and drop reason "
+            "(n/a: nothing dropped).")
+    shown, full = df, None
+    if export is not None:
+        stem = merged_name(export).removesuffix(".parquet")
+        note += f" … stands for {stem}."
+        shown = df.with_columns((pl.lit("…") + pl.col("artifact").str.strip_prefix(stem))
+                                .alias("artifact"))
+        full = {"artifact": df["artifact"].to_list()}
+    write_html_table(shown, out, title=title, headers=ACCOUNTING_HEADERS, note=note,
+                     full_text=full)
     log.info("row-accounting table: %d rows written to %s", df.height, out)
     return df
