@@ -152,15 +152,14 @@ def funnel_artifacts(wildcards):
 
 
 def eval_entries(wildcards):
-    """(lib, cap, metrics.json) of each evaluation of the export: the metrics table's rows
-    (a fourth item, the split's name, adds a split column)."""
+    """Each evaluation of the export, a row block of the metrics table: lib, cap, split and
+    metrics.json (one split today, the random one; another split is one more entry)."""
     if not config["model"]["evaluate"]:
         return []
     h = wildcards.hash
-    libs = export_libs(config)[h]
     return [
-        (lib, cap, P.eval_file(h, lib, cap))
-        for lib in libs
+        {"lib": lib, "cap": cap, "split": "random", "path": P.eval_file(h, lib, cap)}
+        for lib in export_libs(config)[h]
         for cap in model_caps(config)
     ]
 

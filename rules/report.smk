@@ -129,7 +129,7 @@ rule plot_shrinkage:
 # break the subcategory's view.
 rule table_metrics:
     input:
-        lambda wc: [e[2] for e in eval_entries(wc)],
+        lambda wc: [e["path"] for e in eval_entries(wc)],
     output:
         report(
             P.table("metrics", "{hash}"),

@@ -309,7 +309,8 @@ def test_report_metrics_table_matches_metrics_json(walked: tuple[list[Shown], li
         lib, cap = re.fullmatch(r"lib(\d+)_cap(\d+)", path.parents[1].name).groups()
         doc = json.loads(path.read_text(encoding="utf-8"))
         table = _shown_table(shown, "Model quality", export)
-        assert table.header[:4] == ["lib", "cap", "model", "rows"]
+        assert table.header[:5] == ["split", "lib", "cap", "model", "rows"]
+        assert {r["split"][0] for r in table.rows} == {"random"}
         assert "rmse_over_oracle" in table.header  # the demo's truth was scored
         rows = [r for r in table.rows if (r["lib"][0], r["cap"][0]) == (lib, cap)]
         assert [r["model"][0] for r in rows] == MODELS

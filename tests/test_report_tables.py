@@ -114,13 +114,34 @@ def test_metrics_table_split_column_and_demo_truth_ratio(tmp_path: Path) -> None
 
 def test_metrics_table_truth_table_ratios(tmp_path: Path) -> None:
     truth = {"kind": "truth_table", "same_rows": 60, "models": {
-        "pooled": {"rmse_over_oracle": 1.08, "width_over_oracle": 1.2},
-        "ridge": {"rmse_over_oracle": 1.9, "width_over_oracle": None}}}
+        "pooled": {"rmse_over_oracle": 1.08, "width_over_oracle": 1.2,
+                   "coverage95_by_compound": {"compounds": 12, "min_rows": 30, "p05": 0.81,
+                                              "median": 0.95}},
+        "ridge": {"rmse_over_oracle": 1.9, "width_over_oracle": None,
+                  "coverage95_by_compound": {"compounds": 0, "min_rows": 30, "p05": None,
+                                             "median": None}}}}
     m = _metrics_json(tmp_path / "metrics.json", OVERALL, truth)
     df = metrics_table([(1, 5, m)])
-    got = {r["model"]: (r["rmse_over_oracle"], r["width_over_oracle"])
-           for r in df.iter_rows(named=True)}
-    assert got == {"ridge": (1.9, None), "pooled": (1.08, 1.2), "global_mean": (None, None)}
+    got = {r["model"]: (r["rmse_over_oracle"], r["width_over_oracle"],
+                        r["coverage95_compound_p05"]) for r in df.iter_rows(named=True)}
+    assert got == {"ridge": (1.9, None, None), "pooled": (1.08, 1.2, 0.81),
+                   "global_mean": (None, None, None)}
+
+
+def test_metrics_table_takes_the_workflows_dict_entries(tmp_path: Path) -> None:
+    """The rule's entries: {lib, cap, split, path}; one row per model per lib × cap."""
+    a = _metrics_json(tmp_path / "a/metrics.json", OVERALL)
+    b = _metrics_json(tmp_path / "b/metrics.json", OVERALL)
+    entries = [{"lib": 208, "cap": 5, "split": "random", "path": str(a)},
+               {"lib": 209, "cap": 5, "split": "random", "path": b}]
+    df = metrics_table(entries)
+    assert df.columns[:4] == ["split", "lib", "cap", "model"]
+    assert df.height == 2 * len(OVERALL)
+    assert df.group_by("lib", "cap").len().sort("lib")["len"].to_list() == [len(OVERALL)] * 2
+    ridge = df.filter(lib="209", model="ridge").row(0, named=True)
+    assert {k: ridge[k] for k in OVERALL["ridge"]} == OVERALL["ridge"]
+    with pytest.raises(RtprepError, match="has no path"):
+        metrics_table([{"lib": 1, "cap": 5, "split": "random"}])
 
 
 def test_metrics_table_errors_name_the_file(tmp_path: Path) -> None:

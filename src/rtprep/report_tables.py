@@ -7,7 +7,7 @@ table is written as one small, self-contained HTML page:
   (split, lib, cap, model) from each ``metrics.json`` (:mod:`rtprep.models.evaluate`): rows,
   scored, skipped, RMSE, MAE, 95% coverage and mean width, and, where the evaluation was scored
   against a truth, the RMSE (and the width) over the oracle's on the rows that are not
-  mis-assigned;
+  mis-assigned and, for a truth table, the 5th percentile of the per-compound coverage;
 - :func:`accounting_table`: the export's rows of the run-wide row-accounting table
   (``results/row_accounting.csv``, :mod:`rtprep.accounting`).
 
@@ -42,8 +42,9 @@ METRICS_COLUMNS: dict[str, str] = {
     "scored": "scored", "skipped": "skipped", "rmse": "RMSE", "mae": "MAE",
     "coverage95": "95% coverage", "width95": "95% width",
     "rmse_over_oracle": "RMSE ÷ oracle", "width_over_oracle": "width ÷ oracle",
+    "coverage95_compound_p05": "95% coverage, p05 over compounds",
 }
-TRUTH_COLUMNS = ("rmse_over_oracle", "width_over_oracle")
+TRUTH_COLUMNS = ("rmse_over_oracle", "width_over_oracle", "coverage95_compound_p05")
 OVERALL_KEYS = ("rows", "scored", "skipped", "rmse", "mae", "coverage95", "width95")
 ACCOUNTING_HEADERS: dict[str, str] = {
     "artifact": "artifact", "stage": "stage", "lib": "lib", "rows_in": "rows in",
@@ -53,7 +54,8 @@ ACCOUNTING_HEADERS: dict[str, str] = {
 _SCHEMA = {"split": pl.String, "lib": pl.String, "cap": pl.String, "model": pl.String,
            "rows": pl.Int64, "scored": pl.Int64, "skipped": pl.Int64, "rmse": pl.Float64,
            "mae": pl.Float64, "coverage95": pl.Float64, "width95": pl.Float64,
-           "rmse_over_oracle": pl.Float64, "width_over_oracle": pl.Float64}
+           "rmse_over_oracle": pl.Float64, "width_over_oracle": pl.Float64,
+           "coverage95_compound_p05": pl.Float64}
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,21 @@ class EvalEntry:
     split: str | None = None
 
 
-def _entry(e: EvalEntry | Sequence[Any]) -> EvalEntry:
+#: What :func:`metrics_table` takes as one evaluation.
+Entry = EvalEntry | Mapping[str, Any] | Sequence[Any]
+
+
+def _entry(e: Entry) -> EvalEntry:
     if isinstance(e, EvalEntry):
         return e
+    if isinstance(e, Mapping):
+        missing = [k for k in ("lib", "cap", "path") if k not in e]
+        extra = sorted(set(e) - {"lib", "cap", "path", "split"})
+        if missing or extra:
+            raise RtprepError(f"a metrics table entry has keys lib, cap, path and optionally "
+                              f"split; {e!r} " + (f"has no {', '.join(missing)}" if missing
+                                                  else f"has {', '.join(extra)}"))
+        return EvalEntry(e["lib"], e["cap"], e["path"], e.get("split"))
     if not 3 <= len(e) <= 4:
         raise RtprepError(f"a metrics table entry is (lib, cap, metrics.json[, split]), not {e!r}")
     return EvalEntry(*e)
@@ -88,6 +102,7 @@ def _oracle_ratios(truth: dict[str, Any] | None, model: str) -> dict[str, float 
         s = (truth.get("models") or {}).get(model) or {}
         out["rmse_over_oracle"] = s.get("rmse_over_oracle")
         out["width_over_oracle"] = s.get("width_over_oracle")
+        out["coverage95_compound_p05"] = (s.get("coverage95_by_compound") or {}).get("p05")
         return out
     s = ((truth.get("clean") or {}).get("models") or {}).get(model) or {}
     if s.get("rmse") is not None and s.get("truth_rmse"):
@@ -95,9 +110,10 @@ def _oracle_ratios(truth: dict[str, Any] | None, model: str) -> dict[str, float 
     return out
 
 
-def metrics_table(entries: Iterable[EvalEntry | Sequence[Any]]) -> pl.DataFrame:
+def metrics_table(entries: Iterable[Entry]) -> pl.DataFrame:
     """One row per (entry, model) of each ``metrics.json``'s overall scores, models in the
-    evaluation's order. ``entries``: :class:`EvalEntry` or ``(lib, cap, path[, split])``.
+    evaluation's order. ``entries``: dicts ``{lib, cap, path[, split]}`` (the workflow's),
+    :class:`EvalEntry` or ``(lib, cap, path[, split])``.
 
     The ``split`` column is dropped when no entry names one, the truth ratios when no
     evaluation was scored against a truth."""
@@ -205,7 +221,7 @@ def write_html_table(df: pl.DataFrame, out: str | Path, *, title: str,
         tmp.write_text(page, encoding="utf-8")
 
 
-def write_metrics_table(entries: Iterable[EvalEntry | Sequence[Any]], out: str | Path, *,
+def write_metrics_table(entries: Iterable[Entry], out: str | Path, *,
                         export: str | None = None) -> pl.DataFrame:
     """:func:`metrics_table` of ``entries`` as the report's HTML page ``out``."""
     df = metrics_table(entries)
