@@ -16,6 +16,8 @@ report: "report/workflow.rst"
 localrules:
     all,
     accounting,
+    table_metrics,
+    table_accounting,
 
 
 include: "rules/common.smk"

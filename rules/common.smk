@@ -23,6 +23,7 @@ from rtprep.workflow import (
     end_summary,
     export_libs,
     final_targets,
+    model_caps,
     rt_range,
     threads_for_inputs,
 )
@@ -150,6 +151,20 @@ def funnel_artifacts(wildcards):
         P.capped(h, lib, cap),
         P.chemclass(h, lib, cap),
         P.rt_csv(h, lib, cap),
+    ]
+
+
+def eval_entries(wildcards):
+    """Each evaluation of the export, a row block of the metrics table: lib, cap, split and
+    metrics.json (per lib, model cap and evaluation split)."""
+    if not config["model"]["evaluate"]:
+        return []
+    h = wildcards.hash
+    return [
+        {"lib": lib, "cap": cap, "split": split, "path": P.eval_file(h, lib, cap, split=split)}
+        for lib in export_libs(config)[h]
+        for cap in model_caps(config)
+        for split in config["eval"]["splits"]
     ]
 
 

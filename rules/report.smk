@@ -1,4 +1,5 @@
-# Figures for Snakemake's report (`snakemake --report report.html`), each with a caption.
+# Figures and tables for Snakemake's report (`snakemake --report report.html`), each with a
+# caption. A table is an HTML page (the report's viewer shows HTML; a CSV is only a download).
 
 
 rule plot_coverage:
@@ -121,3 +122,54 @@ rule plot_shrinkage:
         model_dir=lambda wc, input: os.path.dirname(input[0]),
     script:
         "../workflow_scripts/rule_plot.py"
+
+
+# The tables of an export sit beside its figures, labelled lib "all (table)" and no cap: with a
+# cap label the report would take cap for a two-valued toggle (one figure's cap, "all") and
+# break the subcategory's view.
+rule table_metrics:
+    input:
+        lambda wc: [e["path"] for e in eval_entries(wc)],
+    output:
+        report(
+            P.table("metrics", "{hash}"),
+            caption="../report/metrics_table.rst",
+            category="Model quality",
+            subcategory="{hash}",
+            labels={"lib": "all (table)"},
+        ),
+    log:
+        P.log("table/metrics_{hash}"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        entries=eval_entries,
+    script:
+        "../workflow_scripts/rule_table.py"
+
+
+rule table_accounting:
+    input:
+        P.accounting,
+    output:
+        report(
+            P.table("row_accounting", "{hash}"),
+            caption="../report/accounting_table.rst",
+            category="Row accounting",
+            subcategory="{hash}",
+            labels={"lib": "all (table)"},
+        ),
+    log:
+        P.log("table/row_accounting_{hash}"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/rule_table.py"

@@ -27,6 +27,7 @@ FULL_DAG = Counter(
     demo=1, chem_classes=1, merge=2, split=2, coverage=2, folds=4, cap=2, cap_train=4,
     attach=6, rt_csv=6, test_rows=4, train=2, evaluate=4, accounting=1, all=1,
     plot_coverage=2, plot_funnel=2, plot_classes=1, plot_model_quality=4, plot_shrinkage=2,
+    table_metrics=2, table_accounting=2,
 )  # fmt: skip
 
 
@@ -255,14 +256,16 @@ def _plan_after_edit(run_dir: Path, overlay: dict) -> Counter[str]:
 
 DOWNSTREAM_OF_CAP = Counter(cap=2, cap_train=4, attach=6, rt_csv=6, train=2, evaluate=4,
                             accounting=1, all=1, plot_funnel=2, plot_model_quality=4,
-                            plot_shrinkage=2)
+                            plot_shrinkage=2, table_metrics=2, table_accounting=2)
 DOWNSTREAM_OF_CLASSES = Counter(chem_classes=1, attach=6, rt_csv=6, test_rows=4, train=2,
                                 evaluate=4, accounting=1, all=1, plot_classes=1, plot_funnel=2,
-                                plot_model_quality=4, plot_shrinkage=2)
+                                plot_model_quality=4, plot_shrinkage=2, table_metrics=2,
+                                table_accounting=2)
 # One split's folds and what follows them (per lib): fold_seed redraws the random split only,
 # eval.time_column the time split only; the production RT CSVs and models stay.
 DOWNSTREAM_OF_ONE_SPLIT = Counter(folds=2, cap_train=2, attach=2, rt_csv=2, test_rows=2,
-                                  evaluate=2, accounting=1, all=1, plot_model_quality=2)
+                                  evaluate=2, accounting=1, all=1, plot_model_quality=2,
+                                  table_metrics=2, table_accounting=2)
 
 
 @pytest.mark.slow

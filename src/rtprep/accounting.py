@@ -29,7 +29,7 @@ def gather_accounting(artifacts: Iterable[str | Path], output: str | Path) -> pl
             log.warning("no sidecar for %s; left out of the accounting table", art)
             continue
         meta = json.loads(mp.read_text(encoding="utf-8"))
-        m = re.search(r"_lib(\d+)_", Path(art).name)
+        m = re.search(r"_lib(\d+)[_.]", Path(art).name)
         blocks: list[tuple[str | None, dict]] = [(m.group(1) if m else None, meta)]
         per_lib = (meta.get("extra") or {}).get("per_lib")
         if isinstance(per_lib, dict) and per_lib:

@@ -2,11 +2,12 @@
 
 Data artifacts are written beside the inputs, in ``data_dir``, with the original scripts' names
 (``merged_training_<hash>_lib<lib>_cap<N>_chemclass_rt_prod.csv``); models, evaluations,
-figures and the row-accounting table under ``results/``; logs under ``logs/``; Snakemake's
-per-job benchmark files under ``benchmarks/runs/``. With ``out_dir`` set, all of them go under it
-instead (``<out_dir>/`` for the data artifacts and the compound classes, ``<out_dir>/results``,
-``<out_dir>/logs``, ``<out_dir>/benchmarks``), and the inputs are only read: an export on a
-read-only or shared mount works, and two configs with their own ``out_dir`` never share a file.
+figures, report tables and the row-accounting table under ``results/``; logs under ``logs/``;
+Snakemake's per-job benchmark files under ``benchmarks/runs/``. With ``out_dir`` set, all of
+them go under it instead (``<out_dir>/`` for the data artifacts and the compound classes,
+``<out_dir>/results``, ``<out_dir>/logs``, ``<out_dir>/benchmarks``), and the inputs are only
+read: an export on a read-only or shared mount works, and two configs with their own
+``out_dir`` never share a file.
 
 :class:`Layout` builds them from a config; the rules call it with wildcard names (``"{hash}"``)
 to get patterns, the library and the demo with values. The functions below name what one stage
@@ -184,6 +185,10 @@ class Layout:
             return f"{self.results}/report/{name}.png"
         stem = f"lib{lib}" if cap is None else f"lib{lib}_cap{cap}"
         return f"{self.results}/report/{export}/{stem}_{name}.png"
+
+    def table(self, name: str, export: Any) -> str:
+        """A report table of one export: ``<results>/report/<hash>/<name>.html``."""
+        return f"{self.results}/report/{export}/{name}.html"
 
     def log(self, name: str) -> str:
         """``logs/<name>.log`` (``name``: ``<rule>/<wildcards>``, e.g. ``cap/{hash}_lib{lib}``)."""

@@ -271,6 +271,10 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
                     for split in config["eval"]["splits"]:
                         out.append(p.eval_file(export, lib, cap, split=split))
                         out.append(p.figure(f"model_quality_{split}", export, lib, cap))
+        if libs:
+            out.append(p.table("row_accounting", export))
+            if config["model"]["evaluate"]:
+                out.append(p.table("metrics", export))
     out.append(p.accounting)
     return out
 
