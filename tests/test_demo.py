@@ -243,10 +243,36 @@ def test_narrow_shards_and_truth(demo: tuple[Path, dict]) -> None:
     ok = truth.filter(pl.col("apex_rt").is_between(0, 40) & ~pl.col("is_misassigned"))
     resid = (ok["apex_rt"] - ok["rt_true"]).to_numpy()
     doc = json.loads((out / "truth/truth.json").read_text())
-    assert abs(resid.std() - doc["noise_sd"]) < 0.01
+    # noise per compound: log-normal around noise_sd; each peak's sd is in the truth
+    z = resid / ok["noise_sd"].to_numpy()
+    assert abs(z.std() - 1.0) < 0.05
+    cpd = pl.read_parquet(out / "truth/truth_compounds.parquet")["noise_sd"].to_numpy()
+    assert abs(np.median(cpd) / doc["noise_sd"] - 1.0) < 0.15
+    assert abs(np.log(cpd).std() - doc["noise_log_sd"]) < 0.1
     mis = truth.filter(pl.col("is_misassigned"))
     assert 0.002 < mis.height / truth.height < 0.01
     assert ((mis["apex_rt"] - mis["rt_true"]).abs() >= 3.0).all()
+
+
+def test_truth_table(demo: tuple[Path, dict]) -> None:
+    """truth/truth_table.parquet: one row per generated peak (chem id 0 aside), in the format
+    ``rtprep evaluate --truth`` reads."""
+    from rtprep.models.calibration import TRUTH_TABLE_COLUMNS, is_truth_table, read_truth_table
+
+    out, manifest = demo
+    path = out / manifest["truth"]["table"]
+    assert is_truth_table(path)
+    table = read_truth_table(path)  # raises on a (task_id, compound) twice
+    assert tuple(pl.read_parquet_schema(path)) == TRUTH_TABLE_COLUMNS
+    peaks = pl.read_parquet(out / "truth/truth_peaks.parquet").filter(pl.col("chem_id") != 0)
+    assert table.height == peaks.height
+    j = peaks.with_columns(pl.col("task_id").cast(pl.String),
+                           pl.col("chem_id").cast(pl.String).alias("compound")).join(
+        table, on=["task_id", "compound"])
+    assert j.height == peaks.height
+    assert (j["rt_true"] == j["rt_true_right"]).all()
+    assert (j["noise_sd"] == j["noise_sd_right"]).all()
+    assert (j["is_misassigned"] == j["misassigned"]).all()
 
 
 def test_truth_rt_follows_logp(demo: tuple[Path, dict]) -> None:

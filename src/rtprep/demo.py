@@ -108,6 +108,8 @@ MANIFEST = "manifest.json"
 EMBEDDINGS_REL = Path("resources/metabolites/embeddings_chemberta_pca20.parquet")
 
 STRUCTURES_NAME = "demo_structures.csv"
+#: The truth table (``task_id, compound, rt_true, noise_sd, misassigned``) under truth/.
+TRUTH_TABLE_NAME = "truth_table.parquet"
 
 N_GROUPS = 4
 CHUNK_ROWS = 125_000
@@ -115,6 +117,8 @@ MIN_CHUNKS = 3
 MIN_SAMPLE_SETS = 150
 RT_VALID_MAX = 40.0
 NOISE_SD = 0.07
+#: Log-sd of the per-compound noise sd, log-normal around NOISE_SD.
+NOISE_LOG_SD = 0.5
 STANDARD_SD = 0.02
 MISASSIGNED_MIN_SHIFT = 3.0
 CONJUGATE_LOGP_SHIFT = -1.5
@@ -159,7 +163,7 @@ MATRICES: tuple[str, ...] = ("plasma", "serum", "urine", "liver", "brain", "kidn
 MATRIX_WEIGHT = np.array([8, 5, 5, 4, 2, 2, 1.5, 1.5, 2, 1, 2, 1.5, 0.5, 1], dtype=np.float64)
 
 # Purposes for seeding (a generator per (seed, lib, purpose[, chunk])).
-_P_DESIGN, _P_CHUNK, _P_EMBED = 0, 1, 2
+_P_DESIGN, _P_CHUNK, _P_EMBED, _P_REALISM = 0, 1, 2, 3
 
 _PEAK_INT = ("sample_set_id", "task_id", "worksheet_id", "comp_id")
 _PEAK_FLOAT = ("apex_rt", "peak_area", "fit_scores")
@@ -255,6 +259,7 @@ class _LibDesign:
     narrow: np.ndarray  # (n_chunks, N_GROUPS) bool
     dup: np.ndarray  # (n_chunks, N_GROUPS) bool
     scale: float
+    noise: np.ndarray  # (n_comp,) noise sd of each compound's peaks
     mess: dict[str, Any] = field(default_factory=dict)
 
 
@@ -470,11 +475,16 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     dup = rng.random((n_chunks, N_GROUPS)) < 0.2
     dup[0, 2] = True
 
+    # --- departures from the model's own family (their own generator, so that the draws above
+    # keep their values): noise per compound
+    rng_r = _rng(seed, lib, _P_REALISM)
+    noise = NOISE_SD * np.exp(rng_r.normal(0.0, NOISE_LOG_SD, n_comp))
+
     compounds = pl.DataFrame({
         "lib_id": np.full(n_comp, lib, dtype=np.int64), "comp_id": comp_ids,
         "chem_id": truth_chem, "structure_chem_id": s_chem[pick].astype(np.int64),
         "name": structures["name"].to_numpy()[pick], "family": fam, "logp": logp,
-        "base_rt": base, "prevalence": prevalence, "role": roles.astype(str),
+        "base_rt": base, "prevalence": prevalence, "noise_sd": noise, "role": roles.astype(str),
     })
     species = pl.DataFrame({
         "lib_id": np.full(n_sp, lib, dtype=np.int64), "species": sp_names,
@@ -506,7 +516,7 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         species=species, sample_sets=sample_sets, injections=injections, mapping=mapping,
         species_mapping=species_mapping, predictors=predictors,
         standards=dict(zip(std_names, std_rt.tolist(), strict=True)), n_chunks=n_chunks,
-        narrow=narrow, dup=dup, scale=scale, mess=mess,
+        narrow=narrow, dup=dup, scale=scale, noise=noise, mess=mess,
     )
 
 
@@ -530,7 +540,8 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
     d = inj["drift_offset"].to_numpy()[gi]
     s = inj["drift_scale"].to_numpy()[gi]
     rt_true = des.mu[sp, hit_c] * (1.0 + s) + d
-    apex = rt_true + rng.normal(0.0, NOISE_SD, n)
+    noise_sd = des.noise[hit_c]
+    apex = rt_true + rng.normal(0.0, 1.0, n) * noise_sd
 
     # apex_rt kinds: exclusive, each at least once per chunk when there is room
     kinds = np.zeros(n, dtype=np.int8)  # 0 = normal
@@ -568,6 +579,7 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
         # generation-only columns
         "group": ssf["group"].to_numpy()[ss].astype(np.int64),
         "rt_true": rt_true,
+        "noise_sd": noise_sd,
         "species": ssf["species"].to_numpy()[ss],
         "chem_id": des.comp_truth_chem[hit_c],
         "is_misassigned": k_mis,
@@ -679,7 +691,7 @@ def _apply_rules(written: pl.DataFrame, side: _Side) -> tuple[dict[str, int], di
 # writing one lib
 # ----------------------------------------------------------------------------------------------
 def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
-               truth_writer: Any) -> dict[str, Any]:
+               truth_writer: Any, table_writer: Any) -> dict[str, Any]:
     """Write one lib's peak and predictor shards and side CSVs under ``stage``; return its
     manifest entry."""
     lib, export = des.lib, des.export
@@ -760,7 +772,15 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
         truth_writer.write_table(
             truth.select(
                 pl.lit(lib, dtype=pl.Int64).alias("lib_id"), "sample_set_id", "task_id", "comp_id",
-                "apex_rt", "rt_true", "species", "chem_id", "is_misassigned",
+                "apex_rt", "rt_true", "noise_sd", "species", "chem_id", "is_misassigned",
+            ).to_arrow()
+        )
+        # the truth table (one row per (task_id, compound)): chem id 0 is not a compound (the
+        # pipeline drops it, and several comp_ids of an injection carry it)
+        table_writer.write_table(
+            truth.filter(pl.col("chem_id") != 0).select(
+                "task_id", pl.col("chem_id").cast(pl.String).alias("compound"), "rt_true",
+                "noise_sd", pl.col("is_misassigned").alias("misassigned"),
             ).to_arrow()
         )
         log.debug("lib %d chunk %d/%d: %d peaks", lib, k + 1, des.n_chunks, peaks.height)
@@ -889,11 +909,15 @@ def generate_demo(
         # truth_peaks is appended to chunk by chunk (bounded memory)
         writer = pq.ParquetWriter(truth_dir / "truth_peaks.parquet", _truth_peaks_schema(),
                                   compression="zstd")
+        table_writer = pq.ParquetWriter(truth_dir / TRUTH_TABLE_NAME, _truth_table_schema(),
+                                        compression="zstd")
         try:
             for des in designs:
-                entries[str(des.lib)] = _write_lib(des, seed, stage, embedded, writer)
+                entries[str(des.lib)] = _write_lib(des, seed, stage, embedded, writer,
+                                                   table_writer)
         finally:
             writer.close()
+            table_writer.close()
         _write_truth(designs, truth_dir, seed, rows)
 
         exports: dict[str, Any] = {}
@@ -951,6 +975,7 @@ def generate_demo(
                 "compounds": "truth/truth_compounds.parquet",
                 "injections": "truth/truth_injections.parquet",
                 "groups": "truth/truth_groups.parquet",
+                "table": f"truth/{TRUTH_TABLE_NAME}",
             },
             "libs": entries,
             "versions": {k: v for k, v in package_versions().items()
@@ -986,7 +1011,19 @@ def _truth_peaks_schema() -> Any:
     return pa.schema([
         ("lib_id", pa.int64()), ("sample_set_id", pa.int64()), ("task_id", pa.int64()),
         ("comp_id", pa.int64()), ("apex_rt", pa.float64()), ("rt_true", pa.float64()),
-        ("species", pa.large_string()), ("chem_id", pa.int64()), ("is_misassigned", pa.bool_()),
+        ("noise_sd", pa.float64()), ("species", pa.large_string()), ("chem_id", pa.int64()),
+        ("is_misassigned", pa.bool_()),
+    ])
+
+
+def _truth_table_schema() -> Any:
+    """:data:`rtprep.models.calibration.TRUTH_TABLE_COLUMNS`, as ``rtprep evaluate --truth``
+    reads them."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("task_id", pa.int64()), ("compound", pa.large_string()), ("rt_true", pa.float64()),
+        ("noise_sd", pa.float64()), ("misassigned", pa.bool_()),
     ])
 
 
@@ -1025,11 +1062,14 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
             "injection": "d_i = worksheet_offset + N(0, injection_offset_sd); s_i = "
                          "worksheet_scale + N(0, injection_scale_sd)   (truth_injections.parquet)",
             "standard": "RT_ij = standards_rt[j] * (1 + s_i) + d_i + N(0, standard_sd)",
-            "peak": "rt_true = mu_sc * (1 + s_i) + d_i; apex_rt = rt_true + N(0, noise_sd); "
+            "noise": "noise_sd_c = noise_sd * exp(N(0, noise_log_sd)) per compound "
+                     "(truth_compounds.parquet; each peak's in truth_peaks/truth_table)",
+            "peak": "rt_true = mu_sc * (1 + s_i) + d_i; apex_rt = rt_true + N(0, noise_sd_c); "
                     "mis-assigned peaks: apex_rt >= 3 min from rt_true",
             "logP": "RDKit Crippen MolLogP of the structure",
         },
         "noise_sd": NOISE_SD,
+        "noise_log_sd": NOISE_LOG_SD,
         "standard_sd": STANDARD_SD,
         "compound_sd": 0.5,
         "family_offset_sd": 0.6,
