@@ -275,6 +275,56 @@ def test_truth_table(demo: tuple[Path, dict]) -> None:
     assert (j["is_misassigned"] == j["misassigned"]).all()
 
 
+def test_gradient_warp_and_matrix_effects(demo: tuple[Path, dict]) -> None:
+    """Departures from the model's family: a curvature warp (mid-gradient shift) that walks over
+    worksheets with a column change part-way, followed by the standards; species x compound
+    matrix effects on ~30% of the compounds."""
+    out, _ = demo
+    doc = json.loads((out / "truth/truth.json").read_text())
+    sigma = doc["noise_sd"]
+    inj = pl.read_parquet(out / "truth/truth_injections.parquet")
+    pred = read_predictors(out)
+    for lib in LIBS:
+        p = doc["libs"][str(lib)]
+        w = p["warp"]
+        i = inj.filter(pl.col("lib_id") == lib).sort("worksheet_id", "task_id")
+        mid = i["warp_mid"].to_numpy()
+        assert 0.5 * sigma < np.median(np.abs(mid)) < 3.5 * sigma
+        col = i["column"].to_numpy()
+        assert col.min() == 0 and col.max() == 1 and (np.diff(col) >= 0).all()  # one change
+        assert (i.filter(pl.col("column") == 1)["worksheet_id"] >= w[
+            "column_change_worksheet_id"]).all()
+        assert abs(abs(w["column_change_offset_jump"]) - 3 * sigma) < 1e-9
+        # the offset jump shows in the drift offsets across the change
+        by_col = i.group_by("column").agg(pl.col("drift_offset").mean()).sort("column")
+        step = by_col["drift_offset"][1] - by_col["drift_offset"][0]
+        assert abs(step - w["column_change_offset_jump"]) < 0.1
+        # the warp walks: neighbouring worksheets are alike, far ones less so
+        ws = i.group_by("worksheet_id").agg(pl.col("warp_mid").mean()).sort("worksheet_id")
+        x = ws["warp_mid"].to_numpy()
+        assert np.corrcoef(x[:-1], x[1:])[0, 1] > 0.5
+        # the standards follow it: a mid-gradient standard, after the linear drift, moves with
+        # warp_mid; the end ones do not
+        std = p["standards_rt"]
+        t0, t_end = p["gradient"]["t0"], p["gradient"]["t_end"]
+        j = pred.filter(pl.col("lib_id") == lib).join(i, on=["sample_set_id", "task_id"])
+        mid_name = min((n for n in std if n[:2] in ("IS", "RS")),
+                       key=lambda n: abs((std[n] - t0) / (t_end - t0) - 0.5))
+        lin = j[mid_name] - (std[mid_name] * (1 + j["drift_scale"]) + j["drift_offset"])
+        ok = lin.is_not_null()
+        r = np.corrcoef(lin.filter(ok).to_numpy(), j["warp_mid"].filter(ok).to_numpy())[0, 1]
+        assert r > 0.8, r
+    groups = pl.read_parquet(out / "truth/truth_groups.parquet")
+    cpd = pl.read_parquet(out / "truth/truth_compounds.parquet")
+    share = cpd["matrix_effect"].mean()
+    assert 0.2 < share < 0.4
+    hit = groups.join(cpd.filter(pl.col("matrix_effect")).select("lib_id", "comp_id"),
+                      on=["lib_id", "comp_id"])
+    assert abs(hit["matrix_effect"].std() / (1.5 * sigma) - 1) < 0.1
+    miss = groups.join(hit.select("lib_id", "comp_id"), on=["lib_id", "comp_id"], how="anti")
+    assert (miss["matrix_effect"] == 0).all()
+
+
 def test_truth_rt_follows_logp(demo: tuple[Path, dict]) -> None:
     from rdkit import Chem
     from rdkit.Chem import Crippen

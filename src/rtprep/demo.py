@@ -121,6 +121,18 @@ NOISE_SD = 0.07
 NOISE_LOG_SD = 0.5
 STANDARD_SD = 0.02
 MISASSIGNED_MIN_SHIFT = 3.0
+#: Species x compound matrix effects: share of the compounds with one, its sd.
+MATRIX_EFFECT_SHARE = 0.30
+MATRIX_EFFECT_SD = 1.5 * NOISE_SD
+#: Gradient warp (in units of NOISE_SD): the mid-gradient shift's level before the column change
+#: (uniform), its drop at the change (uniform), its AR(1) walk over worksheets (rho, step sd),
+#: the injection's scatter around its worksheet; the offset jump at the change.
+WARP_LEVEL = (2.0, 2.5)
+WARP_LEVEL_CHANGE = (0.8, 1.0)
+WARP_RHO = 0.9
+WARP_STEP = 0.2
+WARP_INJECTION_SD = 0.1
+COLUMN_JUMP = 3.0
 CONJUGATE_LOGP_SHIFT = -1.5
 CPD_STATUS_KEEP = ("Complete", "Complete - NFS")
 SAMPLE_TYPE_EXCLUDE = ("PRCS",)
@@ -260,6 +272,9 @@ class _LibDesign:
     dup: np.ndarray  # (n_chunks, N_GROUPS) bool
     scale: float
     noise: np.ndarray  # (n_comp,) noise sd of each compound's peaks
+    matrix_effect: np.ndarray  # (n_species, n_comp) part of mu
+    t0: float
+    t_end: float
     mess: dict[str, Any] = field(default_factory=dict)
 
 
@@ -269,6 +284,13 @@ def _rng(seed: int, lib: int, purpose: int, *extra: int) -> np.random.Generator:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _warp_shape(rt: np.ndarray, t0: float, t_end: float) -> np.ndarray:
+    """``4u(1-u)`` of the gradient position ``u = (rt - t0) / (t_end - t0)`` (clipped to [0,
+    1]): 1 mid-gradient, 0 at either end."""
+    u = np.clip((rt - t0) / (t_end - t0), 0.0, 1.0)
+    return 4.0 * u * (1.0 - u)
 
 
 def _export_of(lib: int) -> str:
@@ -371,6 +393,14 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     dev = rng.normal(0.0, 0.05, (n_sp, n_comp))
     cl_arr = np.array([cl_shift[c] for c in sp_clusters])
     mu = base[None, :] + (cl_arr + sp_shift)[:, None] + dev
+    # --- departures from the model's own family, from their own generator (so that the draws
+    # of `rng` keep their values): noise per compound, and species x compound matrix effects
+    # on a share of the compounds
+    rng_r = _rng(seed, lib, _P_REALISM)
+    noise = NOISE_SD * np.exp(rng_r.normal(0.0, NOISE_LOG_SD, n_comp))
+    matrix_hit = rng_r.random(n_comp) < MATRIX_EFFECT_SHARE
+    matrix_effect = rng_r.normal(0.0, MATRIX_EFFECT_SD, (n_sp, n_comp)) * matrix_hit[None, :]
+    mu = mu + matrix_effect
     # species popularity: human first, then a Zipf-like tail
     sp_w = 1.0 / np.arange(1, n_sp + 1) ** 0.9
     sp_w[0] = 4.0 * sp_w[1]
@@ -424,6 +454,25 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     ws_s = rng.normal(0.0, 0.008, n_ws)
     d = ws_d[ws_of_ss[inj_ss]] + rng.normal(0.0, 0.05, n_inj)
     s = ws_s[ws_of_ss[inj_ss]] + rng.normal(0.0, 0.004, n_inj)
+    # a non-linear gradient warp: worksheets are in time order (their index); the mid-gradient
+    # shift a_w (of a compound at gradient position u: a * 4u(1-u)) random-walks over them
+    # (AR(1) around a level); a column change part-way jumps the offset and the level
+    ws_change = int(rng_r.integers(round(0.3 * n_ws), round(0.7 * n_ws) + 1))
+    level1 = rng_r.uniform(*WARP_LEVEL) * NOISE_SD
+    level2 = level1 - rng_r.uniform(*WARP_LEVEL_CHANGE) * NOISE_SD
+    jump = (1.0 if rng_r.random() < 0.5 else -1.0) * COLUMN_JUMP * NOISE_SD
+    steps = rng_r.normal(0.0, WARP_STEP * NOISE_SD, n_ws)
+    walk = np.empty(n_ws)
+    acc = 0.0
+    for w in range(n_ws):
+        acc = WARP_RHO * acc + float(steps[w])
+        walk[w] = acc
+    after = np.arange(n_ws) >= ws_change
+    ws_warp = np.where(after, level2, level1) + walk
+    inj_ws = ws_of_ss[inj_ss]
+    warp = ws_warp[inj_ws] + rng_r.normal(0.0, WARP_INJECTION_SD * NOISE_SD, n_inj)
+    column = after[inj_ws].astype(np.int64)
+    d = d + jump * column
     st_names = list(SAMPLE_TYPE_P)
     st = rng.choice(len(st_names), n_inj, p=list(SAMPLE_TYPE_P.values()))
     prcs = _force_min(st == st_names.index("PRCS"), rng, 3)
@@ -434,7 +483,7 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     injections = pl.DataFrame({
         "task_id": task_ids, "ss_idx": inj_ss, "sample_set_id": ss_ids[inj_ss],
         "sample_type": np.array(st_names)[st], "drift_offset": d, "drift_scale": s,
-        "load": load, "has_predictor_row": ~no_pred,
+        "warp_mid": warp, "column": column, "load": load, "has_predictor_row": ~no_pred,
     })
 
     # --- standards and the predictor table (one row per injection that has one)
@@ -450,6 +499,7 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     null_p[rng.choice(std_rt.size, 2, replace=False)] = [0.10, 0.25]  # two often missed
     pred_inj = np.flatnonzero(~no_pred)
     vals = (std_rt[None, :] * (1.0 + s[pred_inj, None]) + d[pred_inj, None]
+            + warp[pred_inj, None] * _warp_shape(std_rt, t0, t_end)[None, :]
             + rng.normal(0.0, STANDARD_SD, (pred_inj.size, std_rt.size)))
     nulls = rng.random(vals.shape) < null_p[None, :]
     pred_cols: dict[str, Any] = {
@@ -475,16 +525,12 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     dup = rng.random((n_chunks, N_GROUPS)) < 0.2
     dup[0, 2] = True
 
-    # --- departures from the model's own family (their own generator, so that the draws above
-    # keep their values): noise per compound
-    rng_r = _rng(seed, lib, _P_REALISM)
-    noise = NOISE_SD * np.exp(rng_r.normal(0.0, NOISE_LOG_SD, n_comp))
-
     compounds = pl.DataFrame({
         "lib_id": np.full(n_comp, lib, dtype=np.int64), "comp_id": comp_ids,
         "chem_id": truth_chem, "structure_chem_id": s_chem[pick].astype(np.int64),
         "name": structures["name"].to_numpy()[pick], "family": fam, "logp": logp,
-        "base_rt": base, "prevalence": prevalence, "noise_sd": noise, "role": roles.astype(str),
+        "base_rt": base, "prevalence": prevalence, "noise_sd": noise,
+        "matrix_effect": matrix_hit, "role": roles.astype(str),
     })
     species = pl.DataFrame({
         "lib_id": np.full(n_sp, lib, dtype=np.int64), "species": sp_names,
@@ -497,6 +543,11 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         "standards_rt": dict(zip(std_names, std_rt.tolist(), strict=True)),
         "standards_null_probability": dict(zip(std_names, null_p.tolist(), strict=True)),
         "detection_scale": scale,
+        "matrix_effect_compounds": int(matrix_hit.sum()),
+        "warp": {"level_before": level1, "level_after": level2,
+                 "column_change_worksheet_index": ws_change,
+                 "column_change_worksheet_id": int(lib * 1_000_000 + 500_001 + ws_change),
+                 "column_change_offset_jump": jump},
         "n_compounds": n_comp, "n_species": n_sp, "n_sample_sets": n_ss, "n_worksheets": n_ws,
         "n_injections": n_inj, "n_species_matrix_types": int(np.unique(smt).size),
     }
@@ -516,7 +567,8 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         species=species, sample_sets=sample_sets, injections=injections, mapping=mapping,
         species_mapping=species_mapping, predictors=predictors,
         standards=dict(zip(std_names, std_rt.tolist(), strict=True)), n_chunks=n_chunks,
-        narrow=narrow, dup=dup, scale=scale, noise=noise, mess=mess,
+        narrow=narrow, dup=dup, scale=scale, noise=noise, matrix_effect=matrix_effect,
+        t0=t0, t_end=t_end, mess=mess,
     )
 
 
@@ -539,7 +591,9 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
     sp = ssf["species_idx"].to_numpy()[ss]
     d = inj["drift_offset"].to_numpy()[gi]
     s = inj["drift_scale"].to_numpy()[gi]
-    rt_true = des.mu[sp, hit_c] * (1.0 + s) + d
+    mu = des.mu[sp, hit_c]
+    warp = inj["warp_mid"].to_numpy()[gi]
+    rt_true = mu * (1.0 + s) + d + warp * _warp_shape(mu, des.t0, des.t_end)
     noise_sd = des.noise[hit_c]
     apex = rt_true + rng.normal(0.0, 1.0, n) * noise_sd
 
@@ -1036,7 +1090,7 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
             on="ss_idx")
         .select(pl.lit(d.lib, dtype=pl.Int64).alias("lib_id"), "sample_set_id", "task_id",
                 "worksheet_id", "species", "species_matrix_type", "sample_type", "drift_offset",
-                "drift_scale", "has_predictor_row")
+                "drift_scale", "warp_mid", "column", "has_predictor_row")
         for d in designs
     ]).write_parquet(truth_dir / "truth_injections.parquet")
     groups = []
@@ -1050,6 +1104,7 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
             "comp_id": np.tile(d.comp_ids, n_sp),
             "chem_id": np.tile(d.comp_truth_chem, n_sp),
             "mu": d.mu.reshape(-1),
+            "matrix_effect": d.matrix_effect.reshape(-1),
         }))
     pl.concat(groups).write_parquet(truth_dir / "truth_groups.parquet")
     doc = {
@@ -1058,18 +1113,34 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
                         "logp_width) + family_offset[family_c] + N(0, compound_sd), clipped to "
                         "[t0 + 0.2, 36]; conjugates use parent logP + conjugate_logp_shift",
             "group": "mu_sc = base_c + cluster_shift[cluster(s)] + species_shift[s] + "
-                     "N(0, group_sd)   (truth_groups.parquet)",
-            "injection": "d_i = worksheet_offset + N(0, injection_offset_sd); s_i = "
-                         "worksheet_scale + N(0, injection_scale_sd)   (truth_injections.parquet)",
-            "standard": "RT_ij = standards_rt[j] * (1 + s_i) + d_i + N(0, standard_sd)",
+                     "N(0, group_sd) + matrix_effect_sc   (truth_groups.parquet; "
+                     "matrix_effect_sc ~ N(0, matrix_effect_sd) for a matrix_effect_share of "
+                     "the compounds, 0 otherwise)",
+            "injection": "d_i = worksheet_offset + N(0, injection_offset_sd) + column_i * "
+                         "column_change_offset_jump; s_i = worksheet_scale + N(0, "
+                         "injection_scale_sd); warp_mid_i = level[column_i] + AR(1) walk over "
+                         "worksheets in order (warp_rho, warp_step_sd) + N(0, "
+                         "warp_injection_sd)   (truth_injections.parquet; libs[].warp)",
+            "warp": "W(rt) = 4u(1-u), u = clip((rt - t0) / (t_end - t0), 0, 1)",
+            "standard": "RT_ij = standards_rt[j] * (1 + s_i) + d_i + warp_mid_i * "
+                        "W(standards_rt[j]) + N(0, standard_sd)",
             "noise": "noise_sd_c = noise_sd * exp(N(0, noise_log_sd)) per compound "
                      "(truth_compounds.parquet; each peak's in truth_peaks/truth_table)",
-            "peak": "rt_true = mu_sc * (1 + s_i) + d_i; apex_rt = rt_true + N(0, noise_sd_c); "
+            "peak": "rt_true = mu_sc * (1 + s_i) + d_i + warp_mid_i * W(mu_sc); "
+                    "apex_rt = rt_true + N(0, noise_sd_c); "
                     "mis-assigned peaks: apex_rt >= 3 min from rt_true",
             "logP": "RDKit Crippen MolLogP of the structure",
         },
         "noise_sd": NOISE_SD,
         "noise_log_sd": NOISE_LOG_SD,
+        "matrix_effect_share": MATRIX_EFFECT_SHARE,
+        "matrix_effect_sd": MATRIX_EFFECT_SD,
+        "warp_level": [x * NOISE_SD for x in WARP_LEVEL],
+        "warp_level_change": [x * NOISE_SD for x in WARP_LEVEL_CHANGE],
+        "warp_rho": WARP_RHO,
+        "warp_step_sd": WARP_STEP * NOISE_SD,
+        "warp_injection_sd": WARP_INJECTION_SD * NOISE_SD,
+        "column_change_offset_jump_abs": COLUMN_JUMP * NOISE_SD,
         "standard_sd": STANDARD_SD,
         "compound_sd": 0.5,
         "family_offset_sd": 0.6,
