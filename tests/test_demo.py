@@ -249,9 +249,24 @@ def test_narrow_shards_and_truth(demo: tuple[Path, dict]) -> None:
     cpd = pl.read_parquet(out / "truth/truth_compounds.parquet")["noise_sd"].to_numpy()
     assert abs(np.median(cpd) / doc["noise_sd"] - 1.0) < 0.15
     assert abs(np.log(cpd).std() - doc["noise_log_sd"]) < 0.1
-    mis = truth.filter(pl.col("is_misassigned"))
-    assert 0.002 < mis.height / truth.height < 0.01
-    assert ((mis["apex_rt"] - mis["rt_true"]).abs() >= 3.0).all()
+    far = truth.filter(pl.col("misassignment") == "far")
+    assert 0.002 < far.height / truth.height < 0.01
+    assert ((far["apex_rt"] - far["rt_true"]).abs() >= 3.0).all()
+    # near mis-assignments: 5-15 sigma off, or an isomer's RT in the same injection
+    near = truth.filter(pl.col("misassignment") == "near")
+    iso = truth.filter(pl.col("misassignment") == "isomer")
+    assert 0.005 < (near.height + iso.height) / truth.height < 0.015
+    off = (near["apex_rt"] - near["rt_true"]).abs() / doc["noise_sd"]
+    assert off.min() >= 5.0 - 1e-3 and off.max() <= 15.0 + 1e-3  # (Float32 shards round)
+    assert iso.height > 0
+    assert truth["is_misassigned"].to_list() == (truth["misassignment"] != "none").to_list()
+    cpds = pl.read_parquet(out / "truth/truth_compounds.parquet")
+    with_iso = cpds.filter(pl.col("n_isomers") > 0).select("lib_id", "comp_id")
+    assert iso.join(with_iso, on=["lib_id", "comp_id"], how="anti").height == 0
+    assert near.join(with_iso, on=["lib_id", "comp_id"], how="semi").height == 0
+    for lib in LIBS:
+        kinds = manifest["libs"][str(lib)]["mess"]["misassigned_by_kind"]
+        assert sum(kinds.values()) == manifest["libs"][str(lib)]["mess"]["misassigned_peaks"]
 
 
 def test_truth_table(demo: tuple[Path, dict]) -> None:

@@ -121,6 +121,10 @@ NOISE_SD = 0.07
 NOISE_LOG_SD = 0.5
 STANDARD_SD = 0.02
 MISASSIGNED_MIN_SHIFT = 3.0
+#: Near mis-assignments: |apex_rt - rt_true| uniform in this range (units of NOISE_SD), unless
+#: the compound has an isomer in the lib (same molecular formula): then the isomer's RT in the
+#: same injection.
+NEAR_MISASSIGNED_SHIFT = (5.0, 15.0)
 #: Species x compound matrix effects: share of the compounds with one, its sd.
 MATRIX_EFFECT_SHARE = 0.30
 MATRIX_EFFECT_SD = 1.5 * NOISE_SD
@@ -145,7 +149,8 @@ ES_STANDARDS: dict[str, str] = {
 }
 #: Row-level fractions of each kind of apex_rt (exclusive); the rest is a normal peak.
 RT_KIND_P: dict[str, float] = {
-    "misassigned": 0.005, "null": 0.002, "nan": 0.0015, "negative": 0.0015, "inf": 0.0005,
+    "misassigned": 0.005, "near_misassigned": 0.01, "null": 0.002, "nan": 0.0015,
+    "negative": 0.0015, "inf": 0.0005,
     "out_of_range": 0.004,
 }
 CPD_STATUS_P: dict[str, float] = {
@@ -201,12 +206,14 @@ def structures_path() -> Path:
 
 
 def load_structures(path: str | Path | None = None) -> pl.DataFrame:
-    """Read the demo structures (``chem_id, name, family, smiles``) and add RDKit Crippen ``logp``.
+    """Read the demo structures (``chem_id, name, family, smiles``) and add RDKit Crippen ``logp``
+    and the molecular ``formula``.
 
     Every SMILES must parse; a bad one raises :class:`RtprepError` naming the chem_id.
     """
     from rdkit import Chem, RDLogger
     from rdkit.Chem import Crippen
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
     path = Path(path) if path is not None else structures_path()
     df = pl.read_csv(path, schema_overrides={"chem_id": pl.Int64})
@@ -214,7 +221,7 @@ def load_structures(path: str | Path | None = None) -> pl.DataFrame:
     if missing:
         raise input_error(path, f"missing column(s) {missing}")
     RDLogger.DisableLog("rdApp.*")
-    logp = []
+    logp, formula = [], []
     # One RDKit call per structure (a few hundred), not per row.
     for cid, smi in zip(df["chem_id"].to_list(), df["smiles"].to_list(), strict=True):
         mol = Chem.MolFromSmiles(smi)
@@ -222,9 +229,11 @@ def load_structures(path: str | Path | None = None) -> pl.DataFrame:
             raise input_error(path, f"SMILES of chem_id {cid} does not parse: {smi!r}",
                               column="smiles")
         logp.append(Crippen.MolLogP(mol))
+        formula.append(CalcMolFormula(mol))
     if df["chem_id"].n_unique() != df.height:
         raise input_error(path, "chem_id values are not unique", column="chem_id")
-    return df.with_columns(pl.Series("logp", logp, dtype=pl.Float64))
+    return df.with_columns(pl.Series("logp", logp, dtype=pl.Float64),
+                           pl.Series("formula", formula, dtype=pl.String))
 
 
 def rdkit_embeddings(structures: pl.DataFrame, n_components: int = 20) -> pl.DataFrame:
@@ -275,6 +284,7 @@ class _LibDesign:
     matrix_effect: np.ndarray  # (n_species, n_comp) part of mu
     t0: float
     t_end: float
+    isomers: list[np.ndarray]  # per compound: the other compounds of its molecular formula
     mess: dict[str, Any] = field(default_factory=dict)
 
 
@@ -360,6 +370,15 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     conj_ids = 900000 + (lib % 1000) * 100 + np.arange(1, int(is_conj.sum()) + 1)
     truth_chem[is_conj] = conj_ids
     base = chem_rt(logp, fam) + rng.normal(0.0, 0.5, n_comp)
+    # isomers (same molecular formula) among the lib's compounds; conjugates stand for another
+    # structure, so they have none
+    formula = structures["formula"].to_numpy()[pick].astype(str)
+    by_formula: dict[str, list[int]] = {}
+    for c, f in enumerate(formula.tolist()):
+        if roles[c] != "conjugate":
+            by_formula.setdefault(f, []).append(c)
+    isomers = [np.array([o for o in by_formula.get(f, []) if o != c], dtype=np.int64)
+               for c, f in enumerate(formula.tolist())]
     base = np.clip(base, t0 + 0.2, 36.0)
     prevalence = rng.beta(1.2, 1.5, n_comp)
 
@@ -530,7 +549,9 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         "chem_id": truth_chem, "structure_chem_id": s_chem[pick].astype(np.int64),
         "name": structures["name"].to_numpy()[pick], "family": fam, "logp": logp,
         "base_rt": base, "prevalence": prevalence, "noise_sd": noise,
-        "matrix_effect": matrix_hit, "role": roles.astype(str),
+        "matrix_effect": matrix_hit, "formula": formula,
+        "n_isomers": np.array([x.size for x in isomers], dtype=np.int64),
+        "role": roles.astype(str),
     })
     species = pl.DataFrame({
         "lib_id": np.full(n_sp, lib, dtype=np.int64), "species": sp_names,
@@ -568,7 +589,7 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         species_mapping=species_mapping, predictors=predictors,
         standards=dict(zip(std_names, std_rt.tolist(), strict=True)), n_chunks=n_chunks,
         narrow=narrow, dup=dup, scale=scale, noise=noise, matrix_effect=matrix_effect,
-        t0=t0, t_end=t_end, mess=mess,
+        t0=t0, t_end=t_end, isomers=isomers, mess=mess,
     )
 
 
@@ -609,6 +630,27 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
     shift = rng.uniform(MISASSIGNED_MIN_SHIFT, span - MISASSIGNED_MIN_SHIFT, n)
     wrapped = lo_rt + np.mod(rt_true + shift - lo_rt, span)
     apex = np.where(k_mis, wrapped, apex)
+    # near mis-assignments: the RT of an isomer in the same injection when the compound has one,
+    # else 5-15 sigma off
+    k_near = kinds == 1 + kind_names.index("near_misassigned")
+    near_shift = (np.where(rng.random(n) < 0.5, 1.0, -1.0)
+                  * rng.uniform(*NEAR_MISASSIGNED_SHIFT, n) * NOISE_SD)
+    near = np.where(rt_true + near_shift < 0.3, rt_true + np.abs(near_shift), rt_true + near_shift)
+    apex = np.where(k_near, near, apex)
+    mis_kind = np.where(k_mis, "far", np.where(k_near, "near", "none")).astype(object)
+    near_pos = np.flatnonzero(k_near)
+    pick_u = rng.random(near_pos.size)
+    iso_z = rng.normal(0.0, 1.0, near_pos.size)
+    for r, u, z in zip(near_pos.tolist(), pick_u.tolist(), iso_z.tolist(), strict=True):
+        others = des.isomers[int(hit_c[r])]
+        if others.size == 0:
+            continue
+        o = int(others[int(u * others.size)])
+        mu_o = des.mu[sp[r], o]
+        apex[r] = (mu_o * (1.0 + s[r]) + d[r] + warp[r] * _warp_shape(np.array(mu_o), des.t0,
+                                                                      des.t_end)
+                   + z * des.noise[o])
+        mis_kind[r] = "isomer"
     apex = np.where(kinds == 1 + kind_names.index("nan"), np.nan, apex)
     apex = np.where(kinds == 1 + kind_names.index("negative"), -rng.uniform(0.01, 2.0, n), apex)
     inf_sign = np.where(rng.random(n) < 0.5, np.inf, -np.inf)
@@ -636,7 +678,8 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
         "noise_sd": noise_sd,
         "species": ssf["species"].to_numpy()[ss],
         "chem_id": des.comp_truth_chem[hit_c],
-        "is_misassigned": k_mis,
+        "is_misassigned": k_mis | k_near,
+        "misassignment": mis_kind.astype(str),
     })
 
 
@@ -768,6 +811,7 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
     status_counts: dict[str, int] = {}
     type_counts: dict[str, int] = {}
     n_mis = 0
+    mis_kinds: dict[str, int] = {}
     bounds = np.linspace(0, des.sample_sets.height, des.n_chunks + 1).round().astype(int)
     for k in range(des.n_chunks):
         peaks = _chunk_peaks(des, seed, k, int(bounds[k]), int(bounds[k + 1]))
@@ -820,6 +864,9 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
         kind_counts["negative"] += int((rt < 0).sum())
         kind_counts["out_of_range"] += int(((rt > RT_VALID_MAX) & rt.is_finite()).sum())
         n_mis += int(truth["is_misassigned"].sum())
+        for v, c in truth["misassignment"].value_counts().iter_rows():
+            if v != "none":
+                mis_kinds[v] = mis_kinds.get(v, 0) + int(c)
         for col, acc in (("cpd_status", status_counts), ("sample_type", type_counts)):
             for v, c in truth[col].value_counts().iter_rows():
                 acc[v] = acc.get(v, 0) + int(c)
@@ -827,6 +874,7 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
             truth.select(
                 pl.lit(lib, dtype=pl.Int64).alias("lib_id"), "sample_set_id", "task_id", "comp_id",
                 "apex_rt", "rt_true", "noise_sd", "species", "chem_id", "is_misassigned",
+                "misassignment",
             ).to_arrow()
         )
         # the truth table (one row per (task_id, compound)): chem id 0 is not a compound (the
@@ -884,6 +932,7 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
             "narrow_shards": narrow_shards,
             "apex_rt_written": kind_counts,
             "misassigned_peaks": n_mis,
+            "misassigned_by_kind": dict(sorted(mis_kinds.items())),
             "cpd_status_written": dict(sorted(status_counts.items())),
             "sample_type_written": dict(sorted(type_counts.items())),
             "peak_part_files_per_group": counters,
@@ -1066,7 +1115,7 @@ def _truth_peaks_schema() -> Any:
         ("lib_id", pa.int64()), ("sample_set_id", pa.int64()), ("task_id", pa.int64()),
         ("comp_id", pa.int64()), ("apex_rt", pa.float64()), ("rt_true", pa.float64()),
         ("noise_sd", pa.float64()), ("species", pa.large_string()), ("chem_id", pa.int64()),
-        ("is_misassigned", pa.bool_()),
+        ("is_misassigned", pa.bool_()), ("misassignment", pa.large_string()),
     ])
 
 
@@ -1128,7 +1177,10 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
                      "(truth_compounds.parquet; each peak's in truth_peaks/truth_table)",
             "peak": "rt_true = mu_sc * (1 + s_i) + d_i + warp_mid_i * W(mu_sc); "
                     "apex_rt = rt_true + N(0, noise_sd_c); "
-                    "mis-assigned peaks: apex_rt >= 3 min from rt_true",
+                    "mis-assigned peaks (misassignment in truth_peaks): far, apex_rt >= 3 min "
+                    "from rt_true; near, 5-15 noise_sd (0.07) off; isomer, a near one whose "
+                    "compound has an isomer (same RDKit formula) in the lib: the isomer's "
+                    "rt_true in the same injection + its noise",
             "logP": "RDKit Crippen MolLogP of the structure",
         },
         "noise_sd": NOISE_SD,
@@ -1154,6 +1206,8 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
         "conjugate_logp_shift": CONJUGATE_LOGP_SHIFT,
         "misassigned_fraction": RT_KIND_P["misassigned"],
         "misassigned_min_shift": MISASSIGNED_MIN_SHIFT,
+        "near_misassigned_fraction": RT_KIND_P["near_misassigned"],
+        "near_misassigned_shift": [x * NOISE_SD for x in NEAR_MISASSIGNED_SHIFT],
         "apex_rt_kind_fractions": RT_KIND_P,
         "cpd_status_p": CPD_STATUS_P,
         "sample_type_p": SAMPLE_TYPE_P,
