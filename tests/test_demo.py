@@ -144,7 +144,7 @@ def test_layout(demo: tuple[Path, dict]) -> None:
     assert "correct" in pl.read_parquet_schema(f2) and "comp_id" not in pl.read_parquet_schema(f2)
     assert list(pl.read_parquet_schema(f1)) == [
         "sample_set_id", "task_id", "worksheet_id", "sample_type", "cpd_status", "comp_id",
-        "species_matrix_type", "apex_rt", "peak_area", "fit_scores"]
+        "species_matrix_type", "apex_rt", "peak_area", "fit_scores", "acquisition_date"]
     for rel in ("truth/truth.json", "truth/truth_peaks.parquet",
                 "resources/metabolites/embeddings_chemberta_pca20.parquet"):
         assert (out / rel).is_file()
@@ -189,6 +189,7 @@ def test_hive_scan_gives_rows_written(demo: tuple[Path, dict]) -> None:
         schema = {c: pl.Int64 for c in ("sample_set_id", "task_id", "worksheet_id", comp)}
         schema |= {c: pl.Float64 for c in FLOATS}
         schema |= {c: pl.String for c in ("sample_type", "cpd_status", "species_matrix_type")}
+        schema |= {"acquisition_date": pl.Date}
         lf = pl.scan_parquet(
             out / "repo_export" / h / "create_training_data", hive_partitioning=True,
             hive_schema={"lib_id": pl.Int64, "group": pl.Int64}, schema=schema,
@@ -338,6 +339,39 @@ def test_gradient_warp_and_matrix_effects(demo: tuple[Path, dict]) -> None:
     assert abs(hit["matrix_effect"].std() / (1.5 * sigma) - 1) < 0.1
     miss = groups.join(hit.select("lib_id", "comp_id"), on=["lib_id", "comp_id"], how="anti")
     assert (miss["matrix_effect"] == 0).all()
+
+
+def test_acquisition_date(demo: tuple[Path, dict], tmp_path: Path) -> None:
+    """One acquisition date per injection, non-decreasing with worksheet order; merge and split
+    carry it through, and the RT CSV's columns do not change."""
+    from rtprep.merge import MergeOptions, merge_export
+    from rtprep.rtcsv import rt_columns
+    from rtprep.split import split_lib
+
+    out, _ = demo
+    peaks = read_peaks(out)
+    assert peaks.schema["acquisition_date"] == pl.Date
+    per = peaks.group_by("lib_id", "task_id").agg(pl.col("acquisition_date").n_unique(),
+                                                  pl.col("worksheet_id").first())
+    assert (per["acquisition_date"] == 1).all()
+    inj = pl.read_parquet(out / "truth/truth_injections.parquet")
+    for lib in LIBS:
+        ws = (inj.filter(pl.col("lib_id") == lib).group_by("worksheet_id")
+              .agg(pl.col("acquisition_date").min().alias("lo"),
+                   pl.col("acquisition_date").max().alias("hi")).sort("worksheet_id"))
+        assert (ws["lo"] == ws["hi"]).all()
+        assert (ws["lo"].diff().drop_nulls().dt.total_days() >= 0).all()
+        assert ws["lo"].n_unique() > 10
+    merged = tmp_path / f"merged_training_{H1}.parquet"
+    merge_export(out / "repo_export" / H1, merged, MergeOptions())
+    lib_pq = tmp_path / "lib208.parquet"
+    split_lib(merged, 208, lib_pq, rt_range=(0.0, 40.0))
+    split = pl.read_parquet(lib_pq)
+    assert split.schema["acquisition_date"] == pl.Date
+    got = split.select("task_id", "acquisition_date").unique().join(
+        inj.select("task_id", "acquisition_date"), on="task_id")
+    assert got.height > 0 and (got["acquisition_date"] == got["acquisition_date_right"]).all()
+    assert rt_columns(split.columns) == rt_columns(split.drop("acquisition_date").columns)
 
 
 def test_truth_rt_follows_logp(demo: tuple[Path, dict]) -> None:

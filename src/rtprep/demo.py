@@ -137,6 +137,8 @@ WARP_RHO = 0.9
 WARP_STEP = 0.2
 WARP_INJECTION_SD = 0.1
 COLUMN_JUMP = 3.0
+#: The first worksheet's acquisition date.
+ACQUISITION_START = "2021-01-04"
 CONJUGATE_LOGP_SHIFT = -1.5
 CPD_STATUS_KEEP = ("Complete", "Complete - NFS")
 SAMPLE_TYPE_EXCLUDE = ("PRCS",)
@@ -492,6 +494,10 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     warp = ws_warp[inj_ws] + rng_r.normal(0.0, WARP_INJECTION_SD * NOISE_SD, n_inj)
     column = after[inj_ws].astype(np.int64)
     d = d + jump * column
+    # acquisition dates: worksheets in order, 0-3 days apart (all injections of a worksheet on
+    # its day)
+    ws_day = np.cumsum(rng_r.integers(0, 4, n_ws))
+    acq = np.datetime64(ACQUISITION_START) + ws_day[inj_ws].astype("timedelta64[D]")
     st_names = list(SAMPLE_TYPE_P)
     st = rng.choice(len(st_names), n_inj, p=list(SAMPLE_TYPE_P.values()))
     prcs = _force_min(st == st_names.index("PRCS"), rng, 3)
@@ -502,7 +508,9 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     injections = pl.DataFrame({
         "task_id": task_ids, "ss_idx": inj_ss, "sample_set_id": ss_ids[inj_ss],
         "sample_type": np.array(st_names)[st], "drift_offset": d, "drift_scale": s,
-        "warp_mid": warp, "column": column, "load": load, "has_predictor_row": ~no_pred,
+        "warp_mid": warp, "column": column,
+        "acquisition_date": pl.Series("acquisition_date", acq, dtype=pl.Date), "load": load,
+        "has_predictor_row": ~no_pred,
     })
 
     # --- standards and the predictor table (one row per injection that has one)
@@ -672,6 +680,7 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
         "apex_rt": pl.Series("apex_rt", apex).set(pl.Series(is_null), None),
         "peak_area": area,
         "fit_scores": fit,
+        "acquisition_date": inj["acquisition_date"].gather(pl.Series(gi)),
         # generation-only columns
         "group": ssf["group"].to_numpy()[ss].astype(np.int64),
         "rt_true": rt_true,
@@ -684,7 +693,7 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
 
 
 PEAK_COLUMNS = ("sample_set_id", "task_id", "worksheet_id", "sample_type", "cpd_status", "comp_id",
-                "species_matrix_type", "apex_rt", "peak_area", "fit_scores")
+                "species_matrix_type", "apex_rt", "peak_area", "fit_scores", "acquisition_date")
 
 
 def _narrow(df: pl.DataFrame) -> pl.DataFrame:
@@ -1139,7 +1148,7 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
             on="ss_idx")
         .select(pl.lit(d.lib, dtype=pl.Int64).alias("lib_id"), "sample_set_id", "task_id",
                 "worksheet_id", "species", "species_matrix_type", "sample_type", "drift_offset",
-                "drift_scale", "warp_mid", "column", "has_predictor_row")
+                "drift_scale", "warp_mid", "column", "acquisition_date", "has_predictor_row")
         for d in designs
     ]).write_parquet(truth_dir / "truth_injections.parquet")
     groups = []
