@@ -9,7 +9,9 @@
                                                                   species_cluster, tissue
     resources/metabolites/embeddings_chemberta_pca20.parquet      chem_id, smiles, embedding20
     truth/truth.json, truth/truth_peaks.parquet, truth/truth_compounds.parquet,
-    truth/truth_injections.parquet, truth/truth_groups.parquet
+    truth/truth_injections.parquet, truth/truth_groups.parquet,
+    truth/truth_table.parquet                                     task_id, compound, rt_true,
+                                                                  noise_sd, misassigned
     manifest.json                                                 written last
 
 Two exports with fixed hashes: ``5684639a28c04bc5af7c4fd1a75e62b5`` (libs 208, 305, 400) and
@@ -30,19 +32,43 @@ parent's logP minus 1.5. Species sit in ~7 clusters; each cluster has a shift
 ``a_k ~ N(0, 0.15)``, each species ``b_s ~ N(0, 0.08)``, each (species, compound) group a
 deviation ``g_sc ~ N(0, 0.05)``, so the group mean is ``mu_sc = base_c + a_k(s) + b_s + g_sc``.
 
-Each injection ``i`` (a ``task_id``) drifts: ``d_i = D_w + N(0, 0.05)``, ``s_i = S_w + N(0,
-0.004)`` with worksheet terms ``D_w ~ N(0, 0.10)``, ``S_w ~ N(0, 0.008)``. The drift moves the
-standards and the peaks alike::
+The demo departs from the pooled model's own family in four ways (all relative to
+``sigma = 0.07`` min; their draws come from a generator of their own, ``(seed, lib, 3)``):
 
-    standard j:  RT_ij = r_j * (1 + s_i) + d_i + N(0, 0.02)      (IS1..IS8, RS1..RS4, ES_*)
-    peak:        rt_true = mu_sc * (1 + s_i) + d_i
-                 apex_rt = rt_true + N(0, noise_sd)                noise_sd = 0.07
+- *matrix effects*: 30 % of the compounds get a species x compound term ``m_sc ~ N(0, 1.5
+  sigma)`` (0 for the others), so that ``mu_sc = base_c + a_k(s) + b_s + g_sc + m_sc``;
+- *noise per compound*: ``noise_sd_c = sigma * exp(N(0, 0.5))`` (log-normal around sigma);
+- *a non-linear gradient warp*: a compound at gradient position ``u = clip((rt - t0) / (t_end -
+  t0), 0, 1)`` moves by ``w_i * W(rt)``, ``W = 4u(1-u)`` (0 at the ends, 1 mid-gradient); the
+  mid-gradient shift ``w_i`` is its worksheet's (worksheets in time order = their index) AR(1)
+  walk (rho 0.9, step sd 0.2 sigma) around a level (U(2, 2.5) sigma) plus N(0, 0.1 sigma) per
+  injection; a column change part-way (a worksheet between 30 % and 70 % of them) lowers the
+  level by U(0.8, 1) sigma and jumps every later injection's offset by +-3 sigma;
+- *near mis-assignments*: 1 % of the peaks lie 5-15 sigma off, or, when the compound has an
+  isomer in the lib (same molecular formula, RDKit), carry that isomer's RT in the same
+  injection; the far ones (0.5 %) as below.
+
+Each injection ``i`` (a ``task_id``) drifts: ``d_i = D_w + N(0, 0.05) + jump * column_i``,
+``s_i = S_w + N(0, 0.004)`` with worksheet terms ``D_w ~ N(0, 0.10)``, ``S_w ~ N(0, 0.008)``.
+The drift and the warp move the standards and the peaks alike::
+
+    standard j:  RT_ij = r_j * (1 + s_i) + d_i + w_i * W(r_j) + N(0, 0.02)   (IS1..IS8, RS1..RS4,
+                                                                               ES_*)
+    peak:        rt_true = mu_sc * (1 + s_i) + d_i + w_i * W(mu_sc)
+                 apex_rt = rt_true + N(0, noise_sd_c)
 
 ES_* standards are endogenous metabolites whose ``r_j`` follows the same chemistry model. A
-fraction (0.5 %) of peaks is mis-assigned: their ``apex_rt`` is at least 3 min away from
-``rt_true`` (uniform on the gradient, wrapped). Which compounds an injection shows is a Bernoulli
-draw with probability ``prevalence_c * load_i * scale`` (``scale`` solved so that the lib gets
-about its share of ``rows``).
+fraction (0.5 %) of peaks is mis-assigned far: their ``apex_rt`` is at least 3 min away from
+``rt_true`` (uniform on the gradient, wrapped); ``truth_peaks.misassignment`` says which kind
+(``far``, ``near``, ``isomer``, ``none``) and ``is_misassigned`` is any of the first three.
+Which compounds an injection shows is a Bernoulli draw with probability ``prevalence_c * load_i
+* scale`` (``scale`` solved so that the lib gets about its share of ``rows``). Each injection has
+an ``acquisition_date`` (a peak column; worksheets in order, 0-3 days apart), which merge and
+split carry through and the RT CSV leaves out.
+
+The truth table has one row per generated peak but those of chem id 0 (several comp_ids of an
+injection carry it, and the pipeline drops it): ``compound`` is the chem id as text, as in the
+RT CSV; ``rtprep evaluate --truth`` (and ``eval.truth``) read it.
 
 Mess (each in known amounts, counted in ``manifest.json`` from the rows as written)
 -------------------------------------------------------------------------------------
