@@ -81,7 +81,8 @@ def test_defaults_come_from_the_schema() -> None:
 
     opts = ModelOptions()
     for key in ("advi_steps", "quick_steps", "screen_steps", "learning_rate", "robust",
-                "robust_rounds", "slope_knots", "allow_unconverged", "group_by", "method", "seed", "summary_draws", "fill"):
+                "robust_rounds", "slope_knots", "allow_unconverged", "group_by", "method", "seed",
+                "summary_draws", "fill"):
         assert getattr(opts, key) == settings.default("model", key), key
     assert opts.nuts_chains == settings.default("model", "nuts", "chains")
     assert list(opts.families) == settings.default("covariates", "families")

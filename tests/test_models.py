@@ -469,7 +469,7 @@ def test_slope_prior_recovers_slopes_that_bend_along_the_gradient() -> None:
     bend = np.array([0.2, -0.1, 0.3, 0.0])[None, :] * np.sin(2.5 * t_g / scale)[:, None]
     df2 = df.with_columns(pl.Series("rt", df["rt"].to_numpy()
                                     + np.einsum("ri,ri->r", x, bend[gid])))
-    _, _, stats2, alg2 = _prepared(df2)
+    _, _, _stats2, alg2 = _prepared(df2)
 
     def effect_error(n_knots: int | None) -> float:
         prior = fit_slope_prior(alg2, d.unit_g, d.cpd_g, len(d.units), len(d.compounds), n_knots)
