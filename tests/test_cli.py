@@ -81,9 +81,9 @@ def test_every_step_through_the_cli(demo_dir: Path) -> None:
         folds = pl.read_csv(data / f"merged_training_{H208}_lib208_{split}_folds.csv")
         assert folds.columns == ["sample_set_id", "fold"] and folds.height > 0
     proc = rtprep("folds", str(data / f"merged_training_{H208}_lib208.parquet"), "--split",
-                  "time", "--time-column", "acquisition_date")
+                  "time", "--time-column", "acquired_on")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "column(s) 'acquisition_date'" in proc.stderr and "lib208.parquet" in proc.stderr
+    assert "column(s) 'acquired_on'" in proc.stderr and "lib208.parquet" in proc.stderr
 
 
 def test_run_dry_run_goes_through_snakemake(tmp_path: Path) -> None:

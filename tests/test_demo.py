@@ -144,7 +144,7 @@ def test_layout(demo: tuple[Path, dict]) -> None:
     assert "correct" in pl.read_parquet_schema(f2) and "comp_id" not in pl.read_parquet_schema(f2)
     assert list(pl.read_parquet_schema(f1)) == [
         "sample_set_id", "task_id", "worksheet_id", "sample_type", "cpd_status", "comp_id",
-        "species_matrix_type", "apex_rt", "peak_area", "fit_scores"]
+        "species_matrix_type", "apex_rt", "peak_area", "fit_scores", "acquisition_date"]
     for rel in ("truth/truth.json", "truth/truth_peaks.parquet",
                 "resources/metabolites/embeddings_chemberta_pca20.parquet"):
         assert (out / rel).is_file()
@@ -189,6 +189,7 @@ def test_hive_scan_gives_rows_written(demo: tuple[Path, dict]) -> None:
         schema = {c: pl.Int64 for c in ("sample_set_id", "task_id", "worksheet_id", comp)}
         schema |= {c: pl.Float64 for c in FLOATS}
         schema |= {c: pl.String for c in ("sample_type", "cpd_status", "species_matrix_type")}
+        schema |= {"acquisition_date": pl.Date}
         lf = pl.scan_parquet(
             out / "repo_export" / h / "create_training_data", hive_partitioning=True,
             hive_schema={"lib_id": pl.Int64, "group": pl.Int64}, schema=schema,
@@ -243,10 +244,134 @@ def test_narrow_shards_and_truth(demo: tuple[Path, dict]) -> None:
     ok = truth.filter(pl.col("apex_rt").is_between(0, 40) & ~pl.col("is_misassigned"))
     resid = (ok["apex_rt"] - ok["rt_true"]).to_numpy()
     doc = json.loads((out / "truth/truth.json").read_text())
-    assert abs(resid.std() - doc["noise_sd"]) < 0.01
-    mis = truth.filter(pl.col("is_misassigned"))
-    assert 0.002 < mis.height / truth.height < 0.01
-    assert ((mis["apex_rt"] - mis["rt_true"]).abs() >= 3.0).all()
+    # noise per compound: log-normal around noise_sd; each peak's sd is in the truth
+    z = resid / ok["noise_sd"].to_numpy()
+    assert abs(z.std() - 1.0) < 0.05
+    cpd = pl.read_parquet(out / "truth/truth_compounds.parquet")["noise_sd"].to_numpy()
+    assert abs(np.median(cpd) / doc["noise_sd"] - 1.0) < 0.15
+    assert abs(np.log(cpd).std() - doc["noise_log_sd"]) < 0.1
+    far = truth.filter(pl.col("misassignment") == "far")
+    assert 0.002 < far.height / truth.height < 0.01
+    assert ((far["apex_rt"] - far["rt_true"]).abs() >= 3.0).all()
+    # near mis-assignments: 5-15 sigma off, or an isomer's RT in the same injection
+    near = truth.filter(pl.col("misassignment") == "near")
+    iso = truth.filter(pl.col("misassignment") == "isomer")
+    assert 0.005 < (near.height + iso.height) / truth.height < 0.015
+    off = (near["apex_rt"] - near["rt_true"]).abs() / doc["noise_sd"]
+    assert off.min() >= 5.0 - 1e-3 and off.max() <= 15.0 + 1e-3  # (Float32 shards round)
+    assert iso.height > 0
+    assert truth["is_misassigned"].to_list() == (truth["misassignment"] != "none").to_list()
+    cpds = pl.read_parquet(out / "truth/truth_compounds.parquet")
+    with_iso = cpds.filter(pl.col("n_isomers") > 0).select("lib_id", "comp_id")
+    assert iso.join(with_iso, on=["lib_id", "comp_id"], how="anti").height == 0
+    assert near.join(with_iso, on=["lib_id", "comp_id"], how="semi").height == 0
+    for lib in LIBS:
+        kinds = manifest["libs"][str(lib)]["mess"]["misassigned_by_kind"]
+        assert sum(kinds.values()) == manifest["libs"][str(lib)]["mess"]["misassigned_peaks"]
+
+
+def test_truth_table(demo: tuple[Path, dict]) -> None:
+    """truth/truth_table.parquet: one row per generated peak (chem id 0 aside), in the format
+    ``rtprep evaluate --truth`` reads."""
+    from rtprep.models.calibration import TRUTH_TABLE_COLUMNS, is_truth_table, read_truth_table
+
+    out, manifest = demo
+    path = out / manifest["truth"]["table"]
+    assert is_truth_table(path)
+    table = read_truth_table(path)  # raises on a (task_id, compound) twice
+    assert tuple(pl.read_parquet_schema(path)) == TRUTH_TABLE_COLUMNS
+    peaks = pl.read_parquet(out / "truth/truth_peaks.parquet").filter(pl.col("chem_id") != 0)
+    assert table.height == peaks.height
+    j = peaks.with_columns(pl.col("task_id").cast(pl.String),
+                           pl.col("chem_id").cast(pl.String).alias("compound")).join(
+        table, on=["task_id", "compound"])
+    assert j.height == peaks.height
+    assert (j["rt_true"] == j["rt_true_right"]).all()
+    assert (j["noise_sd"] == j["noise_sd_right"]).all()
+    assert (j["is_misassigned"] == j["misassigned"]).all()
+
+
+def test_gradient_warp_and_matrix_effects(demo: tuple[Path, dict]) -> None:
+    """Departures from the model's family: a curvature warp (mid-gradient shift) that walks over
+    worksheets with a column change part-way, followed by the standards; species x compound
+    matrix effects on ~30% of the compounds."""
+    out, _ = demo
+    doc = json.loads((out / "truth/truth.json").read_text())
+    sigma = doc["noise_sd"]
+    inj = pl.read_parquet(out / "truth/truth_injections.parquet")
+    pred = read_predictors(out)
+    for lib in LIBS:
+        p = doc["libs"][str(lib)]
+        w = p["warp"]
+        i = inj.filter(pl.col("lib_id") == lib).sort("worksheet_id", "task_id")
+        mid = i["warp_mid"].to_numpy()
+        assert 0.5 * sigma < np.median(np.abs(mid)) < 3.5 * sigma
+        col = i["column"].to_numpy()
+        assert col.min() == 0 and col.max() == 1 and (np.diff(col) >= 0).all()  # one change
+        assert (i.filter(pl.col("column") == 1)["worksheet_id"] >= w[
+            "column_change_worksheet_id"]).all()
+        assert abs(abs(w["column_change_offset_jump"]) - 3 * sigma) < 1e-9
+        # the offset jump shows in the drift offsets across the change
+        by_col = i.group_by("column").agg(pl.col("drift_offset").mean()).sort("column")
+        step = by_col["drift_offset"][1] - by_col["drift_offset"][0]
+        assert abs(step - w["column_change_offset_jump"]) < 0.1
+        # the warp walks: neighbouring worksheets are alike, far ones less so
+        ws = i.group_by("worksheet_id").agg(pl.col("warp_mid").mean()).sort("worksheet_id")
+        x = ws["warp_mid"].to_numpy()
+        assert np.corrcoef(x[:-1], x[1:])[0, 1] > 0.5
+        # the standards follow it: a mid-gradient standard, after the linear drift, moves with
+        # warp_mid; the end ones do not
+        std = p["standards_rt"]
+        t0, t_end = p["gradient"]["t0"], p["gradient"]["t_end"]
+        j = pred.filter(pl.col("lib_id") == lib).join(i, on=["sample_set_id", "task_id"])
+        mid_name = min((n for n in std if n[:2] in ("IS", "RS")),
+                       key=lambda n: abs((std[n] - t0) / (t_end - t0) - 0.5))
+        lin = j[mid_name] - (std[mid_name] * (1 + j["drift_scale"]) + j["drift_offset"])
+        ok = lin.is_not_null()
+        r = np.corrcoef(lin.filter(ok).to_numpy(), j["warp_mid"].filter(ok).to_numpy())[0, 1]
+        assert r > 0.8, r
+    groups = pl.read_parquet(out / "truth/truth_groups.parquet")
+    cpd = pl.read_parquet(out / "truth/truth_compounds.parquet")
+    share = cpd["matrix_effect"].mean()
+    assert 0.2 < share < 0.4
+    hit = groups.join(cpd.filter(pl.col("matrix_effect")).select("lib_id", "comp_id"),
+                      on=["lib_id", "comp_id"])
+    assert abs(hit["matrix_effect"].std() / (1.5 * sigma) - 1) < 0.1
+    miss = groups.join(hit.select("lib_id", "comp_id"), on=["lib_id", "comp_id"], how="anti")
+    assert (miss["matrix_effect"] == 0).all()
+
+
+def test_acquisition_date(demo: tuple[Path, dict], tmp_path: Path) -> None:
+    """One acquisition date per injection, non-decreasing with worksheet order; merge and split
+    carry it through, and the RT CSV's columns do not change."""
+    from rtprep.merge import MergeOptions, merge_export
+    from rtprep.rtcsv import rt_columns
+    from rtprep.split import split_lib
+
+    out, _ = demo
+    peaks = read_peaks(out)
+    assert peaks.schema["acquisition_date"] == pl.Date
+    per = peaks.group_by("lib_id", "task_id").agg(pl.col("acquisition_date").n_unique(),
+                                                  pl.col("worksheet_id").first())
+    assert (per["acquisition_date"] == 1).all()
+    inj = pl.read_parquet(out / "truth/truth_injections.parquet")
+    for lib in LIBS:
+        ws = (inj.filter(pl.col("lib_id") == lib).group_by("worksheet_id")
+              .agg(pl.col("acquisition_date").min().alias("lo"),
+                   pl.col("acquisition_date").max().alias("hi")).sort("worksheet_id"))
+        assert (ws["lo"] == ws["hi"]).all()
+        assert (ws["lo"].diff().drop_nulls().dt.total_days() >= 0).all()
+        assert ws["lo"].n_unique() > 10
+    merged = tmp_path / f"merged_training_{H1}.parquet"
+    merge_export(out / "repo_export" / H1, merged, MergeOptions())
+    lib_pq = tmp_path / "lib208.parquet"
+    split_lib(merged, 208, lib_pq, rt_range=(0.0, 40.0))
+    split = pl.read_parquet(lib_pq)
+    assert split.schema["acquisition_date"] == pl.Date
+    got = split.select("task_id", "acquisition_date").unique().join(
+        inj.select("task_id", "acquisition_date"), on="task_id")
+    assert got.height > 0 and (got["acquisition_date"] == got["acquisition_date_right"]).all()
+    assert rt_columns(split.columns) == rt_columns(split.drop("acquisition_date").columns)
 
 
 def test_truth_rt_follows_logp(demo: tuple[Path, dict]) -> None:

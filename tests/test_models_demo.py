@@ -7,10 +7,22 @@ coverage targets are checked on the test rows of the compounds the model has see
 demo's held-out sample sets hold without the hold-out), on all of them (mis-assigned peaks
 included, as a user sees them) and on the rows that are not mis-assigned.
 
-Why the clean-row bound is 1.2 and not 1.1: with groups capped at 5 training rows and group
-deviations of sd 0.05 min against noise of sd 0.07 min, even the true hyperparameters leave
-each group's intercept uncertain: sqrt(σ² + 1/(1/τ² + n/σ²)) averaged over the test rows' support
-(about a tenth of them in groups never seen in training) is 1.11-1.13 × σ on this demo.
+The yardstick is the demo's own oracle: the RMS of the truth table's ``noise_sd`` on the clean
+held-out rows (what the true parameters score; noise differs per compound). The demo departs from
+the model's family (noise per compound, a curvature warp walking over worksheets with a column
+change, species x compound matrix effects, near mis-assignments), so the pooled model does not
+reach the oracle; the bounds are regression guards at a stated margin over what was measured
+(seed 7, 60,000 rows, lib 209, PyMC ADVI 3,000 steps; model seed 0, seed 1 in brackets):
+
+- clean rows: pooled RMSE 1.28 (1.26) x oracle -> bound 1.40; coverage95 0.924 (0.932) ->
+  [0.89, 0.97]; on the rows pooled and ridge both score 1.21 (1.19) -> 1.35;
+- support ≤ 5, clean: pooled 1.22 (1.20) x oracle -> 1.35, 0.46 (0.44) x ridge -> 0.6;
+  the ≤1-row bin 1.43 (1.39) x oracle -> 1.60;
+- all rows: pooled 1.003 x the true parameters' RMSE -> 1.05; coverage 0.912 (0.919) ->
+  [0.88, 0.97]; against rt_true 0.28 (0.26) x ridge -> 0.5.
+
+Coverage is below nominal where groups have 1-2 training rows (0.87-0.89 there): the intervals
+do not yet carry the warp and matrix-effect terms the model lacks.
 """
 
 from __future__ import annotations
@@ -28,7 +40,8 @@ from rtprep.classes import build_chem_classes
 from rtprep.demo import generate_demo
 from rtprep.merge import MergeOptions, merge_export
 from rtprep.models import ModelOptions, evaluate
-from rtprep.models.truth import truth_report
+from rtprep.models.calibration import calibration_report, flag_report, read_truth_table
+from rtprep.models.truth import LOW_SUPPORT_BINS, truth_report
 from rtprep.rtcsv import make_rt_prod_csv, write_test_rows
 from rtprep.sample import assign_folds, sample_per_species_compound
 from rtprep.split import split_lib
@@ -81,35 +94,65 @@ def demo_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                       truth=demo / "truth" / "truth_peaks.parquet")
     pred = pl.read_parquet(out / "predictions.parquet")
     truth = demo / "truth" / "truth_peaks.parquet"
-    return {"out": out, "result": result, "pred": pred, "truth": truth, "held": held_csv,
+    return {"out": out, "result": result, "pred": pred, "truth": truth,
+            "table": demo / "truth" / "truth_table.parquet", "held": held_csv,
             "n_held": hold.len()}
+
+
+def _oracle_ratio(rows: pl.DataFrame, model: str) -> dict[str, float]:
+    """RMSE ÷ oracle (the RMS of the rows' own noise_sd) and 95% coverage of ``model`` on
+    ``rows`` (clean rows joined to the truth table)."""
+    ok = rows.filter(pl.col(f"{model}_pred").is_not_null())
+    rmse = float(np.sqrt(((ok["rt"] - ok[f"{model}_pred"]) ** 2).mean()))
+    oracle = float(np.sqrt((ok["noise_sd"] ** 2).mean()))
+    cov = float(((ok["rt"] >= ok[f"{model}_lower"]) & (ok["rt"] <= ok[f"{model}_upper"])).mean())
+    return {"rows": ok.height, "rmse": rmse, "oracle": oracle, "over_oracle": rmse / oracle,
+            "coverage95": cov}
 
 
 @pytest.mark.slow
 def test_demo_pooled_accuracy_against_truth(demo_eval: dict) -> None:
+    """Bounds are ratios to the demo's own oracle with a stated margin over what was measured
+    (seed 7, 60,000 rows, lib 209; the module docstring gives the numbers)."""
     pred: pl.DataFrame = demo_eval["pred"]  # type: ignore[assignment]
     assert pred["sampleset_id"].n_unique() >= 30
     known = pred.filter(~pl.col("novelty").is_in(HELD_OUT_NOVELTY))
+    table = read_truth_table(demo_eval["table"])  # type: ignore[arg-type]
+    rows = known.with_columns(pl.col("task_id", "compound").cast(pl.String)).join(
+        table, on=["task_id", "compound"])
+    assert rows.height == known.height  # every held-out row has its truth row
+    assert rows["misassigned"].sum() > 0
+    clean = rows.filter(~pl.col("misassigned"))
+    # pooled on every clean row: measured 1.28 x the oracle, coverage 0.924
+    pooled = _oracle_ratio(clean, "pooled")
+    assert pooled["rows"] == clean.height
+    assert pooled["over_oracle"] <= 1.40, pooled
+    assert 0.89 <= pooled["coverage95"] <= 0.97, pooled
+    # the evaluation's own calibration report agrees (rows pooled and ridge both score):
+    # measured 1.21 x the oracle
+    rep = calibration_report(known, table, models=("pooled", "ridge"))
+    assert rep["models"]["pooled"]["rmse_over_oracle"] <= 1.35, rep["models"]["pooled"]
+    # support <= 5, clean rows both models score: measured pooled 1.22 x the oracle and 0.46 x
+    # ridge; in the <=1-row bin 1.43 x the oracle
+    low = clean.filter(pl.col("support_bin").is_in(list(LOW_SUPPORT_BINS))
+                       & pl.col("pooled_pred").is_not_null() & pl.col("ridge_pred").is_not_null())
+    assert low.height > 1000
+    lp, lr = _oracle_ratio(low, "pooled"), _oracle_ratio(low, "ridge")
+    assert lp["over_oracle"] <= 1.35, lp
+    assert lp["rmse"] <= 0.6 * lr["rmse"], (lp, lr)
+    one = _oracle_ratio(low.filter(pl.col("support_bin") == "≤1"), "pooled")
+    assert one["rows"] > 300 and one["over_oracle"] <= 1.60, one
+    # all rows (mis-assigned peaks included, as a user sees them): the mis-assigned test peaks,
+    # which no model can predict, dominate every RMSE, so the yardstick is the true parameters'
+    # RMSE (measured pooled 1.003 x) and, against the noise-free rt_true, ridge (measured 0.28 x)
     seen = truth_report(known, demo_eval["truth"])
-    assert seen["rows_matched"] == known.height
-    assert seen["misassigned_rows"] > 0
-    for subset, bound in (("all", 1.10), ("clean", 1.20)):
-        block = seen[subset]
-        pooled = block["models"]["pooled"]
-        assert pooled["scored"] == block["rows"]
-        assert pooled["rmse"] <= bound * block["truth_rmse"], (subset, block)
-        assert 0.93 <= pooled["coverage95"] <= 0.97, (subset, pooled)
-    # support ≤ 5: on clean rows (on all rows the mis-assigned test peaks, which no model can
-    # predict, put pooled, ridge and the truth itself at the same RMSE)
-    low = seen["clean"]["support_le5"]
-    assert low["rows"] > 1000
-    assert low["pooled_rmse"] <= 0.8 * low["ridge_rmse"], low
-    # on all rows: the true parameters themselves are within 10% of ridge there, so no model
-    # can reach 0.8x on that yardstick; against the noise-free rt_true (what each model got
-    # wrong, whatever the peak's noise or mis-assignment) pooled is far below 0.8x ridge
-    low_all = seen["all"]["support_le5"]
+    block = seen["all"]
+    assert block["models"]["pooled"]["scored"] == block["rows"]
+    assert block["models"]["pooled"]["rmse"] <= 1.05 * block["truth_rmse"], block
+    assert 0.88 <= block["models"]["pooled"]["coverage95"] <= 0.97, block["models"]["pooled"]
+    low_all = block["support_le5"]
     assert low_all["truth_over_ridge"] >= 0.9, low_all
-    assert low_all["pooled_over_ridge_vs_rt_true"] <= 0.8, low_all
+    assert low_all["pooled_over_ridge_vs_rt_true"] <= 0.5, low_all
 
 
 @pytest.mark.slow
@@ -134,5 +177,10 @@ def test_demo_outlier_screen_drops_misassigned_training_rows(demo_eval: dict) ->
     assert screen["outliers"] > 0
     assert meta["drops"]["rt_outlier"] == screen["outliers"]
     assert meta["rows_out"] + sum(meta["drops"].values()) == meta["rows_in"]
-    # the screened rows are mostly the demo's mis-assigned peaks: about 0.5% of the rows
+    # the screened rows are mostly the demo's mis-assigned peaks: 1.5% of the rows, the near
+    # ones (5-15 sigma, or an isomer's RT) not all separable; measured 1.17% screened
     assert screen["outliers"] <= 0.02 * screen["rows"]
+    # against the truth table (rows >= 5 noise sds off): measured precision 0.995, recall 0.90
+    flags = flag_report(pl.read_parquet(model_dir / "rows.parquet"),
+                        read_truth_table(demo_eval["table"]))  # type: ignore[arg-type]
+    assert flags["precision"] >= 0.9 and flags["recall"] >= 0.75, flags

@@ -290,15 +290,15 @@ def test_config_edit_rebuilds_only_dependents(run_dir: Path, overlay: dict,
 @pytest.mark.slow
 def test_a_time_column_the_data_lacks_stops_the_folds_job_naming_it(run_dir: Path,
                                                                      tmp_path: Path) -> None:
-    """eval.time_column names a column the per-lib file does not have (here, a date column the
-    tiny demo lacks): the time split's folds job fails with one line naming file and column."""
+    """eval.time_column names a column the per-lib file does not have (a misspelt date column):
+    the time split's folds job fails with one line naming file and column."""
     wd = shutil.copytree(run_dir, tmp_path / "copy", symlinks=True)  # the shared run stays whole
     proc = snakemake(wd, "--cores", "1", lib_file(208, "_time_folds.csv"), check=False,
-                     overlay={"eval": {"time_column": "acquisition_date"}})
+                     overlay={"eval": {"time_column": "acquired_on"}})
     assert proc.returncode != 0
     log = (wd / f"logs/folds/{HASHES[208]}_lib208_time.log").read_text()
-    assert (f"{lib_file(208, '.parquet')}: missing required column(s) 'acquisition_date' (the "
-            "time split orders worksheets by eval.time_column 'acquisition_date')") in log
+    assert (f"{lib_file(208, '.parquet')}: missing required column(s) 'acquired_on' (the "
+            "time split orders worksheets by eval.time_column 'acquired_on')") in log
     assert "Traceback" not in log and not (wd / lib_file(208, "_time_folds.csv")).exists()
 
 

@@ -9,7 +9,9 @@
                                                                   species_cluster, tissue
     resources/metabolites/embeddings_chemberta_pca20.parquet      chem_id, smiles, embedding20
     truth/truth.json, truth/truth_peaks.parquet, truth/truth_compounds.parquet,
-    truth/truth_injections.parquet, truth/truth_groups.parquet
+    truth/truth_injections.parquet, truth/truth_groups.parquet,
+    truth/truth_table.parquet                                     task_id, compound, rt_true,
+                                                                  noise_sd, misassigned
     manifest.json                                                 written last
 
 Two exports with fixed hashes: ``5684639a28c04bc5af7c4fd1a75e62b5`` (libs 208, 305, 400) and
@@ -30,19 +32,43 @@ parent's logP minus 1.5. Species sit in ~7 clusters; each cluster has a shift
 ``a_k ~ N(0, 0.15)``, each species ``b_s ~ N(0, 0.08)``, each (species, compound) group a
 deviation ``g_sc ~ N(0, 0.05)``, so the group mean is ``mu_sc = base_c + a_k(s) + b_s + g_sc``.
 
-Each injection ``i`` (a ``task_id``) drifts: ``d_i = D_w + N(0, 0.05)``, ``s_i = S_w + N(0,
-0.004)`` with worksheet terms ``D_w ~ N(0, 0.10)``, ``S_w ~ N(0, 0.008)``. The drift moves the
-standards and the peaks alike::
+The demo departs from the pooled model's own family in four ways (all relative to
+``sigma = 0.07`` min; their draws come from a generator of their own, ``(seed, lib, 3)``):
 
-    standard j:  RT_ij = r_j * (1 + s_i) + d_i + N(0, 0.02)      (IS1..IS8, RS1..RS4, ES_*)
-    peak:        rt_true = mu_sc * (1 + s_i) + d_i
-                 apex_rt = rt_true + N(0, noise_sd)                noise_sd = 0.07
+- *matrix effects*: 30 % of the compounds get a species x compound term ``m_sc ~ N(0, 1.5
+  sigma)`` (0 for the others), so that ``mu_sc = base_c + a_k(s) + b_s + g_sc + m_sc``;
+- *noise per compound*: ``noise_sd_c = sigma * exp(N(0, 0.5))`` (log-normal around sigma);
+- *a non-linear gradient warp*: a compound at gradient position ``u = clip((rt - t0) / (t_end -
+  t0), 0, 1)`` moves by ``w_i * W(rt)``, ``W = 4u(1-u)`` (0 at the ends, 1 mid-gradient); the
+  mid-gradient shift ``w_i`` is its worksheet's (worksheets in time order = their index) AR(1)
+  walk (rho 0.9, step sd 0.2 sigma) around a level (U(2, 2.5) sigma) plus N(0, 0.1 sigma) per
+  injection; a column change part-way (a worksheet between 30 % and 70 % of them) lowers the
+  level by U(0.8, 1) sigma and jumps every later injection's offset by +-3 sigma;
+- *near mis-assignments*: 1 % of the peaks lie 5-15 sigma off, or, when the compound has an
+  isomer in the lib (same molecular formula, RDKit), carry that isomer's RT in the same
+  injection; the far ones (0.5 %) as below.
+
+Each injection ``i`` (a ``task_id``) drifts: ``d_i = D_w + N(0, 0.05) + jump * column_i``,
+``s_i = S_w + N(0, 0.004)`` with worksheet terms ``D_w ~ N(0, 0.10)``, ``S_w ~ N(0, 0.008)``.
+The drift and the warp move the standards and the peaks alike::
+
+    standard j:  RT_ij = r_j * (1 + s_i) + d_i + w_i * W(r_j) + N(0, 0.02)   (IS1..IS8, RS1..RS4,
+                                                                               ES_*)
+    peak:        rt_true = mu_sc * (1 + s_i) + d_i + w_i * W(mu_sc)
+                 apex_rt = rt_true + N(0, noise_sd_c)
 
 ES_* standards are endogenous metabolites whose ``r_j`` follows the same chemistry model. A
-fraction (0.5 %) of peaks is mis-assigned: their ``apex_rt`` is at least 3 min away from
-``rt_true`` (uniform on the gradient, wrapped). Which compounds an injection shows is a Bernoulli
-draw with probability ``prevalence_c * load_i * scale`` (``scale`` solved so that the lib gets
-about its share of ``rows``).
+fraction (0.5 %) of peaks is mis-assigned far: their ``apex_rt`` is at least 3 min away from
+``rt_true`` (uniform on the gradient, wrapped); ``truth_peaks.misassignment`` says which kind
+(``far``, ``near``, ``isomer``, ``none``) and ``is_misassigned`` is any of the first three.
+Which compounds an injection shows is a Bernoulli draw with probability ``prevalence_c * load_i
+* scale`` (``scale`` solved so that the lib gets about its share of ``rows``). Each injection has
+an ``acquisition_date`` (a peak column; worksheets in order, 0-3 days apart), which merge and
+split carry through and the RT CSV leaves out.
+
+The truth table has one row per generated peak but those of chem id 0 (several comp_ids of an
+injection carry it, and the pipeline drops it): ``compound`` is the chem id as text, as in the
+RT CSV; ``rtprep evaluate --truth`` (and ``eval.truth``) read it.
 
 Mess (each in known amounts, counted in ``manifest.json`` from the rows as written)
 -------------------------------------------------------------------------------------
@@ -108,6 +134,8 @@ MANIFEST = "manifest.json"
 EMBEDDINGS_REL = Path("resources/metabolites/embeddings_chemberta_pca20.parquet")
 
 STRUCTURES_NAME = "demo_structures.csv"
+#: The truth table (``task_id, compound, rt_true, noise_sd, misassigned``) under truth/.
+TRUTH_TABLE_NAME = "truth_table.parquet"
 
 N_GROUPS = 4
 CHUNK_ROWS = 125_000
@@ -115,8 +143,28 @@ MIN_CHUNKS = 3
 MIN_SAMPLE_SETS = 150
 RT_VALID_MAX = 40.0
 NOISE_SD = 0.07
+#: Log-sd of the per-compound noise sd, log-normal around NOISE_SD.
+NOISE_LOG_SD = 0.5
 STANDARD_SD = 0.02
 MISASSIGNED_MIN_SHIFT = 3.0
+#: Near mis-assignments: |apex_rt - rt_true| uniform in this range (units of NOISE_SD), unless
+#: the compound has an isomer in the lib (same molecular formula): then the isomer's RT in the
+#: same injection.
+NEAR_MISASSIGNED_SHIFT = (5.0, 15.0)
+#: Species x compound matrix effects: share of the compounds with one, its sd.
+MATRIX_EFFECT_SHARE = 0.30
+MATRIX_EFFECT_SD = 1.5 * NOISE_SD
+#: Gradient warp (in units of NOISE_SD): the mid-gradient shift's level before the column change
+#: (uniform), its drop at the change (uniform), its AR(1) walk over worksheets (rho, step sd),
+#: the injection's scatter around its worksheet; the offset jump at the change.
+WARP_LEVEL = (2.0, 2.5)
+WARP_LEVEL_CHANGE = (0.8, 1.0)
+WARP_RHO = 0.9
+WARP_STEP = 0.2
+WARP_INJECTION_SD = 0.1
+COLUMN_JUMP = 3.0
+#: The first worksheet's acquisition date.
+ACQUISITION_START = "2021-01-04"
 CONJUGATE_LOGP_SHIFT = -1.5
 CPD_STATUS_KEEP = ("Complete", "Complete - NFS")
 SAMPLE_TYPE_EXCLUDE = ("PRCS",)
@@ -129,7 +177,8 @@ ES_STANDARDS: dict[str, str] = {
 }
 #: Row-level fractions of each kind of apex_rt (exclusive); the rest is a normal peak.
 RT_KIND_P: dict[str, float] = {
-    "misassigned": 0.005, "null": 0.002, "nan": 0.0015, "negative": 0.0015, "inf": 0.0005,
+    "misassigned": 0.005, "near_misassigned": 0.01, "null": 0.002, "nan": 0.0015,
+    "negative": 0.0015, "inf": 0.0005,
     "out_of_range": 0.004,
 }
 CPD_STATUS_P: dict[str, float] = {
@@ -159,7 +208,7 @@ MATRICES: tuple[str, ...] = ("plasma", "serum", "urine", "liver", "brain", "kidn
 MATRIX_WEIGHT = np.array([8, 5, 5, 4, 2, 2, 1.5, 1.5, 2, 1, 2, 1.5, 0.5, 1], dtype=np.float64)
 
 # Purposes for seeding (a generator per (seed, lib, purpose[, chunk])).
-_P_DESIGN, _P_CHUNK, _P_EMBED = 0, 1, 2
+_P_DESIGN, _P_CHUNK, _P_EMBED, _P_REALISM = 0, 1, 2, 3
 
 _PEAK_INT = ("sample_set_id", "task_id", "worksheet_id", "comp_id")
 _PEAK_FLOAT = ("apex_rt", "peak_area", "fit_scores")
@@ -185,12 +234,14 @@ def structures_path() -> Path:
 
 
 def load_structures(path: str | Path | None = None) -> pl.DataFrame:
-    """Read the demo structures (``chem_id, name, family, smiles``) and add RDKit Crippen ``logp``.
+    """Read the demo structures (``chem_id, name, family, smiles``) and add RDKit Crippen ``logp``
+    and the molecular ``formula``.
 
     Every SMILES must parse; a bad one raises :class:`RtprepError` naming the chem_id.
     """
     from rdkit import Chem, RDLogger
     from rdkit.Chem import Crippen
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
     path = Path(path) if path is not None else structures_path()
     df = pl.read_csv(path, schema_overrides={"chem_id": pl.Int64})
@@ -198,7 +249,7 @@ def load_structures(path: str | Path | None = None) -> pl.DataFrame:
     if missing:
         raise input_error(path, f"missing column(s) {missing}")
     RDLogger.DisableLog("rdApp.*")
-    logp = []
+    logp, formula = [], []
     # One RDKit call per structure (a few hundred), not per row.
     for cid, smi in zip(df["chem_id"].to_list(), df["smiles"].to_list(), strict=True):
         mol = Chem.MolFromSmiles(smi)
@@ -206,9 +257,11 @@ def load_structures(path: str | Path | None = None) -> pl.DataFrame:
             raise input_error(path, f"SMILES of chem_id {cid} does not parse: {smi!r}",
                               column="smiles")
         logp.append(Crippen.MolLogP(mol))
+        formula.append(CalcMolFormula(mol))
     if df["chem_id"].n_unique() != df.height:
         raise input_error(path, "chem_id values are not unique", column="chem_id")
-    return df.with_columns(pl.Series("logp", logp, dtype=pl.Float64))
+    return df.with_columns(pl.Series("logp", logp, dtype=pl.Float64),
+                           pl.Series("formula", formula, dtype=pl.String))
 
 
 def rdkit_embeddings(structures: pl.DataFrame, n_components: int = 20) -> pl.DataFrame:
@@ -255,6 +308,11 @@ class _LibDesign:
     narrow: np.ndarray  # (n_chunks, N_GROUPS) bool
     dup: np.ndarray  # (n_chunks, N_GROUPS) bool
     scale: float
+    noise: np.ndarray  # (n_comp,) noise sd of each compound's peaks
+    matrix_effect: np.ndarray  # (n_species, n_comp) part of mu
+    t0: float
+    t_end: float
+    isomers: list[np.ndarray]  # per compound: the other compounds of its molecular formula
     mess: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,6 +322,13 @@ def _rng(seed: int, lib: int, purpose: int, *extra: int) -> np.random.Generator:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _warp_shape(rt: np.ndarray, t0: float, t_end: float) -> np.ndarray:
+    """``4u(1-u)`` of the gradient position ``u = (rt - t0) / (t_end - t0)`` (clipped to [0,
+    1]): 1 mid-gradient, 0 at either end."""
+    u = np.clip((rt - t0) / (t_end - t0), 0.0, 1.0)
+    return 4.0 * u * (1.0 - u)
 
 
 def _export_of(lib: int) -> str:
@@ -333,6 +398,15 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     conj_ids = 900000 + (lib % 1000) * 100 + np.arange(1, int(is_conj.sum()) + 1)
     truth_chem[is_conj] = conj_ids
     base = chem_rt(logp, fam) + rng.normal(0.0, 0.5, n_comp)
+    # isomers (same molecular formula) among the lib's compounds; conjugates stand for another
+    # structure, so they have none
+    formula = structures["formula"].to_numpy()[pick].astype(str)
+    by_formula: dict[str, list[int]] = {}
+    for c, f in enumerate(formula.tolist()):
+        if roles[c] != "conjugate":
+            by_formula.setdefault(f, []).append(c)
+    isomers = [np.array([o for o in by_formula.get(f, []) if o != c], dtype=np.int64)
+               for c, f in enumerate(formula.tolist())]
     base = np.clip(base, t0 + 0.2, 36.0)
     prevalence = rng.beta(1.2, 1.5, n_comp)
 
@@ -366,6 +440,14 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     dev = rng.normal(0.0, 0.05, (n_sp, n_comp))
     cl_arr = np.array([cl_shift[c] for c in sp_clusters])
     mu = base[None, :] + (cl_arr + sp_shift)[:, None] + dev
+    # --- departures from the model's own family, from their own generator (so that the draws
+    # of `rng` keep their values): noise per compound, and species x compound matrix effects
+    # on a share of the compounds
+    rng_r = _rng(seed, lib, _P_REALISM)
+    noise = NOISE_SD * np.exp(rng_r.normal(0.0, NOISE_LOG_SD, n_comp))
+    matrix_hit = rng_r.random(n_comp) < MATRIX_EFFECT_SHARE
+    matrix_effect = rng_r.normal(0.0, MATRIX_EFFECT_SD, (n_sp, n_comp)) * matrix_hit[None, :]
+    mu = mu + matrix_effect
     # species popularity: human first, then a Zipf-like tail
     sp_w = 1.0 / np.arange(1, n_sp + 1) ** 0.9
     sp_w[0] = 4.0 * sp_w[1]
@@ -419,6 +501,29 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     ws_s = rng.normal(0.0, 0.008, n_ws)
     d = ws_d[ws_of_ss[inj_ss]] + rng.normal(0.0, 0.05, n_inj)
     s = ws_s[ws_of_ss[inj_ss]] + rng.normal(0.0, 0.004, n_inj)
+    # a non-linear gradient warp: worksheets are in time order (their index); the mid-gradient
+    # shift a_w (of a compound at gradient position u: a * 4u(1-u)) random-walks over them
+    # (AR(1) around a level); a column change part-way jumps the offset and the level
+    ws_change = int(rng_r.integers(round(0.3 * n_ws), round(0.7 * n_ws) + 1))
+    level1 = rng_r.uniform(*WARP_LEVEL) * NOISE_SD
+    level2 = level1 - rng_r.uniform(*WARP_LEVEL_CHANGE) * NOISE_SD
+    jump = (1.0 if rng_r.random() < 0.5 else -1.0) * COLUMN_JUMP * NOISE_SD
+    steps = rng_r.normal(0.0, WARP_STEP * NOISE_SD, n_ws)
+    walk = np.empty(n_ws)
+    acc = 0.0
+    for w in range(n_ws):
+        acc = WARP_RHO * acc + float(steps[w])
+        walk[w] = acc
+    after = np.arange(n_ws) >= ws_change
+    ws_warp = np.where(after, level2, level1) + walk
+    inj_ws = ws_of_ss[inj_ss]
+    warp = ws_warp[inj_ws] + rng_r.normal(0.0, WARP_INJECTION_SD * NOISE_SD, n_inj)
+    column = after[inj_ws].astype(np.int64)
+    d = d + jump * column
+    # acquisition dates: worksheets in order, 0-3 days apart (all injections of a worksheet on
+    # its day)
+    ws_day = np.cumsum(rng_r.integers(0, 4, n_ws))
+    acq = np.datetime64(ACQUISITION_START) + ws_day[inj_ws].astype("timedelta64[D]")
     st_names = list(SAMPLE_TYPE_P)
     st = rng.choice(len(st_names), n_inj, p=list(SAMPLE_TYPE_P.values()))
     prcs = _force_min(st == st_names.index("PRCS"), rng, 3)
@@ -429,7 +534,9 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     injections = pl.DataFrame({
         "task_id": task_ids, "ss_idx": inj_ss, "sample_set_id": ss_ids[inj_ss],
         "sample_type": np.array(st_names)[st], "drift_offset": d, "drift_scale": s,
-        "load": load, "has_predictor_row": ~no_pred,
+        "warp_mid": warp, "column": column,
+        "acquisition_date": pl.Series("acquisition_date", acq, dtype=pl.Date), "load": load,
+        "has_predictor_row": ~no_pred,
     })
 
     # --- standards and the predictor table (one row per injection that has one)
@@ -445,6 +552,7 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
     null_p[rng.choice(std_rt.size, 2, replace=False)] = [0.10, 0.25]  # two often missed
     pred_inj = np.flatnonzero(~no_pred)
     vals = (std_rt[None, :] * (1.0 + s[pred_inj, None]) + d[pred_inj, None]
+            + warp[pred_inj, None] * _warp_shape(std_rt, t0, t_end)[None, :]
             + rng.normal(0.0, STANDARD_SD, (pred_inj.size, std_rt.size)))
     nulls = rng.random(vals.shape) < null_p[None, :]
     pred_cols: dict[str, Any] = {
@@ -474,7 +582,10 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         "lib_id": np.full(n_comp, lib, dtype=np.int64), "comp_id": comp_ids,
         "chem_id": truth_chem, "structure_chem_id": s_chem[pick].astype(np.int64),
         "name": structures["name"].to_numpy()[pick], "family": fam, "logp": logp,
-        "base_rt": base, "prevalence": prevalence, "role": roles.astype(str),
+        "base_rt": base, "prevalence": prevalence, "noise_sd": noise,
+        "matrix_effect": matrix_hit, "formula": formula,
+        "n_isomers": np.array([x.size for x in isomers], dtype=np.int64),
+        "role": roles.astype(str),
     })
     species = pl.DataFrame({
         "lib_id": np.full(n_sp, lib, dtype=np.int64), "species": sp_names,
@@ -487,6 +598,11 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         "standards_rt": dict(zip(std_names, std_rt.tolist(), strict=True)),
         "standards_null_probability": dict(zip(std_names, null_p.tolist(), strict=True)),
         "detection_scale": scale,
+        "matrix_effect_compounds": int(matrix_hit.sum()),
+        "warp": {"level_before": level1, "level_after": level2,
+                 "column_change_worksheet_index": ws_change,
+                 "column_change_worksheet_id": int(lib * 1_000_000 + 500_001 + ws_change),
+                 "column_change_offset_jump": jump},
         "n_compounds": n_comp, "n_species": n_sp, "n_sample_sets": n_ss, "n_worksheets": n_ws,
         "n_injections": n_inj, "n_species_matrix_types": int(np.unique(smt).size),
     }
@@ -506,7 +622,8 @@ def _design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame)
         species=species, sample_sets=sample_sets, injections=injections, mapping=mapping,
         species_mapping=species_mapping, predictors=predictors,
         standards=dict(zip(std_names, std_rt.tolist(), strict=True)), n_chunks=n_chunks,
-        narrow=narrow, dup=dup, scale=scale, mess=mess,
+        narrow=narrow, dup=dup, scale=scale, noise=noise, matrix_effect=matrix_effect,
+        t0=t0, t_end=t_end, isomers=isomers, mess=mess,
     )
 
 
@@ -529,8 +646,11 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
     sp = ssf["species_idx"].to_numpy()[ss]
     d = inj["drift_offset"].to_numpy()[gi]
     s = inj["drift_scale"].to_numpy()[gi]
-    rt_true = des.mu[sp, hit_c] * (1.0 + s) + d
-    apex = rt_true + rng.normal(0.0, NOISE_SD, n)
+    mu = des.mu[sp, hit_c]
+    warp = inj["warp_mid"].to_numpy()[gi]
+    rt_true = mu * (1.0 + s) + d + warp * _warp_shape(mu, des.t0, des.t_end)
+    noise_sd = des.noise[hit_c]
+    apex = rt_true + rng.normal(0.0, 1.0, n) * noise_sd
 
     # apex_rt kinds: exclusive, each at least once per chunk when there is room
     kinds = np.zeros(n, dtype=np.int8)  # 0 = normal
@@ -544,6 +664,27 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
     shift = rng.uniform(MISASSIGNED_MIN_SHIFT, span - MISASSIGNED_MIN_SHIFT, n)
     wrapped = lo_rt + np.mod(rt_true + shift - lo_rt, span)
     apex = np.where(k_mis, wrapped, apex)
+    # near mis-assignments: the RT of an isomer in the same injection when the compound has one,
+    # else 5-15 sigma off
+    k_near = kinds == 1 + kind_names.index("near_misassigned")
+    near_shift = (np.where(rng.random(n) < 0.5, 1.0, -1.0)
+                  * rng.uniform(*NEAR_MISASSIGNED_SHIFT, n) * NOISE_SD)
+    near = np.where(rt_true + near_shift < 0.3, rt_true + np.abs(near_shift), rt_true + near_shift)
+    apex = np.where(k_near, near, apex)
+    mis_kind = np.where(k_mis, "far", np.where(k_near, "near", "none")).astype(object)
+    near_pos = np.flatnonzero(k_near)
+    pick_u = rng.random(near_pos.size)
+    iso_z = rng.normal(0.0, 1.0, near_pos.size)
+    for r, u, z in zip(near_pos.tolist(), pick_u.tolist(), iso_z.tolist(), strict=True):
+        others = des.isomers[int(hit_c[r])]
+        if others.size == 0:
+            continue
+        o = int(others[int(u * others.size)])
+        mu_o = des.mu[sp[r], o]
+        apex[r] = (mu_o * (1.0 + s[r]) + d[r] + warp[r] * _warp_shape(np.array(mu_o), des.t0,
+                                                                      des.t_end)
+                   + z * des.noise[o])
+        mis_kind[r] = "isomer"
     apex = np.where(kinds == 1 + kind_names.index("nan"), np.nan, apex)
     apex = np.where(kinds == 1 + kind_names.index("negative"), -rng.uniform(0.01, 2.0, n), apex)
     inf_sign = np.where(rng.random(n) < 0.5, np.inf, -np.inf)
@@ -565,17 +706,20 @@ def _chunk_peaks(des: _LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int)
         "apex_rt": pl.Series("apex_rt", apex).set(pl.Series(is_null), None),
         "peak_area": area,
         "fit_scores": fit,
+        "acquisition_date": inj["acquisition_date"].gather(pl.Series(gi)),
         # generation-only columns
         "group": ssf["group"].to_numpy()[ss].astype(np.int64),
         "rt_true": rt_true,
+        "noise_sd": noise_sd,
         "species": ssf["species"].to_numpy()[ss],
         "chem_id": des.comp_truth_chem[hit_c],
-        "is_misassigned": k_mis,
+        "is_misassigned": k_mis | k_near,
+        "misassignment": mis_kind.astype(str),
     })
 
 
 PEAK_COLUMNS = ("sample_set_id", "task_id", "worksheet_id", "sample_type", "cpd_status", "comp_id",
-                "species_matrix_type", "apex_rt", "peak_area", "fit_scores")
+                "species_matrix_type", "apex_rt", "peak_area", "fit_scores", "acquisition_date")
 
 
 def _narrow(df: pl.DataFrame) -> pl.DataFrame:
@@ -679,7 +823,7 @@ def _apply_rules(written: pl.DataFrame, side: _Side) -> tuple[dict[str, int], di
 # writing one lib
 # ----------------------------------------------------------------------------------------------
 def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
-               truth_writer: Any) -> dict[str, Any]:
+               truth_writer: Any, table_writer: Any) -> dict[str, Any]:
     """Write one lib's peak and predictor shards and side CSVs under ``stage``; return its
     manifest entry."""
     lib, export = des.lib, des.export
@@ -702,6 +846,7 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
     status_counts: dict[str, int] = {}
     type_counts: dict[str, int] = {}
     n_mis = 0
+    mis_kinds: dict[str, int] = {}
     bounds = np.linspace(0, des.sample_sets.height, des.n_chunks + 1).round().astype(int)
     for k in range(des.n_chunks):
         peaks = _chunk_peaks(des, seed, k, int(bounds[k]), int(bounds[k + 1]))
@@ -754,13 +899,25 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
         kind_counts["negative"] += int((rt < 0).sum())
         kind_counts["out_of_range"] += int(((rt > RT_VALID_MAX) & rt.is_finite()).sum())
         n_mis += int(truth["is_misassigned"].sum())
+        for v, c in truth["misassignment"].value_counts().iter_rows():
+            if v != "none":
+                mis_kinds[v] = mis_kinds.get(v, 0) + int(c)
         for col, acc in (("cpd_status", status_counts), ("sample_type", type_counts)):
             for v, c in truth[col].value_counts().iter_rows():
                 acc[v] = acc.get(v, 0) + int(c)
         truth_writer.write_table(
             truth.select(
                 pl.lit(lib, dtype=pl.Int64).alias("lib_id"), "sample_set_id", "task_id", "comp_id",
-                "apex_rt", "rt_true", "species", "chem_id", "is_misassigned",
+                "apex_rt", "rt_true", "noise_sd", "species", "chem_id", "is_misassigned",
+                "misassignment",
+            ).to_arrow()
+        )
+        # the truth table (one row per (task_id, compound)): chem id 0 is not a compound (the
+        # pipeline drops it, and several comp_ids of an injection carry it)
+        table_writer.write_table(
+            truth.filter(pl.col("chem_id") != 0).select(
+                "task_id", pl.col("chem_id").cast(pl.String).alias("compound"), "rt_true",
+                "noise_sd", pl.col("is_misassigned").alias("misassigned"),
             ).to_arrow()
         )
         log.debug("lib %d chunk %d/%d: %d peaks", lib, k + 1, des.n_chunks, peaks.height)
@@ -810,6 +967,7 @@ def _write_lib(des: _LibDesign, seed: int, stage: Path, embedded: pl.Series,
             "narrow_shards": narrow_shards,
             "apex_rt_written": kind_counts,
             "misassigned_peaks": n_mis,
+            "misassigned_by_kind": dict(sorted(mis_kinds.items())),
             "cpd_status_written": dict(sorted(status_counts.items())),
             "sample_type_written": dict(sorted(type_counts.items())),
             "peak_part_files_per_group": counters,
@@ -889,11 +1047,15 @@ def generate_demo(
         # truth_peaks is appended to chunk by chunk (bounded memory)
         writer = pq.ParquetWriter(truth_dir / "truth_peaks.parquet", _truth_peaks_schema(),
                                   compression="zstd")
+        table_writer = pq.ParquetWriter(truth_dir / TRUTH_TABLE_NAME, _truth_table_schema(),
+                                        compression="zstd")
         try:
             for des in designs:
-                entries[str(des.lib)] = _write_lib(des, seed, stage, embedded, writer)
+                entries[str(des.lib)] = _write_lib(des, seed, stage, embedded, writer,
+                                                   table_writer)
         finally:
             writer.close()
+            table_writer.close()
         _write_truth(designs, truth_dir, seed, rows)
 
         exports: dict[str, Any] = {}
@@ -951,6 +1113,7 @@ def generate_demo(
                 "compounds": "truth/truth_compounds.parquet",
                 "injections": "truth/truth_injections.parquet",
                 "groups": "truth/truth_groups.parquet",
+                "table": f"truth/{TRUTH_TABLE_NAME}",
             },
             "libs": entries,
             "versions": {k: v for k, v in package_versions().items()
@@ -986,7 +1149,19 @@ def _truth_peaks_schema() -> Any:
     return pa.schema([
         ("lib_id", pa.int64()), ("sample_set_id", pa.int64()), ("task_id", pa.int64()),
         ("comp_id", pa.int64()), ("apex_rt", pa.float64()), ("rt_true", pa.float64()),
-        ("species", pa.large_string()), ("chem_id", pa.int64()), ("is_misassigned", pa.bool_()),
+        ("noise_sd", pa.float64()), ("species", pa.large_string()), ("chem_id", pa.int64()),
+        ("is_misassigned", pa.bool_()), ("misassignment", pa.large_string()),
+    ])
+
+
+def _truth_table_schema() -> Any:
+    """:data:`rtprep.models.calibration.TRUTH_TABLE_COLUMNS`, as ``rtprep evaluate --truth``
+    reads them."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("task_id", pa.int64()), ("compound", pa.large_string()), ("rt_true", pa.float64()),
+        ("noise_sd", pa.float64()), ("misassigned", pa.bool_()),
     ])
 
 
@@ -999,7 +1174,7 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
             on="ss_idx")
         .select(pl.lit(d.lib, dtype=pl.Int64).alias("lib_id"), "sample_set_id", "task_id",
                 "worksheet_id", "species", "species_matrix_type", "sample_type", "drift_offset",
-                "drift_scale", "has_predictor_row")
+                "drift_scale", "warp_mid", "column", "acquisition_date", "has_predictor_row")
         for d in designs
     ]).write_parquet(truth_dir / "truth_injections.parquet")
     groups = []
@@ -1013,6 +1188,7 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
             "comp_id": np.tile(d.comp_ids, n_sp),
             "chem_id": np.tile(d.comp_truth_chem, n_sp),
             "mu": d.mu.reshape(-1),
+            "matrix_effect": d.matrix_effect.reshape(-1),
         }))
     pl.concat(groups).write_parquet(truth_dir / "truth_groups.parquet")
     doc = {
@@ -1021,15 +1197,37 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
                         "logp_width) + family_offset[family_c] + N(0, compound_sd), clipped to "
                         "[t0 + 0.2, 36]; conjugates use parent logP + conjugate_logp_shift",
             "group": "mu_sc = base_c + cluster_shift[cluster(s)] + species_shift[s] + "
-                     "N(0, group_sd)   (truth_groups.parquet)",
-            "injection": "d_i = worksheet_offset + N(0, injection_offset_sd); s_i = "
-                         "worksheet_scale + N(0, injection_scale_sd)   (truth_injections.parquet)",
-            "standard": "RT_ij = standards_rt[j] * (1 + s_i) + d_i + N(0, standard_sd)",
-            "peak": "rt_true = mu_sc * (1 + s_i) + d_i; apex_rt = rt_true + N(0, noise_sd); "
-                    "mis-assigned peaks: apex_rt >= 3 min from rt_true",
+                     "N(0, group_sd) + matrix_effect_sc   (truth_groups.parquet; "
+                     "matrix_effect_sc ~ N(0, matrix_effect_sd) for a matrix_effect_share of "
+                     "the compounds, 0 otherwise)",
+            "injection": "d_i = worksheet_offset + N(0, injection_offset_sd) + column_i * "
+                         "column_change_offset_jump; s_i = worksheet_scale + N(0, "
+                         "injection_scale_sd); warp_mid_i = level[column_i] + AR(1) walk over "
+                         "worksheets in order (warp_rho, warp_step_sd) + N(0, "
+                         "warp_injection_sd)   (truth_injections.parquet; libs[].warp)",
+            "warp": "W(rt) = 4u(1-u), u = clip((rt - t0) / (t_end - t0), 0, 1)",
+            "standard": "RT_ij = standards_rt[j] * (1 + s_i) + d_i + warp_mid_i * "
+                        "W(standards_rt[j]) + N(0, standard_sd)",
+            "noise": "noise_sd_c = noise_sd * exp(N(0, noise_log_sd)) per compound "
+                     "(truth_compounds.parquet; each peak's in truth_peaks/truth_table)",
+            "peak": "rt_true = mu_sc * (1 + s_i) + d_i + warp_mid_i * W(mu_sc); "
+                    "apex_rt = rt_true + N(0, noise_sd_c); "
+                    "mis-assigned peaks (misassignment in truth_peaks): far, apex_rt >= 3 min "
+                    "from rt_true; near, 5-15 noise_sd (0.07) off; isomer, a near one whose "
+                    "compound has an isomer (same RDKit formula) in the lib: the isomer's "
+                    "rt_true in the same injection + its noise",
             "logP": "RDKit Crippen MolLogP of the structure",
         },
         "noise_sd": NOISE_SD,
+        "noise_log_sd": NOISE_LOG_SD,
+        "matrix_effect_share": MATRIX_EFFECT_SHARE,
+        "matrix_effect_sd": MATRIX_EFFECT_SD,
+        "warp_level": [x * NOISE_SD for x in WARP_LEVEL],
+        "warp_level_change": [x * NOISE_SD for x in WARP_LEVEL_CHANGE],
+        "warp_rho": WARP_RHO,
+        "warp_step_sd": WARP_STEP * NOISE_SD,
+        "warp_injection_sd": WARP_INJECTION_SD * NOISE_SD,
+        "column_change_offset_jump_abs": COLUMN_JUMP * NOISE_SD,
         "standard_sd": STANDARD_SD,
         "compound_sd": 0.5,
         "family_offset_sd": 0.6,
@@ -1043,6 +1241,8 @@ def _write_truth(designs: list[_LibDesign], truth_dir: Path, seed: int, rows: in
         "conjugate_logp_shift": CONJUGATE_LOGP_SHIFT,
         "misassigned_fraction": RT_KIND_P["misassigned"],
         "misassigned_min_shift": MISASSIGNED_MIN_SHIFT,
+        "near_misassigned_fraction": RT_KIND_P["near_misassigned"],
+        "near_misassigned_shift": [x * NOISE_SD for x in NEAR_MISASSIGNED_SHIFT],
         "apex_rt_kind_fractions": RT_KIND_P,
         "cpd_status_p": CPD_STATUS_P,
         "sample_type_p": SAMPLE_TYPE_P,
