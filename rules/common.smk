@@ -163,7 +163,12 @@ def eval_entries(wildcards):
         return []
     h = wildcards.hash
     return [
-        {"lib": lib, "cap": cap, "split": split, "path": P.eval_file(h, lib, cap, split=split)}
+        {
+            "lib": lib,
+            "cap": cap,
+            "split": split,
+            "path": P.eval_file(h, lib, cap, split=split),
+        }
         for lib in export_libs(config)[h]
         for cap in model_caps(config)
         for split in config["eval"]["splits"]

@@ -216,7 +216,7 @@ def test_a_finished_run_ends_with_where_the_results_are(run_dir: Path) -> None:
     # per lib, one block of scores per split
     assert tail.count("pooled RMSE") == 4 and tail.count("ridge  RMSE") == 4
     assert tail.count("random split, 20% of sample sets held out (results/rt_prod/") == 2
-    assert tail.count("time split, latest 20% of worksheets by worksheet_id held out") == 2
+    assert tail.count("time split, latest 20% of worksheets by acquisition_date held out") == 2
     assert tail.index("/eval/random/metrics.json") < tail.index("/eval/time/metrics.json")
     assert "95% coverage" in tail and "snakemake --report report.html" in tail
     assert "results/row_accounting.csv" in tail
