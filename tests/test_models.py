@@ -40,6 +40,12 @@ def _prepared(df: pl.DataFrame, lam: float = 0.7):
     return df, covs, stats, GroupAlgebra.from_stats(stats, lam)
 
 
+def _rows(df: pl.DataFrame, covs: Covariates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows as the statistics see them: covariates, RT and group index."""
+    _, gid = group_table(df, "species", "rows.csv")
+    return covs.matrix(df), df["rt"].to_numpy(), gid
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One small synthetic library, trained once (quick ADVI) and evaluated."""
@@ -151,9 +157,7 @@ def test_weighted_statistics_equal_repeated_rows() -> None:
     from rtprep.models.data import sufficient_stats
 
     df, covs, stats, _ = _prepared(_small(n_sample_sets=20, n_test_sets=5).train)
-    x = covs.matrix(df)
-    y = df["rt"].to_numpy()
-    _, gid = group_table(df, "species", "rows.csv")
+    x, y, gid = _rows(df, covs)
     w = np.where(np.arange(len(y)) % 3 == 0, 2.0, 1.0)
     weighted = sufficient_stats(stats.groups, gid, x, y, w)
     rep = np.repeat(np.arange(len(y)), w.astype(int))
@@ -520,9 +524,7 @@ def test_leave_one_out_residuals_equal_refits_without_the_row() -> None:
     from rtprep.models.robust import loo_residuals
 
     df, covs, stats, _ = _prepared(_small(n_sample_sets=20, n_test_sets=5).train)
-    x = covs.matrix(df)
-    y = df["rt"].to_numpy()
-    _, gid = group_table(df, "species", "rows.csv")
+    x, y, gid = _rows(df, covs)
     w = np.where(np.arange(len(y)) % 4 == 0, 0.5, 1.0)
     s2, tau2, mu0 = 0.003, 0.02, 8.0
 
