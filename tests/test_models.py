@@ -633,7 +633,7 @@ def test_robust_rounds_and_main_fit_share_one_compiled_model(
         return build(*a)
 
     monkeypatch.setattr(pooled, "_build_model", counting)
-    pooled._MODEL_CACHE.clear()
+    pooled.clear_model_cache()
     reused = train(paths["train"], tmp_path / "reused", options=opts)
     rows = pl.read_parquet(tmp_path / "reused" / "rows.parquet")
     # the main fit needs a model of its own only when leaving rows out removed a compound or
@@ -645,8 +645,7 @@ def test_robust_rounds_and_main_fit_share_one_compiled_model(
     cached_build = pooled.build_model
 
     def build_fresh(*a: Any) -> Any:
-        pooled._MODEL_CACHE.clear()
-        pooled._FN_CACHE.clear()
+        pooled.clear_model_cache()
         return cached_build(*a)
 
     monkeypatch.setattr(pooled, "build_model", build_fresh)

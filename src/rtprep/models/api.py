@@ -82,34 +82,12 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
         log.warning("%s: no covariate columns of families %s; intercept-only models",
                     input_csv, list(opts.families))
     covs = Covariates.fit(df, names, opts.fill)
-    unit = unit_column(opts.group_by)
     emb = read_embeddings(embeddings) if embeddings is not None else None
-    groups, gid = group_table(df, unit, input_csv)
-    x = covs.matrix(df)
-    y = df["rt"].to_numpy().astype(np.float64)
-    stats = sufficient_stats(groups, gid, x, y)
-    alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
-    screen: dict[str, Any] | None = None
-    rows_table = _rows_table(df, np.zeros(df.height))
     t_screen = time.perf_counter()
-    if opts.robust and stats.groups.height:
-        sigma_init, lam = _sigma_init(stats, covs, alg, opts), alg.lam
-        del stats, alg  # the rounds build their own (weighted) statistics
-        prob, screen = misassignment(groups, gid, x, y, covs, opts, ridge_lambda=lam,
-                                     sigma_init=sigma_init, embeddings=emb)
-        require_converged(screen["fit"], input_csv, opts, "robust fit")
-        rows_table = _rows_table(df, prob)
-        flags = prob > 0.5
-        if flags.any():
-            account.drop("rt_outlier", int(flags.sum()))
-            df = df.filter(pl.Series(~flags))
-            x, y = x[~flags], y[~flags]  # rebinding frees the unscreened arrays
-            groups, gid = group_table(df, unit, input_csv)
-        # the others count by their probability of being right (the EM's M-step)
-        stats = sufficient_stats(groups, gid, x, y, 1.0 - prob[~flags])
-        alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
-    del x, y, gid
+    df, stats, rows_table, screen = _weighted_statistics(df, covs, opts, emb, input_csv,
+                                                         account)
     t_screen = time.perf_counter() - t_screen
+    alg, ridge_choice = ridge_algebra(stats, opts.ridge_lambda)
     species_map = dict(df.select("species", "species_cluster").unique().sort("species").iter_rows())
     account.rows_out = df.height
     account.extra = {"groups": stats.groups.height,
@@ -118,10 +96,10 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     t_stats = time.perf_counter()
     log.info("train: %d rows, %d groups, %d covariates; statistics in %.1fs", account.rows_out,
              stats.groups.height, stats.p, t_stats - t0)
-    checksum = file_checksum(input_csv)
     support = stats.groups["n_obs"]
     base_meta: dict[str, Any] = {
-        "input": {"path": str(input_csv), "checksum": checksum, "rows": account.rows_out},
+        "input": {"path": str(input_csv), "checksum": file_checksum(input_csv),
+                  "rows": account.rows_out},
         "options": opts.to_dict(),
         "support": {"groups": stats.groups.height, "min": int(support.min()),
                     "median": float(support.median()), "max": int(support.max())},
@@ -160,6 +138,41 @@ def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,
     write_text_atomic(out / MODEL_MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("train: wrote %s in %.1fs", out, t_end - t0)
     return manifest
+
+
+def _weighted_statistics(df: pl.DataFrame, covs: Covariates, opts: ModelOptions,
+                         emb: Embeddings | None, input_csv: str | Path, account: RowAccount,
+                         ) -> tuple[pl.DataFrame, GroupStats, pl.DataFrame,
+                                    dict[str, Any] | None]:
+    """The groups' statistics the models are fitted on, and every row's probability of being
+    mis-assigned (``rows.parquet``).
+
+    With ``opts.robust`` the robust fit (:func:`misassignment`) gives each row that
+    probability; rows above one half are left out (``rt_outlier`` in ``account``) and the others
+    weighted by their probability of being right (the EM's M-step). Returns the rows kept,
+    the statistics, the rows table and what the robust fit did (None without it).
+    """
+    unit = unit_column(opts.group_by)
+    groups, gid = group_table(df, unit, input_csv)
+    x = covs.matrix(df)
+    y = df["rt"].to_numpy().astype(np.float64)
+    stats = sufficient_stats(groups, gid, x, y)
+    if not (opts.robust and stats.groups.height):
+        return df, stats, _rows_table(df, np.zeros(df.height)), None
+    alg, _ = ridge_algebra(stats, opts.ridge_lambda)
+    sigma_init, lam = _sigma_init(stats, covs, alg, opts), alg.lam
+    del stats, alg  # the rounds build their own (weighted) statistics
+    prob, screen = misassignment(groups, gid, x, y, covs, opts, ridge_lambda=lam,
+                                 sigma_init=sigma_init, embeddings=emb)
+    require_converged(screen["fit"], input_csv, opts, "robust fit")
+    rows_table = _rows_table(df, prob)
+    flags = prob > 0.5
+    if flags.any():
+        account.drop("rt_outlier", int(flags.sum()))
+        df = df.filter(pl.Series(~flags))
+        x, y = x[~flags], y[~flags]  # rebinding frees the unscreened arrays
+        groups, gid = group_table(df, unit, input_csv)
+    return df, sufficient_stats(groups, gid, x, y, 1.0 - prob[~flags]), rows_table, screen
 
 
 def _rows_table(df: pl.DataFrame, prob: np.ndarray) -> pl.DataFrame:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from rtprep.artifacts import (
     atomic_output,
     file_checksum,
     write_sidecars,
+    write_text_atomic,
 )
 from rtprep.errors import RtprepError
 from rtprep.frames import write_csv_atomic, write_parquet_atomic
@@ -119,15 +121,26 @@ def _metrics(long: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     ))
 
 
+@dataclass
+class Scores:
+    """What :func:`score` finds: the long metrics table, the skipped rows by reason, every
+    test row's predictions (wide) and the overall metrics per model."""
+
+    metrics: pl.DataFrame
+    skipped: pl.DataFrame
+    predictions: pl.DataFrame
+    overall: dict[str, dict[str, Any]]
+
+
 def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str | Path,
              out_dir: str | Path, *, options: ModelOptions | None = None,
              embeddings: str | Path | None = None, quick: bool = False,
              truth: str | Path | None = None) -> dict[str, Any]:
     """Score the models trained on ``train_csv`` on every row of ``test_rows``.
 
-    ``truth``: the demo's ``truth/truth_peaks.parquet``; the truth RMSE and the issue's
-    acceptance numbers (all rows and rows not mis-assigned) are then added as ``truth`` to the
-    result and written to ``truth.json`` and ``truth.csv`` (see :mod:`rtprep.models.truth`).
+    ``truth``: a truth table or the demo's ``truth/truth_peaks.parquet``; the scores against
+    it are then added as ``truth`` to the result and written to ``truth.json`` and
+    ``truth.csv`` (see :mod:`rtprep.models.calibration` and :mod:`rtprep.models.truth`).
 
     ``model_dir``: a folder written by :func:`rtprep.models.train` from exactly ``train_csv``
     (checked by checksum: a model trained on other rows could have seen the test rows). With
@@ -140,6 +153,48 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
         model_dir = out / EVAL_MODEL_DIR
         train(train_csv, model_dir, options=opts, quick=quick, embeddings=embeddings)
     models = load_models(model_dir)
+    _require_trained_on(models, model_dir, train_csv)
+    any_model = next(iter(models.values()))
+    families = tuple(any_model.meta.get("options", {}).get("families", opts.families))
+    account = RowAccount("evaluate")
+    train_df, _ = read_rows(train_csv, families, features=[])
+    test_df, _ = read_rows(test_rows, families, features=any_model.covariates.names,
+                           account=account)
+    _require_disjoint(train_df, test_df, train_csv, test_rows)
+    scores = score(models, train_df, test_df)
+    account.rows_out = test_df.height
+    account.extra = {"train_rows": train_df.height, "test_sample_sets":
+                     int(test_df["sampleset_id"].n_unique()) if "sampleset_id" in test_df.columns
+                     else None}
+    truth_block = truth_table_ = None
+    if truth is not None:
+        truth_block, truth_table_ = _truth_scores(scores.predictions, truth, model_dir,
+                                                  opts.seed)
+    result = {
+        "model_dir": str(model_dir), "train": str(train_csv), "test": str(test_rows),
+        "test_rows": test_df.height, "train_rows": train_df.height,
+        "test_sample_sets": account.extra["test_sample_sets"],
+        "overall": scores.overall,
+        "metrics": scores.metrics.to_dicts(),
+        "skipped": scores.skipped.to_dicts(),
+        "isomer_choice": _isomer_choice(models, train_df, test_df, embeddings, opts.seed),
+        "files": [*EVAL_FILES[1:], *(EVAL_TRUTH_FILES if truth_block is not None else [])],
+    }
+    if truth_block is not None:
+        result["truth"] = truth_block
+    result = _plain(result)
+    write_evaluation(out, scores, result, truth_table_, account=account,
+                     inputs=(train_csv, test_rows),
+                     config={"model_dir": str(model_dir), **opts.to_dict()})
+    log.info("evaluate: %d test rows; %s", test_df.height,
+             ", ".join(f"{m} RMSE {v['rmse']:.4g}" for m, v in result["overall"].items()
+                       if v["rmse"] is not None))
+    return result
+
+
+def _require_trained_on(models: dict[str, Any], model_dir: str | Path,
+                        train_csv: str | Path) -> None:
+    """Every model was trained on exactly ``train_csv`` (by checksum)."""
     checksum = file_checksum(train_csv)
     for kind, fm in models.items():
         trained_on = fm.meta.get("input", {}).get("checksum")
@@ -148,13 +203,11 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
                 f"{model_dir}: the {kind} model was trained on "
                 f"{fm.meta.get('input', {}).get('path')!r}, not on {train_csv} (checksums "
                 "differ); train on the train-fold CSV so the test rows stay unseen")
-    any_model = next(iter(models.values()))
-    unit = any_model.unit
-    families = tuple(any_model.meta.get("options", {}).get("families", opts.families))
-    account = RowAccount("evaluate")
-    train_df, _ = read_rows(train_csv, families, features=[])
-    test_df, _ = read_rows(test_rows, families, features=any_model.covariates.names,
-                           account=account)
+
+
+def _require_disjoint(train_df: pl.DataFrame, test_df: pl.DataFrame, train_csv: str | Path,
+                      test_rows: str | Path) -> None:
+    """No sample set is in both the training and the test rows."""
     if "sampleset_id" in train_df.columns and "sampleset_id" in test_df.columns:
         shared = set(train_df["sampleset_id"].unique().to_list()) & set(
             test_df["sampleset_id"].unique().to_list())
@@ -162,16 +215,18 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
             raise RtprepError(
                 f"{test_rows}: {len(shared)} sample set(s) are also in the training rows "
                 f"{train_csv} (e.g. {sorted(shared)[:5]}); folds must hold whole sample sets")
-    # novelty and support of each test row, relative to the training rows
-    seen_units = train_df[unit].unique()
-    seen_cpds = train_df["compound"].unique()
+
+
+def _novelty(train_df: pl.DataFrame, test_df: pl.DataFrame, unit: str) -> pl.DataFrame:
+    """The test rows with the support (training rows of their group), its bin and the
+    novelty of each row relative to the training rows."""
     counts = train_df.group_by([unit, "compound"]).agg(pl.len().alias("support"))
     rows = (test_df.with_row_index("_r")
             .join(counts, on=[unit, "compound"], how="left").sort("_r")
             .with_columns(pl.col("support").fill_null(0)))
-    u_seen = pl.col(unit).is_in(seen_units.implode())
-    c_seen = pl.col("compound").is_in(seen_cpds.implode())
-    rows = rows.with_columns(
+    u_seen = pl.col(unit).is_in(train_df[unit].unique().implode())
+    c_seen = pl.col("compound").is_in(train_df["compound"].unique().implode())
+    return rows.with_columns(
         support_bin(pl.col("support")).alias("support_bin"),
         pl.when(pl.col("support") > 0).then(pl.lit("seen group"))
         .when(u_seen & c_seen).then(pl.lit("unseen pair"))
@@ -179,6 +234,11 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
         .when(c_seen).then(pl.lit("unseen species"))
         .otherwise(pl.lit("unseen species and compound")).alias("novelty"),
     )
+
+
+def _predictions(models: dict[str, Any], train_df: pl.DataFrame, test_df: pl.DataFrame,
+                 unit: str) -> dict[str, pl.DataFrame]:
+    """Each model's and baseline's predictions of the test rows (row order kept)."""
     preds: dict[str, pl.DataFrame] = {}
     for kind in ("ridge", "pooled"):
         if kind in models:
@@ -189,84 +249,78 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
                     pl.lit("unseen group (") + pl.col("source") + pl.lit(")"))
                 .otherwise(None).alias("skip"))
     preds.update(_baselines(train_df, test_df, unit))
+    return preds
+
+
+def _metrics_table(long: pl.DataFrame) -> pl.DataFrame:
+    """The long metrics table: overall, by support bin, species cluster and novelty."""
+    tables = [_metrics(long, []).with_columns(pl.lit("overall").alias("slice_kind"),
+                                              pl.lit("all").alias("slice"))]
+    for kind in ("support_bin", "species_cluster", "novelty"):
+        tables.append(_metrics(long, [kind]).rename({kind: "slice"})
+                      .with_columns(pl.lit(kind).alias("slice_kind")))
+    bin_order = {b[0]: i for i, b in enumerate(SUPPORT_BINS)} | {UNSEEN_BIN: -1}
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    return (pl.concat([t.select("slice_kind", "slice", "model", "rows", "scored", "skipped",
+                                "rmse", "mae", "coverage95", "width95") for t in tables])
+            .with_columns(
+                pl.col("slice_kind").replace_strict(
+                    {"overall": 0, "support_bin": 1, "species_cluster": 2, "novelty": 3},
+                    return_dtype=pl.Int64).alias("_k"),
+                pl.col("slice").replace_strict(bin_order, default=100,
+                                               return_dtype=pl.Int64).alias("_b"),
+                pl.col("model").replace_strict(order, return_dtype=pl.Int64).alias("_m"))
+            .sort("_k", "_b", "slice", "_m").drop("_k", "_b", "_m"))
+
+
+def score(models: dict[str, Any], train_df: pl.DataFrame, test_df: pl.DataFrame) -> Scores:
+    """Score ``models`` (and the baselines fitted on ``train_df``) on every row of
+    ``test_df``: no files read or written."""
+    unit = next(iter(models.values())).unit
+    rows = _novelty(train_df, test_df, unit)
+    preds = _predictions(models, train_df, test_df, unit)
     base_cols = rows.select("species", "species_cluster", "compound", "compound_class", "rt",
                             "support", "support_bin", "novelty")
+    present = [k for k in MODEL_ORDER if k in preds]
     long = pl.concat([
         pl.concat([base_cols, preds[k].select("rt_pred", "rt_lower", "rt_upper", "skip")],
                   how="horizontal").with_columns(pl.lit(k).alias("model"))
-        for k in MODEL_ORDER if k in preds
+        for k in present
     ])
-    order = {m: i for i, m in enumerate(MODEL_ORDER)}
-    tables = []
-    overall = _metrics(long, []).with_columns(pl.lit("overall").alias("slice_kind"),
-                                              pl.lit("all").alias("slice"))
-    tables.append(overall)
-    for kind, col in (("support_bin", "support_bin"), ("species_cluster", "species_cluster"),
-                      ("novelty", "novelty")):
-        tables.append(_metrics(long, [col]).rename({col: "slice"})
-                      .with_columns(pl.lit(kind).alias("slice_kind")))
-    bin_order = {b[0]: i for i, b in enumerate(SUPPORT_BINS)} | {UNSEEN_BIN: -1}
-    metrics = (pl.concat([t.select("slice_kind", "slice", "model", "rows", "scored", "skipped",
-                                   "rmse", "mae", "coverage95", "width95") for t in tables])
-               .with_columns(
-                   pl.col("slice_kind").replace_strict(
-                       {"overall": 0, "support_bin": 1, "species_cluster": 2, "novelty": 3},
-                       return_dtype=pl.Int64).alias("_k"),
-                   pl.col("slice").replace_strict(bin_order, default=100,
-                                                  return_dtype=pl.Int64).alias("_b"),
-                   pl.col("model").replace_strict(order, return_dtype=pl.Int64).alias("_m"))
-               .sort("_k", "_b", "slice", "_m").drop("_k", "_b", "_m"))
+    metrics = _metrics_table(long)
     skipped = (long.filter(pl.col("skip").is_not_null()).group_by("model", "skip").len()
                .rename({"skip": "reason", "len": "rows"}).sort("model", "reason"))
-    # per-row predictions (wide) for plots and inspection
     wide = rows.select("sampleset_id", "task_id", "species", "species_cluster", "compound",
                        "compound_class", "rt", "support", "support_bin", "novelty")
-    for k in MODEL_ORDER:
-        if k in preds:
-            wide = wide.with_columns(preds[k]["rt_pred"].alias(f"{k}_pred"),
-                                     preds[k]["rt_lower"].alias(f"{k}_lower"),
-                                     preds[k]["rt_upper"].alias(f"{k}_upper"))
-            if "rt_sd" in preds[k].columns:  # the models' predictive sd (not the baselines')
-                wide = wide.with_columns(preds[k]["rt_sd"].alias(f"{k}_sd"))
-    account.rows_out = test_df.height
-    account.extra = {"train_rows": train_df.height, "test_sample_sets":
-                     int(test_df["sampleset_id"].n_unique()) if "sampleset_id" in test_df.columns
-                     else None}
+    for k in present:
+        wide = wide.with_columns(preds[k]["rt_pred"].alias(f"{k}_pred"),
+                                 preds[k]["rt_lower"].alias(f"{k}_lower"),
+                                 preds[k]["rt_upper"].alias(f"{k}_upper"))
+        if "rt_sd" in preds[k].columns:  # the models' predictive sd (not the baselines')
+            wide = wide.with_columns(preds[k]["rt_sd"].alias(f"{k}_sd"))
+    overall_rows = {r["model"]: r for r in
+                    metrics.filter(pl.col("slice_kind") == "overall").iter_rows(named=True)}
+    overall = {m: {k: overall_rows[m][k] for k in ("rows", "scored", "skipped", "rmse", "mae",
+                                                    "coverage95", "width95")}
+               for m in present}  # in MODEL_ORDER (a group_by's order changes from run to run)
+    return Scores(metrics, skipped, wide, overall)
+
+
+def write_evaluation(out: Path, scores: Scores, result: dict[str, Any],
+                     truth_table_: pl.DataFrame | None, *, account: RowAccount,
+                     inputs: tuple[str | Path, ...], config: dict[str, Any]) -> None:
+    """Write the evaluation's files; ``metrics.json`` (with its sidecar) last."""
     out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(metrics, out / EVAL_METRICS_CSV)
-    write_csv_atomic(skipped, out / EVAL_SKIPPED)
-    write_parquet_atomic(wide, out / EVAL_PREDICTIONS)
-    truth_block = None
-    if truth is not None:
-        truth_block, table = _truth_scores(wide, truth, model_dir, opts.seed)
-        write_csv_atomic(table, out / EVAL_TRUTH_CSV)
-        with atomic_output(out / EVAL_TRUTH_JSON) as tmp:
-            tmp.write_text(json.dumps(truth_block, indent=2, default=_nan_none) + "\n",
-                           encoding="utf-8")
-    result = {
-        "model_dir": str(model_dir), "train": str(train_csv), "test": str(test_rows),
-        "test_rows": test_df.height, "train_rows": train_df.height,
-        "test_sample_sets": account.extra["test_sample_sets"],
-        # in MODEL_ORDER (a group_by's order changes from run to run)
-        "overall": {r["model"]: {k: r[k] for k in ("rows", "scored", "skipped", "rmse", "mae",
-                                                   "coverage95", "width95")}
-                    for r in sorted(overall.iter_rows(named=True),
-                                    key=lambda r: MODEL_ORDER.index(r["model"]))},
-        "metrics": metrics.to_dicts(),
-        "skipped": skipped.to_dicts(),
-        "isomer_choice": _isomer_choice(models, train_df, test_df, embeddings, opts.seed),
-        "files": [*EVAL_FILES[1:], *(EVAL_TRUTH_FILES if truth_block is not None else [])],
-    }
-    if truth_block is not None:
-        result["truth"] = truth_block
+    write_csv_atomic(scores.metrics, out / EVAL_METRICS_CSV)
+    write_csv_atomic(scores.skipped, out / EVAL_SKIPPED)
+    write_parquet_atomic(scores.predictions, out / EVAL_PREDICTIONS)
+    if truth_table_ is not None:
+        write_csv_atomic(truth_table_, out / EVAL_TRUTH_CSV)
+        write_text_atomic(out / EVAL_TRUTH_JSON,
+                          json.dumps(result["truth"], indent=2) + "\n")
     with atomic_output(out / EVAL_METRICS) as tmp:
-        tmp.write_text(json.dumps(result, indent=2, default=_nan_none) + "\n", encoding="utf-8")
-        write_sidecars(out / EVAL_METRICS, account, inputs=(train_csv, test_rows),
-                       config={"model_dir": str(model_dir), **opts.to_dict()})
-    log.info("evaluate: %d test rows; %s", test_df.height,
-             ", ".join(f"{m} RMSE {v['rmse']:.4g}" for m, v in result["overall"].items()
-                       if v["rmse"] is not None))
-    return json.loads(json.dumps(result, default=_nan_none))
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_sidecars(out / EVAL_METRICS, account, inputs=inputs, config=config)
 
 
 def _isomer_choice(models: dict[str, Any], train_df: pl.DataFrame, test_df: pl.DataFrame,
@@ -311,9 +365,19 @@ def _truth_scores(wide: pl.DataFrame, truth: str | Path, model_dir: str | Path, 
     return report, truth_table(report)
 
 
-def _nan_none(o: Any) -> Any:
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
+def _plain(o: Any) -> Any:
+    """``o`` as plain JSON values: non-finite floats as None, numpy scalars and arrays as
+    Python numbers and lists, tuples as lists, anything else unknown as its string."""
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return [_plain(v) for v in o.tolist()]
     if isinstance(o, np.generic):
-        return o.item()
+        o = o.item()
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if o is None or isinstance(o, (bool, int, str)):
+        return o
     return str(o)

@@ -228,66 +228,109 @@ class FittedModel:
         The spread of the skipped levels (τ²) is added to the variance.
         """
         assert self.effects is not None
-        eff = self.effects
+        lv = _Levels.look_up(self.effects, combos, self.unit)
         hyper = self.meta["hyper"]
-        p = self.p
-        unit = self.unit
-        n = combos.height
+        t2 = {k_: float(v) for k_, v in hyper.items() if isinstance(v, (int, float))}
+        im, iv = lv.intercept(t2)
+        sm, sc, extra = lv.slopes(hyper, im, self.p)
+        noise = lv.noise(t2)
+        n, p = combos.height, self.p
+        mean = np.concatenate([im[:, None], sm], axis=1)
+        cov = np.zeros((n, p + 1, p + 1))
+        cov[:, 0, 0] = iv
+        cov[:, 1:, 1:] = sc.reshape(n, p, p)
+        diag = np.arange(p)
+        cov[:, 1 + diag, 1 + diag] += extra + (noise / self.ridge_lambda)[:, None]
+        return mean, cov.reshape(n, (p + 1) ** 2), noise
 
+
+@dataclass
+class _Levels:
+    """The pooled effects of each unseen group's levels (one row per group; a level the model
+    has not seen is null), and which of them the model knows."""
+
+    unit: str
+    glob: dict[str, Any]
+    u: pl.DataFrame    # the unit's (species or cluster) effects
+    cl: pl.DataFrame   # the species' cluster's
+    k: pl.DataFrame    # the compound class's
+    cp: pl.DataFrame   # the compound's
+    em: pl.DataFrame   # the compound's embedding regression
+    u_ok: np.ndarray
+    cl_ok: np.ndarray
+    k_ok: np.ndarray
+    c_ok: np.ndarray
+    e_ok: np.ndarray
+
+    @classmethod
+    def look_up(cls, eff: pl.DataFrame, combos: pl.DataFrame, unit: str) -> _Levels:
         def level(name: str, key_col: str) -> pl.DataFrame:
             tab = eff.filter(pl.col("level") == name).drop("level")
             return combos.select(pl.col(key_col).alias("key")).with_row_index("_i").join(
                 tab, on="key", how="left").sort("_i")
 
-        glob = eff.filter(pl.col("level") == "global").row(0, named=True)
-        unit_level = "species" if unit == "species" else "cluster"
-        u = level(unit_level, unit)
+        def known(tab: pl.DataFrame) -> np.ndarray:
+            return tab["intercept_mean"].is_not_null().to_numpy()
+
+        u = level("species" if unit == "species" else "cluster", unit)
         cl = level("cluster", "species_cluster")
-        k = level("class", "compound_class")
-        cp = level("compound", "compound")
+        k, cp = level("class", "compound_class"), level("compound", "compound")
         em = level("embedding", "compound")
-        u_ok = u["intercept_mean"].is_not_null().to_numpy()
-        cl_ok = cl["intercept_mean"].is_not_null().to_numpy() & (unit == "species")
-        k_ok = k["intercept_mean"].is_not_null().to_numpy()
-        c_ok = cp["intercept_mean"].is_not_null().to_numpy()
-        e_ok = em["intercept_mean"].is_not_null().to_numpy()
+        return cls(unit=unit, glob=eff.filter(pl.col("level") == "global").row(0, named=True),
+                   u=u, cl=cl, k=k, cp=cp, em=em, u_ok=known(u),
+                   cl_ok=known(cl) & (unit == "species"), k_ok=known(k), c_ok=known(cp),
+                   e_ok=known(em))
 
-        def col(tab: pl.DataFrame, name: str) -> np.ndarray:
-            return tab[name].fill_null(0.0).to_numpy().astype(np.float64)
+    @property
+    def n(self) -> int:
+        return self.u.height
 
-        def arr(tab: pl.DataFrame, name: str, width: int, fallback: np.ndarray) -> np.ndarray:
-            out = np.broadcast_to(fallback, (n, width)).copy()
-            ok = tab[name].is_not_null().to_numpy()
-            if ok.any():
-                out[ok] = tab.filter(pl.Series(ok))[name].to_numpy().reshape(-1, width)
-            return out
+    @staticmethod
+    def col(tab: pl.DataFrame, name: str) -> np.ndarray:
+        return tab[name].fill_null(0.0).to_numpy().astype(np.float64)
 
-        t2 = {k_: float(v) for k_, v in hyper.items() if isinstance(v, (int, float))}
-        # intercept: alpha0 + unit effect + compound effect (+ group deviation)
-        im = np.full(n, glob["intercept_mean"])
-        iv = np.full(n, glob["intercept_var"]) + t2["tau_group2"]
-        unit_mean = np.where(u_ok, col(u, "intercept_mean"),
-                             np.where(cl_ok, col(cl, "intercept_mean"), 0.0))
-        unit_var = np.where(u_ok, col(u, "intercept_var"), np.where(
-            cl_ok, col(cl, "intercept_var") + t2["tau_species2"],
-            t2["tau_species2"] + (t2["tau_cluster2"] if unit == "species" else 0.0)))
-        emb_mean = np.where(e_ok, col(em, "intercept_mean"), 0.0)
-        emb_var = np.where(e_ok, col(em, "intercept_var"), 0.0)
-        cpd_mean = np.where(c_ok, col(cp, "intercept_mean"),
-                            np.where(k_ok, col(k, "intercept_mean"), 0.0) + emb_mean)
-        cpd_var = np.where(c_ok, col(cp, "intercept_var"), np.where(
-            k_ok, col(k, "intercept_var"), t2["tau_class2"]) + emb_var + t2["tau_compound2"])
-        im = im + unit_mean + cpd_mean
-        iv = iv + unit_var + cpd_var
-        # slopes: the unit's mean, else the cluster's, else the global one
-        g_slope = np.asarray(glob["slope_mean"], dtype=np.float64)
-        g_cov = np.asarray(glob["slope_cov"], dtype=np.float64)
+    def arr(self, tab: pl.DataFrame, name: str, width: int, fallback: np.ndarray) -> np.ndarray:
+        out = np.broadcast_to(fallback, (self.n, width)).copy()
+        ok = tab[name].is_not_null().to_numpy()
+        if ok.any():
+            out[ok] = tab.filter(pl.Series(ok))[name].to_numpy().reshape(-1, width)
+        return out
+
+    def intercept(self, t2: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Intercept mean and variance: α0 + unit effect + compound effect (+ the group's
+        deviation, τ_group²)."""
+        col, u_ok, cl_ok = self.col, self.u_ok, self.cl_ok
+        im = np.full(self.n, self.glob["intercept_mean"])
+        iv = np.full(self.n, self.glob["intercept_var"]) + t2["tau_group2"]
+        unit_mean = np.where(u_ok, col(self.u, "intercept_mean"),
+                             np.where(cl_ok, col(self.cl, "intercept_mean"), 0.0))
+        unit_var = np.where(u_ok, col(self.u, "intercept_var"), np.where(
+            cl_ok, col(self.cl, "intercept_var") + t2["tau_species2"],
+            t2["tau_species2"] + (t2["tau_cluster2"] if self.unit == "species" else 0.0)))
+        emb_mean = np.where(self.e_ok, col(self.em, "intercept_mean"), 0.0)
+        emb_var = np.where(self.e_ok, col(self.em, "intercept_var"), 0.0)
+        cpd_mean = np.where(self.c_ok, col(self.cp, "intercept_mean"),
+                            np.where(self.k_ok, col(self.k, "intercept_mean"), 0.0) + emb_mean)
+        cpd_var = np.where(self.c_ok, col(self.cp, "intercept_var"), np.where(
+            self.k_ok, col(self.k, "intercept_var"), t2["tau_class2"]) + emb_var
+            + t2["tau_compound2"])
+        return im + unit_mean + cpd_mean, iv + unit_var + cpd_var
+
+    def slopes(self, hyper: dict[str, Any], im: np.ndarray, p: int,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slope mean (the unit's, else the cluster's, else the global one, plus the part
+        that follows the compound's RT), its covariance and the skipped levels' variance."""
+        u_ok, cl_ok = self.u_ok, self.cl_ok
+        g_slope = np.asarray(self.glob["slope_mean"], dtype=np.float64)
+        g_cov = np.asarray(self.glob["slope_cov"], dtype=np.float64)
         tsp = np.asarray(hyper["tau_slope_species2"], dtype=np.float64)
         tsc = np.asarray(hyper["tau_slope_cluster2"], dtype=np.float64)
-        sm = np.where(u_ok[:, None], arr(u, "slope_mean", p, g_slope),
-                      np.where(cl_ok[:, None], arr(cl, "slope_mean", p, g_slope), g_slope))
-        sc = np.where(u_ok[:, None], arr(u, "slope_cov", p * p, g_cov),
-                      np.where(cl_ok[:, None], arr(cl, "slope_cov", p * p, g_cov), g_cov))
+        sm = np.where(u_ok[:, None], self.arr(self.u, "slope_mean", p, g_slope),
+                      np.where(cl_ok[:, None], self.arr(self.cl, "slope_mean", p, g_slope),
+                               g_slope))
+        sc = np.where(u_ok[:, None], self.arr(self.u, "slope_cov", p * p, g_cov),
+                      np.where(cl_ok[:, None], self.arr(self.cl, "slope_cov", p * p, g_cov),
+                               g_cov))
         if "slope_prior" in hyper:
             # the slope prior mean follows the compound's RT: a known compound's own part, an
             # unseen compound's from the spline at its predicted intercept
@@ -296,29 +339,27 @@ class FittedModel:
             sp = hyper["slope_prior"]
             along = spline_basis(im - float(sp["centre"]), np.asarray(sp["knots"], float)) @ (
                 np.asarray(sp["kappa"], dtype=np.float64).reshape(-1, p))
-            sm = sm + np.where(c_ok[:, None], arr(cp, "slope_mean", p, np.zeros(p)), along)
+            sm = sm + np.where(self.c_ok[:, None],
+                               self.arr(self.cp, "slope_mean", p, np.zeros(p)), along)
         elif "slope_rt" in hyper:
             # models written before the spline: slopes linear along the gradient
             sm = sm + (im - float(hyper["slope_rt_centre"]))[:, None] * np.asarray(
                 hyper["slope_rt"], dtype=np.float64)[None, :]
         extra = np.where(u_ok[:, None], 0.0, tsp[None, :]) + np.where(
-            (u_ok | cl_ok)[:, None] | (unit != "species"), 0.0, tsc[None, :])
-        # noise: log sd = log σ0 + unit, class and compound effects; unseen levels add their
-        # spread
-        lsd = (glob["log_noise_sd"] + np.where(u_ok, col(u, "log_noise_sd"), 0.0)
-               + np.where(k_ok, col(k, "log_noise_sd"), 0.0)
-               + np.where(c_ok, col(cp, "log_noise_sd"), 0.0))
-        lvar = (np.where(u_ok, 0.0, t2["tau_noise_species2"])
-                + np.where(k_ok, 0.0, t2["tau_noise_class2"])
-                + np.where(c_ok, 0.0, t2.get("tau_noise_compound2", 0.0)))
-        noise = np.exp(2 * lsd + 2 * lvar)
-        mean = np.concatenate([im[:, None], sm], axis=1)
-        cov = np.zeros((n, p + 1, p + 1))
-        cov[:, 0, 0] = iv
-        cov[:, 1:, 1:] = sc.reshape(n, p, p)
-        diag = np.arange(p)
-        cov[:, 1 + diag, 1 + diag] += extra + (noise / self.ridge_lambda)[:, None]
-        return mean, cov.reshape(n, (p + 1) ** 2), noise
+            (u_ok | cl_ok)[:, None] | (self.unit != "species"), 0.0, tsc[None, :])
+        return sm, sc, extra
+
+    def noise(self, t2: dict[str, float]) -> np.ndarray:
+        """Noise variance: log sd = log σ0 + unit, class and compound effects; unseen levels
+        add their spread."""
+        lsd = (self.glob["log_noise_sd"] + np.where(self.u_ok, self.col(self.u, "log_noise_sd"),
+                                                    0.0)
+               + np.where(self.k_ok, self.col(self.k, "log_noise_sd"), 0.0)
+               + np.where(self.c_ok, self.col(self.cp, "log_noise_sd"), 0.0))
+        lvar = (np.where(self.u_ok, 0.0, t2["tau_noise_species2"])
+                + np.where(self.k_ok, 0.0, t2["tau_noise_class2"])
+                + np.where(self.c_ok, 0.0, t2.get("tau_noise_compound2", 0.0)))
+        return np.exp(2 * lsd + 2 * lvar)
 
 
 def apply_groups(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, g_idx: np.ndarray,

@@ -76,8 +76,11 @@ def isomer_choice(models: FittedModel | dict[str, FittedModel], train: pl.DataFr
     truth = rows.select("_peak", "compound",
                         (pl.col("sampleset_id") if "sampleset_id" in rows.columns
                          else pl.lit(0)).alias("_set"))
+    # a candidate without a median (or, below, a density) is not a choice: a peak none of whose
+    # candidates has one counts as not right; ties go to the first candidate by name
     pick_median = (base.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
-                   .sort("_peak", pl.col("dist").fill_null(np.inf))
+                   .filter(pl.col("dist").is_not_null())
+                   .sort("_peak", "dist", "candidate")
                    .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
     right = {"nearest_median": _right(truth, pick_median)}
     for name, model in models.items():
@@ -85,8 +88,8 @@ def isomer_choice(models: FittedModel | dict[str, FittedModel], train: pl.DataFr
         dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
                         pred["rt_sd"].to_numpy())
         pick = (base.with_columns(pl.Series("density", dens))
-                .sort("_peak", pl.col("density").fill_nan(-np.inf).fill_null(-np.inf),
-                      descending=[False, True])
+                .filter(pl.col("density").is_finite())
+                .sort("_peak", "density", "candidate", descending=[False, True, False])
                 .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
         right[name] = _right(truth, pick)
     out: dict[str, Any] = {"peaks": rows.height, "formulas": sizes.height,

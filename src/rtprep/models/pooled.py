@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -156,10 +157,33 @@ def prepare(stats: GroupStats, alg: GroupAlgebra, group_by: str, sigma_init: flo
     )
 
 
-#: The last model built, by structure (see :func:`build_model`), with its shared variables.
-_MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
-#: Compiled log density + gradient per cached model (by ``id``): compiling costs seconds.
-_FN_CACHE: dict[int, Any] = {}
+@dataclass
+class _Built:
+    """The last model built (see :func:`build_model`): its structure key, shared variables
+    and the functions compiled from it (compiling costs seconds)."""
+
+    key: tuple[Any, ...]
+    model: Any
+    shared: dict[str, Any]
+    compiled: dict[str, Any] = field(default_factory=dict)
+
+
+_LAST: list[_Built] = []  # at most one: the next fit of this run is the likely reuse
+
+
+def clear_model_cache() -> None:
+    """Forget the cached model and its compiled functions (the next fit builds afresh)."""
+    _LAST.clear()
+
+
+def _compiled(model: Any, name: str, make: Callable[[], Any]) -> Any:
+    """``make()`` once per cached model and ``name``; a model not in the cache compiles anew."""
+    built = _LAST[0] if _LAST and _LAST[0].model is model else None
+    if built is None:
+        return make()
+    if name not in built.compiled:
+        built.compiled[name] = make()
+    return built.compiled[name]
 
 
 def _model_data(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
@@ -193,16 +217,12 @@ def build_model(alg: GroupAlgebra, d: PooledData, covs: Covariates) -> Any:
            tuple(covs.names), bool(d.has_parent),
            None if d.emb is None else tuple(d.emb.shape),
            tuple(sorted((k, getattr(v, "dtype", None)) for k, v in values.items())))
-    cached = _MODEL_CACHE.get(key)
-    if cached is not None:
-        model, shared_vars = cached
+    if _LAST and _LAST[0].key == key:
         for name, value in values.items():
-            shared_vars[name].set_value(value)
-        return model
+            _LAST[0].shared[name].set_value(value)
+        return _LAST[0].model
     model, shared_vars = _build_model(values, d)
-    _MODEL_CACHE.clear()  # one model kept: the next fit of this run is the likely reuse
-    _FN_CACHE.clear()
-    _MODEL_CACHE[key] = (model, shared_vars)
+    _LAST[:] = [_Built(key, model, shared_vars)]
     return model
 
 
@@ -285,7 +305,7 @@ _DRAW_VARS = ("alpha0", "species_effect", "class_effect", "compound_effect", "ta
               "tau_noise_class", "tau_noise_compound")
 
 
-def _initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
+def initial_point(alg: GroupAlgebra, d: PooledData) -> dict[str, Any]:
     """Start from moment estimates: compound and class effects from the group means."""
     n_c = len(d.compounds)
     w = np.bincount(d.cpd_g, weights=alg.n, minlength=n_c)
@@ -346,11 +366,12 @@ def fit_advi_state(model: Any, options: ModelOptions, start: dict[str, Any], *,
     ip = make_initial_point_fn(model=model, overrides=start, jitter_rvs={},
                                return_transformed=True)(options.seed)
     raveled = DictToArrayBijection.map({v.name: ip[v.name] for v in value_vars})
-    fn = _FN_CACHE.get(id(model))
-    if fn is None:
-        fn = model.logp_dlogp_function(grad_vars=value_vars, ravel_inputs=True)
-        fn.set_extra_values({})
-        _FN_CACHE[id(model)] = fn
+    def make_logp() -> Any:
+        f = model.logp_dlogp_function(grad_vars=value_vars, ravel_inputs=True)
+        f.set_extra_values({})
+        return f
+
+    fn = _compiled(model, "logp_dlogp", make_logp)
     t_compile = time.perf_counter() - t0
     mu0 = np.asarray(raveled.data, dtype=np.float64).copy()
     warm = q_start is not None and q_start.mu.shape == mu0.shape
@@ -373,10 +394,8 @@ def fit_advi_state(model: Any, options: ModelOptions, start: dict[str, Any], *,
 def _deterministics(model: Any, points: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Values of the summarised variables at each point (dicts of transformed values)."""
     names = _present(model, _DRAW_VARS)
-    fn = _FN_CACHE.get(-id(model))  # (the same cache: negative ids)
-    if fn is None:
-        outs = model.replace_rvs_by_values([model[n] for n in names])
-        fn = _FN_CACHE[-id(model)] = model.compile_fn(outs, point_fn=True)
+    fn = _compiled(model, "deterministics", lambda: model.compile_fn(
+        model.replace_rvs_by_values([model[n] for n in names]), point_fn=True))
     vals = [fn(pt_) for pt_ in points]
     return {n: np.stack([np.asarray(v[i], dtype=np.float64) for v in vals])
             for i, n in enumerate(names)}
@@ -436,7 +455,7 @@ def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: 
     fit = prepared or prepare_fit(stats, alg, options, sigma_init, embeddings)
     d, alg = fit.data, fit.alg
     model = build_model(alg, d, covs)
-    start = _initial_point(alg, d)
+    start = initial_point(alg, d)
     if options.method == "nuts":
         draws, info = _fit_nuts(model, options, start)
     else:
@@ -451,7 +470,8 @@ def fit_pooled(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, options: 
                       "n_compounds": len(d.compounds), "n_classes": len(d.classes),
                       "slope_lambda": alg.lam, "slope_lambda_choice": fit.lambda_info,
                       "slope_prior": None if fit.prior is None else {
-                          "knots": len(fit.prior.knots), "basis": int(fit.prior.kappa.shape[0])},
+                          "knots": len(fit.prior.knots), "basis": int(fit.prior.kappa.shape[0]),
+                          "species_shrink": fit.prior.species_shrink},
                       "embeddings": d.emb is not None,
                       "summary_draws": int(next(iter(draws.values())).shape[0])}
     return FittedModel(kind="pooled", group_by=options.group_by, covariates=covs,
@@ -557,65 +577,94 @@ def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embed
     mean (the spline at its RT) on the compound rows.
     """
     p = len(covs.names)
-    beta = prior.beta_u if prior is not None else np.zeros((len(d.units), p))
-    n_cl = len(d.clusters)
-    cl_of = d.cluster_u if d.has_parent else np.zeros(len(d.units), np.int64)
-    cnt = np.maximum(np.bincount(cl_of, minlength=n_cl), 1)[:, None]
-    cl_mean = np.stack([np.bincount(cl_of, weights=beta[:, j], minlength=n_cl)
-                        for j in range(p)], axis=1) / cnt if p else np.zeros((n_cl, 0))
-    glob_mean = beta.mean(axis=0) if len(beta) else np.zeros(p)
-    dev_u = beta - cl_mean[cl_of]
-    dev_cl = cl_mean - glob_mean[None]
-    tau_ss = (dev_u**2).mean(axis=0) if len(beta) else np.zeros(p)
-    tau_sc = (dev_cl**2).mean(axis=0) if d.has_parent else np.zeros(p)
-
-    def outer(dev: np.ndarray) -> np.ndarray:
-        return np.einsum("li,lj->ij", dev, dev).reshape(-1) / max(len(dev), 1)
-
-    frames: list[pl.DataFrame] = []
-
-    def add(level: str, keys: list[str], parent: list[str | None] | None,
-            int_draws: np.ndarray, slopes: np.ndarray | None = None,
-            slope_cov: np.ndarray | None = None, noise: np.ndarray | None = None) -> None:
-        n = len(keys)
-        frame = pl.DataFrame({
-            "level": [level] * n, "key": keys,
-            "parent": parent if parent is not None else [None] * n,
-            "intercept_mean": int_draws.mean(axis=0), "intercept_var": int_draws.var(axis=0),
-        }, schema_overrides={"parent": pl.String})
-        if slopes is not None:
-            cov = (np.zeros((n, p * p)) if slope_cov is None
-                   else np.broadcast_to(slope_cov, (n, p * p)))
-            frame = frame.with_columns(
-                pl.Series("slope_mean", slopes, dtype=pl.Array(pl.Float64, p)),
-                pl.Series("slope_cov", np.ascontiguousarray(cov),
-                          dtype=pl.Array(pl.Float64, p * p)))
-        else:
-            frame = frame.with_columns(
-                pl.lit(None, dtype=pl.Array(pl.Float64, p)).alias("slope_mean"),
-                pl.lit(None, dtype=pl.Array(pl.Float64, p * p)).alias("slope_cov"))
-        frame = frame.with_columns(
-            pl.Series("log_noise_sd", noise.mean(axis=0) if noise is not None
-                      else np.full(n, np.nan), dtype=pl.Float64).fill_nan(None))
-        frames.append(frame)
-
-    add("global", ["global"], None, draws["alpha0"][:, None], glob_mean[None],
-        outer(dev_cl if d.has_parent else dev_u)[None], draws["log_sigma0"][:, None])
+    sl = _SlopeLevels.of(d, prior, p)
+    frames = [_effect_frame("global", ["global"], None, draws["alpha0"][:, None], p,
+                            sl.glob_mean[None],
+                            _outer(sl.dev_cl if d.has_parent else sl.dev_u)[None],
+                            draws["log_sigma0"][:, None])]
     unit_level = "species" if d.has_parent else "cluster"
     if d.has_parent:
-        add("cluster", d.clusters, None, draws["cluster_effect"], cl_mean, outer(dev_u)[None])
-    add(unit_level, d.units,
-        [d.clusters[i] for i in d.cluster_u] if d.has_parent else None,
-        draws["species_effect"], beta, None, draws["noise_species"])
-    add("class", d.classes, None, draws["class_effect"], None, None, draws["noise_class"])
+        frames.append(_effect_frame("cluster", d.clusters, None, draws["cluster_effect"], p,
+                                    sl.cl_mean, _outer(sl.dev_u)[None]))
+    frames.append(_effect_frame(unit_level, d.units,
+                                [d.clusters[i] for i in d.cluster_u] if d.has_parent else None,
+                                draws["species_effect"], p, sl.beta, None,
+                                draws["noise_species"]))
+    frames.append(_effect_frame("class", d.classes, None, draws["class_effect"], p, None, None,
+                                draws["noise_class"]))
     cpd_slopes = (prior.compound_slopes() if prior is not None
                   else np.zeros((len(d.compounds), p)))
-    add("compound", d.compounds, [d.classes[i] for i in d.class_c], draws["compound_effect"],
-        cpd_slopes, None, draws["noise_compound"])
+    frames.append(_effect_frame("compound", d.compounds, [d.classes[i] for i in d.class_c],
+                                draws["compound_effect"], p, cpd_slopes, None,
+                                draws["noise_compound"]))
     if embeddings is not None and "gamma" in draws:
-        add("embedding", embeddings.chem_ids, None, draws["gamma"] @ embeddings.values.T)
-    effects = pl.concat(frames, how="vertical")
+        frames.append(_effect_frame("embedding", embeddings.chem_ids, None,
+                                    draws["gamma"] @ embeddings.values.T, p))
+    return pl.concat(frames, how="vertical"), _hyper(d, draws, sl, prior)
 
+
+@dataclass
+class _SlopeLevels:
+    """The species' fixed slopes, their cluster and global means and spreads."""
+
+    beta: np.ndarray       # (units, p)
+    cl_mean: np.ndarray    # (clusters, p)
+    glob_mean: np.ndarray  # (p,)
+    dev_u: np.ndarray      # species - their cluster's mean
+    dev_cl: np.ndarray     # cluster means - the global mean
+    tau_ss: np.ndarray     # (p,) mean square of dev_u
+    tau_sc: np.ndarray     # (p,) mean square of dev_cl (0 without a cluster level)
+
+    @classmethod
+    def of(cls, d: PooledData, prior: SlopePrior | None, p: int) -> _SlopeLevels:
+        beta = prior.beta_u if prior is not None else np.zeros((len(d.units), p))
+        n_cl = len(d.clusters)
+        cl_of = d.cluster_u if d.has_parent else np.zeros(len(d.units), np.int64)
+        cnt = np.maximum(np.bincount(cl_of, minlength=n_cl), 1)[:, None]
+        cl_mean = np.stack([np.bincount(cl_of, weights=beta[:, j], minlength=n_cl)
+                            for j in range(p)], axis=1) / cnt if p else np.zeros((n_cl, 0))
+        glob_mean = beta.mean(axis=0) if len(beta) else np.zeros(p)
+        dev_u = beta - cl_mean[cl_of]
+        dev_cl = cl_mean - glob_mean[None]
+        return cls(beta=beta, cl_mean=cl_mean, glob_mean=glob_mean, dev_u=dev_u, dev_cl=dev_cl,
+                   tau_ss=(dev_u**2).mean(axis=0) if len(beta) else np.zeros(p),
+                   tau_sc=(dev_cl**2).mean(axis=0) if d.has_parent else np.zeros(p))
+
+
+def _outer(dev: np.ndarray) -> np.ndarray:
+    """The mean outer product of the rows of ``dev``, flattened."""
+    return np.einsum("li,lj->ij", dev, dev).reshape(-1) / max(len(dev), 1)
+
+
+def _effect_frame(level: str, keys: list[str], parent: list[str | None] | None,
+                  int_draws: np.ndarray, p: int, slopes: np.ndarray | None = None,
+                  slope_cov: np.ndarray | None = None,
+                  noise: np.ndarray | None = None) -> pl.DataFrame:
+    """The rows of one level in ``effects.parquet`` (intercept draws summarised)."""
+    n = len(keys)
+    frame = pl.DataFrame({
+        "level": [level] * n, "key": keys,
+        "parent": parent if parent is not None else [None] * n,
+        "intercept_mean": int_draws.mean(axis=0), "intercept_var": int_draws.var(axis=0),
+    }, schema_overrides={"parent": pl.String})
+    if slopes is not None:
+        cov = (np.zeros((n, p * p)) if slope_cov is None
+               else np.broadcast_to(slope_cov, (n, p * p)))
+        frame = frame.with_columns(
+            pl.Series("slope_mean", slopes, dtype=pl.Array(pl.Float64, p)),
+            pl.Series("slope_cov", np.ascontiguousarray(cov), dtype=pl.Array(pl.Float64, p * p)))
+    else:
+        frame = frame.with_columns(
+            pl.lit(None, dtype=pl.Array(pl.Float64, p)).alias("slope_mean"),
+            pl.lit(None, dtype=pl.Array(pl.Float64, p * p)).alias("slope_cov"))
+    return frame.with_columns(
+        pl.Series("log_noise_sd", noise.mean(axis=0) if noise is not None
+                  else np.full(n, np.nan), dtype=pl.Float64).fill_nan(None))
+
+
+def _hyper(d: PooledData, draws: dict[str, np.ndarray], sl: _SlopeLevels,
+           prior: SlopePrior | None) -> dict[str, Any]:
+    """The hyperparameters the backoff needs (E[τ²] over the draws)."""
     def e2(name: str) -> Any:
         v = (draws[name] ** 2).mean(axis=0)
         return v.tolist() if np.ndim(v) else float(v)
@@ -626,7 +675,7 @@ def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embed
         "tau_class2": e2("tau_class"), "tau_compound2": e2("tau_compound"),
         "tau_noise_species2": e2("tau_noise_species"), "tau_noise_class2": e2("tau_noise_class"),
         "tau_noise_compound2": e2("tau_noise_compound"),
-        "tau_slope_species2": tau_ss.tolist(), "tau_slope_cluster2": tau_sc.tolist(),
+        "tau_slope_species2": sl.tau_ss.tolist(), "tau_slope_cluster2": sl.tau_sc.tolist(),
         "log_sigma0": float(draws["log_sigma0"].mean()),
         "alpha0": float(draws["alpha0"].mean()),
     }
@@ -634,4 +683,4 @@ def effect_tables(d: PooledData, draws: dict[str, np.ndarray], embeddings: Embed
         hyper["slope_prior"] = prior.to_json()
     if "gamma" in draws:
         hyper["gamma"] = draws["gamma"].mean(axis=0).tolist()
-    return effects, hyper
+    return hyper

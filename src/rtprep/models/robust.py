@@ -103,10 +103,10 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
     """Each training row's posterior probability of being mis-assigned (EM rounds, module
     docstring), and what the rounds did."""
     from rtprep.models.pooled import (
-        _initial_point,
         build_model,
         fit_advi_state,
         group_posteriors,
+        initial_point,
         prepare_fit,
     )
 
@@ -130,7 +130,7 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
         # (rounds after the first start from the previous round's state: the weights moved
         # few rows, so it is close to this round's optimum)
         draws, fit_info, q_prev = fit_advi_state(
-            model, round_opts, _initial_point(fit.alg, fit.data),
+            model, round_opts, initial_point(fit.alg, fit.data),
             label=f"robust fit, round {i + 1}", until_converged=True,
             max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps), q_start=q_prev)
         mean, cov, noise_var, _ = group_posteriors(fit.alg, fit.data, draws)
