@@ -136,34 +136,22 @@ def run_adam(fn: LogDensity, q0: Gaussian, steps: int, learning_rate: float, see
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     dim = len(q0.mu)
-    params = np.concatenate([q0.mu, q0.omega]).astype(np.float64)
-    m1 = np.zeros_like(params)
-    m2 = np.zeros_like(params)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    avg = np.zeros_like(params)
+    adam = _Adam(np.concatenate([q0.mu, q0.omega]).astype(np.float64))
+    avg = np.zeros_like(adam.params)
     n_avg = 0
     avg_from = int(steps * 0.75)
     warmup = max(1, min(WARMUP_STEPS, steps // 10))
-    window = max(MIN_WINDOW, steps // N_WINDOWS)
     losses = np.full(steps, np.nan)
-    win_sum = np.zeros_like(params)
-    win_n = 0
-    best_loss, best_step, best = np.inf, 0, params.copy()
-    window_loss: list[float] = []
-    last_sd = np.inf
+    windows = _Windows(max(MIN_WINDOW, steps // N_WINDOWS), adam.params)
     skipped = spikes = 0
     rate_scale = 1.0
-    last_good = params.copy()
+    last_good = adam.params.copy()
     t_log = time.perf_counter()
     for t in range(1, steps + 1):  # optimisation steps (each one vectorised over parameters)
         if time.perf_counter() - t_log > PROGRESS_SECONDS:
             t_log = time.perf_counter()
-            recent = losses[max(0, t - 101):t - 1]
-            log.info("%s: ADVI step %d of %d (%.0f%%), loss %.6g, %.1fs", label, t, steps,
-                     100.0 * t / steps,
-                     float(np.nanmean(recent)) if np.isfinite(recent).any() else np.nan,
-                     t_log - t0)
-        mu, omega = params[:dim], params[dim:]
+            _log_progress(label, t, steps, losses, t_log - t0)
+        mu, omega = adam.params[:dim], adam.params[dim:]
         sd = np.exp(omega)
         e = rng.standard_normal(dim)
         logp, grad = fn(mu + sd * e)
@@ -171,7 +159,7 @@ def run_adam(fn: LogDensity, q0: Gaussian, steps: int, learning_rate: float, see
             # a step too far: back to the last good point, with half the step from now on
             # (skipping alone can leave the iterate where every later draw is non-finite)
             skipped += 1
-            params = last_good.copy()
+            adam.params = last_good.copy()
             rate_scale *= 0.5
         else:
             loss = -(float(logp) + float(omega.sum()))
@@ -181,41 +169,83 @@ def run_adam(fn: LogDensity, q0: Gaussian, steps: int, learning_rate: float, see
                 # carries it on): skip the draw
                 spikes += 1
             else:
-                last_good = params.copy()
+                last_good = adam.params.copy()
                 losses[t - 1] = loss
-                g = np.concatenate([grad, grad * e * sd + 1.0])
-                frac = min(1.0, max(0.0, (t - steps / 2) / (steps / 2)))
-                lr = rate_scale * learning_rate * min(1.0, t / warmup) * (
-                    0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * frac)))
-                m1 = beta1 * m1 + (1 - beta1) * g
-                m2 = beta2 * m2 + (1 - beta2) * g * g
-                params = params + lr * (m1 / (1 - beta1**t)) / (np.sqrt(m2 / (1 - beta2**t))
-                                                                 + eps)  # ascent on the ELBO
+                adam.ascend(np.concatenate([grad, grad * e * sd + 1.0]), t,
+                            rate_scale * _rate(t, steps, warmup, learning_rate))
                 if t > avg_from:
-                    avg += params
+                    avg += adam.params
                     n_avg += 1
-        win_sum += params
-        win_n += 1
-        if t % window == 0 or t == steps:
-            seg = losses[t - win_n:t]
-            mean = float(np.nanmean(seg)) if np.isfinite(seg).any() else np.nan
-            window_loss.append(mean)
-            last_sd = float(np.nanstd(seg)) if np.isfinite(seg).sum() > 1 else np.inf
-            if np.isfinite(mean) and mean < best_loss:
-                best_loss, best_step, best = mean, t, win_sum / win_n
-            win_sum = np.zeros_like(params)
-            win_n = 0
-    if n_avg:
-        params = avg / n_avg
+        windows.add(adam.params, losses, t, steps)
+    params = avg / n_avg if n_avg else adam.params
     if skipped > steps // 10:
         log.warning("%s: %d of %d ADVI steps hit a non-finite density", label, skipped, steps)
+    best = windows.best
     return AdamRun(q=Gaussian(params[:dim].copy(), params[dim:].copy()),
                    best=Gaussian(best[:dim].copy(), best[dim:].copy()),
-                   best_loss=float(best_loss), best_step=int(best_step),
-                   window_loss=np.asarray(window_loss), last_window_sd=last_sd,
-                   window_steps=window, steps=steps,
+                   best_loss=float(windows.best_loss), best_step=int(windows.best_step),
+                   window_loss=np.asarray(windows.window_loss),
+                   last_window_sd=windows.last_sd, window_steps=windows.window, steps=steps,
                    spikes=spikes, nonfinite=skipped, rate_scale=rate_scale,
                    seconds=time.perf_counter() - t0)
+
+
+class _Adam:
+    """Adam's moment estimates and the iterate (ascent on the ELBO)."""
+
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+
+    def __init__(self, params: np.ndarray) -> None:
+        self.params = params
+        self.m1 = np.zeros_like(params)
+        self.m2 = np.zeros_like(params)
+
+    def ascend(self, g: np.ndarray, t: int, lr: float) -> None:
+        b1, b2 = self.beta1, self.beta2
+        self.m1 = b1 * self.m1 + (1 - b1) * g
+        self.m2 = b2 * self.m2 + (1 - b2) * g * g
+        self.params = self.params + lr * (self.m1 / (1 - b1**t)) / (
+            np.sqrt(self.m2 / (1 - b2**t)) + self.eps)
+
+
+def _rate(t: int, steps: int, warmup: int, learning_rate: float) -> float:
+    """The step size at step ``t``: a linear warm-up, then a cosine decay over the second half
+    to 2% of the rate."""
+    frac = min(1.0, max(0.0, (t - steps / 2) / (steps / 2)))
+    return learning_rate * min(1.0, t / warmup) * (
+        0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * frac)))
+
+
+class _Windows:
+    """The loss per window of steps, and the state (mean iterate) of the best window."""
+
+    def __init__(self, window: int, params: np.ndarray) -> None:
+        self.window = window
+        self.win_sum = np.zeros_like(params)
+        self.win_n = 0
+        self.best_loss, self.best_step, self.best = np.inf, 0, params.copy()
+        self.window_loss: list[float] = []
+        self.last_sd = np.inf
+
+    def add(self, params: np.ndarray, losses: np.ndarray, t: int, steps: int) -> None:
+        self.win_sum += params
+        self.win_n += 1
+        if t % self.window == 0 or t == steps:
+            seg = losses[t - self.win_n:t]
+            mean = float(np.nanmean(seg)) if np.isfinite(seg).any() else np.nan
+            self.window_loss.append(mean)
+            self.last_sd = float(np.nanstd(seg)) if np.isfinite(seg).sum() > 1 else np.inf
+            if np.isfinite(mean) and mean < self.best_loss:
+                self.best_loss, self.best_step, self.best = mean, t, self.win_sum / self.win_n
+            self.win_sum = np.zeros_like(params)
+            self.win_n = 0
+
+
+def _log_progress(label: str, t: int, steps: int, losses: np.ndarray, seconds: float) -> None:
+    recent = losses[max(0, t - 101):t - 1]
+    log.info("%s: ADVI step %d of %d (%.0f%%), loss %.6g, %.1fs", label, t, steps,
+             100.0 * t / steps,
+             float(np.nanmean(recent)) if np.isfinite(recent).any() else np.nan, seconds)
 
 
 def _is_spike(losses: np.ndarray, t: int, loss: float) -> bool:

@@ -91,8 +91,48 @@ def generate(*, n_species: int = 12, n_clusters: int = 3, n_compounds: int = 150
     present = rng.random((s_n, c_n)) < presence
     detect_p = rng.beta(detect[0], detect[1], c_n)
     # --- sample sets, injections, covariates
+    set_species, set_is_test, inj_set, base, x_true, x_obs = _injections(
+        rng, s_n, p, holdout_species, holdout_species_share, n_sample_sets, n_test_sets,
+        max_injections, null_fraction)
+    inj_species = set_species[inj_set]
+    r_inj, r_cpd = _detections(rng, present, detect_p, inj_species)
+    r_sp = inj_species[r_inj]
+    # --- per-group truth (only for groups that occur)
+    gkey = r_sp.astype(np.int64) * c_n + r_cpd
+    groups, g_of_row = np.unique(gkey, return_inverse=True)
+    g_sp, g_cpd = groups // c_n, groups % c_n
+    n_g = len(groups)
+    g_a = alpha0 + sp_eff[g_sp] + cpd_eff[g_cpd] + rng.normal(0, 0.1, n_g)
+    g_sd = noise_sd * np.exp(ns_sp[g_sp] + ns_cl[class_of_compound[g_cpd]])
+    g_b = m_species[g_sp] + rng.normal(0, 0.02, (n_g, p))
+    xc = x_true[r_inj] - base[None, :]
+    rt_true = g_a[g_of_row] + np.einsum("ri,ri->r", xc, g_b[g_of_row])
+    rt = rt_true + rng.normal(0, 1.0, len(rt_true)) * g_sd[g_of_row]
+    train, test = _train_test(rng, names, s_n, n_clusters, cluster_of_species, class_of_compound,
+                              holdout_compounds, np.arange(s_n - holdout_species, s_n), inj_set,
+                              set_is_test, x_obs, r_inj, r_cpd, r_sp, rt, rt_true)
+    embeddings = pl.DataFrame({
+        "chem_id": (10_000 + np.arange(c_n)).astype(np.int64),
+        "smiles": ["C"] * c_n,
+        "embedding20": emb,
+    }, schema_overrides={"embedding20": pl.Array(pl.Float64, embedding_dim)})
+    truth = pl.DataFrame({
+        "species": np.array([f"sp{v:03d}" for v in range(s_n)])[g_sp],
+        "compound": (10_000 + g_cpd).astype(np.int64),
+        "intercept": g_a, "noise_sd": g_sd,
+        "slopes": g_b,
+    }, schema_overrides={"slopes": pl.Array(pl.Float64, p)})
+    return SyntheticData(train, test, embeddings, truth, noise_sd)
+
+
+def _injections(rng: np.random.Generator, s_n: int, p: int, holdout_species: int,
+                holdout_species_share: float, n_sample_sets: int, n_test_sets: int,
+                max_injections: int, null_fraction: float,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                           np.ndarray]:
+    """Sample sets (species, train or test), their injections and the covariates each
+    injection sees (true and observed, with nulls)."""
     sp_weight = rng.dirichlet(np.full(s_n, 1.5))
-    test_only_species = np.arange(s_n - holdout_species, s_n)
     train_species = np.arange(s_n - holdout_species)
     w = sp_weight[train_species] / sp_weight[train_species].sum()
     n_train_sets = n_sample_sets - n_test_sets
@@ -109,12 +149,18 @@ def generate(*, n_species: int = 12, n_clusters: int = 3, n_compounds: int = 150
     n_inj_set = rng.integers(1, max_injections + 1, n_sample_sets)
     inj_set = np.repeat(np.arange(n_sample_sets), n_inj_set)
     n_inj = len(inj_set)
-    inj_species = set_species[inj_set]
     base = np.sort(rng.uniform(1.0, 15.0, p))
     drift = rng.normal(0, 0.15, n_inj)[:, None] * (0.5 + base / 15.0)[None, :]
     x_true = base[None, :] + drift + rng.normal(0, 0.03, (n_inj, p))
     x_obs = np.where(rng.random((n_inj, p)) < null_fraction, np.nan, x_true)
-    # --- rows: (injection, compound) where detected
+    return set_species, set_is_test, inj_set, base, x_true, x_obs
+
+
+def _detections(rng: np.random.Generator, present: np.ndarray, detect_p: np.ndarray,
+                inj_species: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows: (injection, compound) where the compound was detected."""
+    c_n = present.shape[1]
+    n_inj = len(inj_species)
     inj_rows: list[np.ndarray] = []
     cpd_rows: list[np.ndarray] = []
     chunk = max(1, 4_000_000 // max(c_n, 1))
@@ -125,21 +171,18 @@ def generate(*, n_species: int = 12, n_clusters: int = 3, n_compounds: int = 150
         i, c = np.nonzero(hit)
         inj_rows.append(i + start)
         cpd_rows.append(c)
-    r_inj = np.concatenate(inj_rows)
-    r_cpd = np.concatenate(cpd_rows)
-    r_sp = inj_species[r_inj]
-    # --- per-group truth (only for groups that occur)
-    gkey = r_sp.astype(np.int64) * c_n + r_cpd
-    groups, g_of_row = np.unique(gkey, return_inverse=True)
-    g_sp, g_cpd = groups // c_n, groups % c_n
-    n_g = len(groups)
-    g_a = alpha0 + sp_eff[g_sp] + cpd_eff[g_cpd] + rng.normal(0, 0.1, n_g)
-    g_sd = noise_sd * np.exp(ns_sp[g_sp] + ns_cl[class_of_compound[g_cpd]])
-    g_b = m_species[g_sp] + rng.normal(0, 0.02, (n_g, p))
-    xc = x_true[r_inj] - base[None, :]
-    rt_true = g_a[g_of_row] + np.einsum("ri,ri->r", xc, g_b[g_of_row])
-    rt = rt_true + rng.normal(0, 1.0, len(rt_true)) * g_sd[g_of_row]
-    # --- frames
+    return np.concatenate(inj_rows), np.concatenate(cpd_rows)
+
+
+def _train_test(rng: np.random.Generator, names: list[str], s_n: int, n_clusters: int,
+                cluster_of_species: np.ndarray, class_of_compound: np.ndarray,
+                holdout_compounds: float, test_only_species: np.ndarray, inj_set: np.ndarray,
+                set_is_test: np.ndarray, x_obs: np.ndarray, r_inj: np.ndarray,
+                r_cpd: np.ndarray, r_sp: np.ndarray, rt: np.ndarray, rt_true: np.ndarray,
+                ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rows as RT-CSV frames, split into training rows (train sets, compounds and species
+    not held out) and test rows (test sets, with ``rt_true``)."""
+    c_n = len(class_of_compound)
     task_id = 100_000 + r_inj
     frame = pl.DataFrame({
         "sampleset_id": (5_000 + inj_set[r_inj]).astype(np.int64),
@@ -160,15 +203,4 @@ def generate(*, n_species: int = 12, n_clusters: int = 3, n_compounds: int = 150
     train = frame[order].filter(pl.Series(train_mask[order]))
     test = frame[order].filter(pl.Series(is_test[order])).with_columns(
         pl.Series("rt_true", rt_true[order][is_test[order]]))
-    embeddings = pl.DataFrame({
-        "chem_id": (10_000 + np.arange(c_n)).astype(np.int64),
-        "smiles": ["C"] * c_n,
-        "embedding20": emb,
-    }, schema_overrides={"embedding20": pl.Array(pl.Float64, embedding_dim)})
-    truth = pl.DataFrame({
-        "species": np.array([f"sp{v:03d}" for v in range(s_n)])[g_sp],
-        "compound": (10_000 + g_cpd).astype(np.int64),
-        "intercept": g_a, "noise_sd": g_sd,
-        "slopes": g_b,
-    }, schema_overrides={"slopes": pl.Array(pl.Float64, p)})
-    return SyntheticData(train, test, embeddings, truth, noise_sd)
+    return train, test
