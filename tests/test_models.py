@@ -692,3 +692,40 @@ def test_missing_standards_are_imputed_from_the_injections_other_standards() -> 
     old = imputed.to_json()
     old.pop("impute_cov")
     np.testing.assert_array_equal(Covariates.from_json(old).matrix(df), mean_fill.matrix(df))
+
+
+def test_far_rows_of_a_rare_compound_are_flagged(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Minutes-off rows among a rare compound's few rows: a first fit on unit weights would
+    give that compound a noise of minutes, under which they look ordinary; they start
+    down-weighted (``initial_weights``), so the model judges them from the compound's good
+    rows."""
+    from rtprep.models import robust
+
+    data = _small(seed=21, n_species=4, n_compounds=60, n_sample_sets=80, n_test_sets=5)
+    df = data.train.with_row_index("_i")
+    sizes = df.group_by("compound").len().filter(pl.col("len").is_between(8, 20)).sort("compound")
+    rare = sizes["compound"][0]
+    rows_c = df.filter(pl.col("compound") == rare)["_i"].to_numpy()
+    bad = rows_c[[1, len(rows_c) // 2]]
+    shifted = df.with_columns(
+        pl.when(pl.col("_i") == int(bad[0])).then(pl.col("rt") - 6.0)
+        .when(pl.col("_i") == int(bad[1])).then(pl.col("rt") - 11.0)
+        .otherwise(pl.col("rt")).alias("rt")).drop("_i")
+    csv = tmp_path / "rows.csv"
+    shifted.write_csv(csv)
+    x_groups = pl.DataFrame({"compound": shifted["compound"].cast(pl.String).unique().sort()})
+    gid = x_groups.with_row_index("g").join(
+        shifted.select(pl.col("compound").cast(pl.String)), on="compound",
+        maintain_order="right")["g"].to_numpy()
+    w0 = robust.initial_weights(x_groups, gid, shifted["rt"].to_numpy())
+    assert set(np.flatnonzero(w0 < 1).tolist()) >= set(bad.tolist())
+    assert (w0 < 1).sum() <= len(bad) + 0.002 * shifted.height
+    opts = ModelOptions(quick_steps=400, screen_steps=400, summary_draws=10, seed=2)
+    train(csv, tmp_path / "m", options=opts, quick=True)
+    prob = pl.read_parquet(tmp_path / "m" / "rows.parquet")["p_misassigned"].to_numpy()
+    assert (prob[bad] > 0.5).all(), prob[bad]
+    pooled = load_models(tmp_path / "m")["pooled"]
+    noise = pooled.groups.with_columns(pl.Series("sd", np.sqrt(pooled.noise_var)))
+    rare_sd = noise.filter(pl.col("compound") == str(rare))["sd"].max()
+    assert rare_sd < 3 * data.noise_sd, rare_sd

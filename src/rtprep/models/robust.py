@@ -11,7 +11,8 @@ Gaussian (its group's prediction, its compound's noise), with probability ``π``
 component around the same prediction (``N(0, s² + s_out²)`` for the residual). EM, keeping the
 collapsed design:
 
-1. E-step: fit the pooled model on the rows with their current weights (all 1 at first; the
+1. E-step: fit the pooled model on the rows with their current weights (at first 1, but
+   ``MIN_WEIGHT`` for rows far off their compound's median, :func:`initial_weights`; the
    statistics are weighted sums, :func:`rtprep.models.data.sufficient_stats`), and judge each
    row by its leave-one-out predictive: with ``r`` the residual from its group's posterior mean,
    ``v`` that mean's variance at the row, ``s²`` the noise and ``w`` the row's weight,
@@ -56,6 +57,31 @@ SCREEN_MIN_ROUNDS = 3
 PI_START = 0.01
 OUT_SCALE_START = 20.0
 _EM_ITERATIONS = 200
+#: Before the first round, rows this many robust sds (1.4826 × MAD) from their compound's
+#: median rt start at ``MIN_WEIGHT`` (compounds with at least ``INITIAL_MIN_ROWS`` rows).
+INITIAL_K = 8.0
+INITIAL_MIN_ROWS = 5
+
+
+def initial_weights(groups: pl.DataFrame, gid: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The first round's weights: 1, but ``MIN_WEIGHT`` for rows far from their compound's
+    median rt (``INITIAL_K`` robust sds across all its rows, whatever the species).
+
+    Without them, a rare compound's few far rows (minutes off) can make the first fit give that
+    compound a noise of minutes, under which its rows look ordinary, and EM stays there. The
+    spread across a compound's rows holds species shifts and drift, so only rows far beyond
+    them start down-weighted; every row's probability is then judged by the fitted model.
+    """
+    cpd = groups["compound"].to_numpy()[gid] if groups.height else np.zeros(len(y))
+    frame = pl.DataFrame({"c": pl.Series(cpd).cast(pl.String), "y": y})
+    stats = frame.group_by("c").agg(
+        pl.col("y").median().alias("med"), pl.len().alias("n"),
+        (pl.col("y") - pl.col("y").median()).abs().median().alias("mad"))
+    j = frame.join(stats, on="c", how="left", maintain_order="left")
+    far = ((j["n"] >= INITIAL_MIN_ROWS)
+           & ((j["y"] - j["med"]).abs() > INITIAL_K * 1.4826 * j["mad"])
+           & (j["mad"] > 0)).to_numpy()
+    return np.where(far, MIN_WEIGHT, 1.0)
 
 
 def loo_residuals(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, gid: np.ndarray,
@@ -113,7 +139,7 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
     steps = int(min(options.steps(), options.screen_steps))
     round_opts = replace(options, quick=True, quick_steps=steps, method="advi",
                          summary_draws=min(options.summary_draws, 10))
-    w = np.ones(len(y))
+    w = initial_weights(groups, gid, y)
     prob = np.zeros(len(y))
     rounds: list[dict[str, Any]] = []
     fit_info: dict[str, Any] = {}
