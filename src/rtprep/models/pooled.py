@@ -526,7 +526,17 @@ def _log_s2(d: PooledData, draws: dict[str, np.ndarray]) -> np.ndarray:
 def group_posteriors(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.ndarray],
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-group posterior mean and covariance of (intercept, slopes), noise variance and the
-    degrees of freedom of the predictive t.
+    degrees of freedom of the predictive t (:func:`group_posterior_parts`, the covariance's
+    two parts summed)."""
+    mean, within, between, noise_var, df = group_posterior_parts(alg, d, draws)
+    return mean, within + between, noise_var, df
+
+
+def group_posterior_parts(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.ndarray],
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                     np.ndarray]:
+    """Per-group posterior mean of (intercept, slopes), the two parts of its covariance (within
+    draws, between draws), noise variance and the degrees of freedom of the predictive t.
 
     Exact given each draw of the hyperparameters; combined over draws by the law of total
     covariance: E[Cov | draw] + Cov[E | draw]. The noise scale's own uncertainty (few rows of a
@@ -555,11 +565,11 @@ def group_posteriors(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.ndarr
         s_ws += s2 / s_schur
     mean = s_theta / n_draws
     between = s_outer / n_draws - (mean[:, :, None] * mean[:, None, :]).reshape(g, -1)
-    cov = alg.covariance(s_w / n_draws, s_ws / n_draws) + between
+    within = alg.covariance(s_w / n_draws, s_ws / n_draws)
     var_log = log_s2.var(axis=0) if n_draws > 1 else np.zeros(g)
     df = np.where(var_log > 1e-12, 2.0 / np.maximum(var_log, 1e-12), np.inf)
     df = np.where(df > MAX_DF, np.inf, np.maximum(df, MIN_DF))
-    return mean, cov, s_w / n_draws, df
+    return mean, within, between, s_w / n_draws, df
 
 
 #: Degrees of freedom of the predictive t: beyond ``MAX_DF`` a normal; never below ``MIN_DF``.

@@ -85,13 +85,22 @@ def initial_weights(groups: pl.DataFrame, gid: np.ndarray, y: np.ndarray) -> np.
 
 
 def loo_residuals(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, gid: np.ndarray,
-                  x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's leave-one-out residual and predictive variance (see the module docstring)."""
+                  x: np.ndarray, y: np.ndarray, w: np.ndarray,
+                  between: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's leave-one-out residual and predictive variance (see the module docstring).
+
+    ``cov``: the group posterior's covariance given the hyperparameters (averaged over their
+    draws); ``between``: its part from the draws' spread, added to the variance but kept out
+    of the row's leverage (given the draws, a row's leverage is below 1; with the spread in it,
+    a one-row group's could exceed 1 and break the leave-one-out residual).
+    """
     pred, var = apply_groups(mean, cov, noise_var, gid, x)
     s2 = noise_var[gid]
     v = np.maximum(var - s2, 0.0)
     one_minus_h = np.clip(1.0 - w * v / s2, 1e-6, 1.0)
-    return (y - pred) / one_minus_h, s2 + v / one_minus_h
+    extra = (np.zeros(len(y)) if between is None
+             else apply_groups(np.zeros_like(mean), between, np.zeros(len(mean)), gid, x)[1])
+    return (y - pred) / one_minus_h, s2 + v / one_minus_h + extra
 
 
 def mixture_probabilities(r: np.ndarray, s2: np.ndarray, *, pi: float = PI_START,
@@ -131,7 +140,7 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
     from rtprep.models.pooled import (
         build_model,
         fit_advi_state,
-        group_posteriors,
+        group_posterior_parts,
         initial_point,
         prepare_fit,
     )
@@ -145,7 +154,8 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
     fit_info: dict[str, Any] = {}
     q_prev = None
     for i in range(max(int(options.robust_rounds), 1)):  # EM rounds (a few), each a fit
-        fit = mean = cov = None  # the last round's arrays go before this round's are built
+        # the last round's arrays go before this round's are built
+        fit = mean = cov = between = None
         stats = sufficient_stats(groups, gid, x, y, w)
         alg = GroupAlgebra.from_stats(stats, ridge_lambda)
         fit = prepare_fit(stats, alg, round_opts, sigma_init, embeddings)
@@ -159,9 +169,9 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
             model, round_opts, initial_point(fit.alg, fit.data),
             label=f"robust fit, round {i + 1}", until_converged=True,
             max_steps=max(options.steps(), SCREEN_MIN_ROUNDS * steps), q_start=q_prev)
-        mean, cov, noise_var, _ = group_posteriors(fit.alg, fit.data, draws)
+        mean, cov, between, noise_var, _ = group_posterior_parts(fit.alg, fit.data, draws)
         mean[:, 1:] += fit.slope_means
-        r, s2 = loo_residuals(mean, cov, noise_var, gid, x, y, w)
+        r, s2 = loo_residuals(mean, cov, noise_var, gid, x, y, w, between)
         new, mix = mixture_probabilities(r, s2, max_r2=float(np.ptp(y)) ** 2)
         change = float(np.abs(new - prob).max())
         prob = new
