@@ -729,3 +729,25 @@ def test_far_rows_of_a_rare_compound_are_flagged(tmp_path: Path,
     noise = pooled.groups.with_columns(pl.Series("sd", np.sqrt(pooled.noise_var)))
     rare_sd = noise.filter(pl.col("compound") == str(rare))["sd"].max()
     assert rare_sd < 3 * data.noise_sd, rare_sd
+
+
+def test_leave_one_out_keeps_the_draws_spread_out_of_the_leverage() -> None:
+    """A one-row group: given the hyperparameters its mean's variance at the row is below the
+    noise (leverage < 1); the draws' spread can lift the total above it. The residual stays the
+    exact one given the draws, the spread only widens its variance."""
+    from rtprep.models.robust import loo_residuals
+
+    s2, v, spread = 4e-4, 3.6e-4, 1.2e-4     # v + spread > s2
+    mean = np.array([[10.0]])
+    x = np.zeros((1, 0))
+    y = np.array([10.5])
+    w = np.ones(1)
+    r, var = loo_residuals(mean, np.array([[v]]), np.array([s2]), np.zeros(1, np.int64), x, y,
+                           w, np.array([[spread]]))
+    h = v / s2
+    np.testing.assert_allclose(r, 0.5 / (1 - h), rtol=1e-12)
+    np.testing.assert_allclose(var, s2 + v / (1 - h) + spread, rtol=1e-12)
+    # with the spread in the leverage, 1 - h would be clipped and the residual blow up
+    r_all, _ = loo_residuals(mean, np.array([[v + spread]]), np.array([s2]),
+                             np.zeros(1, np.int64), x, y, w)
+    assert abs(r_all[0]) > 1e4
