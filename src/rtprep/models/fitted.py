@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 Z95 = float(sps.norm.ppf(0.975))
 _APPLY_CHUNK = 16_384
+#: Groups with at least this many rows are applied a group at a time (:func:`apply_groups`).
+_GROUP_RUN = 32
 
 #: Where a prediction came from (column ``source``).
 SOURCES = ("group", "unseen_pair", "unseen_compound", "unseen_species",
@@ -363,18 +365,36 @@ class _Levels:
 
 
 def apply_groups(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, g_idx: np.ndarray,
-           x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Predictive mean and variance per row: zᵀθ and zᵀΣz + σ², in bounded-memory chunks."""
+                 x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive mean and variance per row: zᵀθ and zᵀΣz + σ², in bounded-memory chunks.
+
+    Rows of groups with at least ``_GROUP_RUN`` rows are taken a group at a time (one matrix
+    product with the group's Σ); the others gather their group's Σ row by row. Gathering a
+    (p+1)² matrix for every row of a 3 M-row library moved ~28 GB through memory.
+    """
     n, p = x.shape
     pred = np.empty(n)
     var = np.empty(n)
-    for start in range(0, n, _APPLY_CHUNK):
-        stop = min(start + _APPLY_CHUNK, n)
-        z = np.concatenate([np.ones((stop - start, 1)), x[start:stop]], axis=1)
-        g = g_idx[start:stop]
-        pred[start:stop] = np.einsum("ri,ri->r", mean[g], z)
+    counts = np.bincount(g_idx, minlength=len(mean)) if n else np.zeros(len(mean), np.int64)
+    big = counts[g_idx] >= _GROUP_RUN if n else np.zeros(0, bool)
+    rest = np.flatnonzero(~big)
+    for start in range(0, len(rest), _APPLY_CHUNK):
+        rows = rest[start:start + _APPLY_CHUNK]
+        z = np.concatenate([np.ones((len(rows), 1)), x[rows]], axis=1)
+        g = g_idx[rows]
+        pred[rows] = np.einsum("ri,ri->r", mean[g], z)
         sig = cov[g].reshape(-1, p + 1, p + 1)
-        var[start:stop] = np.einsum("ri,rij,rj->r", z, sig, z) + noise_var[g]
+        # a batched matrix-vector product (BLAS), then the dot: 2.5x faster than one einsum
+        var[rows] = np.einsum("ri,ri->r", np.matmul(sig, z[:, :, None])[:, :, 0],
+                              z) + noise_var[g]
+    order = np.flatnonzero(big)
+    order = order[np.argsort(g_idx[order], kind="stable")]
+    bounds = np.flatnonzero(np.diff(g_idx[order])) + 1
+    for rows in np.split(order, bounds) if len(order) else []:  # groups with many rows
+        g = int(g_idx[rows[0]])
+        z = np.concatenate([np.ones((len(rows), 1)), x[rows]], axis=1)
+        pred[rows] = z @ mean[g]
+        var[rows] = np.einsum("ri,ri->r", z @ cov[g].reshape(p + 1, p + 1), z) + noise_var[g]
     return pred, np.maximum(var, 0.0)
 
 
