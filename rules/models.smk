@@ -8,7 +8,7 @@ rule train:
         csv=P.rt_csv(*HLC),
         embeddings=config["embeddings"]["path"],
     output:
-        # every file train writes (each .parquet with its sidecars, rtprep.artifacts)
+        # every file train writes (each .parquet with its sidecars, rtprep.core.artifacts)
         manifest=P.model_file(*HLC),
         models=[P.model_file(*HLC, f"{k}/{f}".lstrip("/")) for k, f in TRAINED_FILES],
     log:

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rtprep.attach import attach_chem_classes, attach_lazy, read_lib_mapping
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
+from rtprep.stages.attach import attach_chem_classes, attach_lazy, read_lib_mapping
 
 # comp_id -> number of rows in the capped input, and what the mapping / classes say about it.
 #   100 -> chem 1000 (class 3)       101 -> chem 1001 (class 0)    106 -> chem 1000 (class 3)

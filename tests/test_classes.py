@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.classes import build_chem_classes, classes_paths
-from rtprep.errors import RtprepError
+from rtprep.chem.classes import build_chem_classes, classes_paths
+from rtprep.core.errors import RtprepError
 
 DIM = 20
 

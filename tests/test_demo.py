@@ -344,9 +344,9 @@ def test_gradient_warp_and_matrix_effects(demo: tuple[Path, dict]) -> None:
 def test_acquisition_date(demo: tuple[Path, dict], tmp_path: Path) -> None:
     """One acquisition date per injection, non-decreasing with worksheet order; merge and split
     carry it through, and the RT CSV's columns do not change."""
-    from rtprep.merge import MergeOptions, merge_export
-    from rtprep.rtcsv import rt_columns
-    from rtprep.split import split_lib
+    from rtprep.stages.merge import MergeOptions, merge_export
+    from rtprep.stages.rt_csv import rt_columns
+    from rtprep.stages.split import split_lib
 
     out, _ = demo
     peaks = read_peaks(out)
@@ -458,7 +458,7 @@ def test_deterministic_and_only_under_out_dir(
 
 
 def test_bad_lib_is_a_clear_error(tmp_path: Path) -> None:
-    from rtprep.errors import RtprepError
+    from rtprep.core.errors import RtprepError
 
     with pytest.raises(RtprepError, match="lib 999"):
         generate_demo(tmp_path / "demo", rows=1000, libs=(999,))

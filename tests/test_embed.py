@@ -12,16 +12,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.classes import build_chem_classes
-from rtprep.embed import (
+from rtprep.chem.classes import build_chem_classes
+from rtprep.chem.embed import (
     DESCRIPTORS,
     load_projection,
     projection_paths,
     rdkit_embeddings,
     register,
 )
-from rtprep.errors import RtprepError
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
 
 DEMO_STRUCTURES = Path(__file__).resolve().parents[1] / "resources/metabolites/demo_structures.csv"
 SCHEMA = {"chem_id": pl.Int64, "smiles": pl.String, "embedding20": pl.List(pl.Float64)}
@@ -179,7 +179,7 @@ def test_projection_refuses_other_settings_and_tampered_files(structures, tmp_pa
 
 
 def test_non_finite_features_are_dropped_and_listed(structures, tmp_path, monkeypatch):
-    import rtprep.embed as embed
+    import rtprep.chem.embed as embed
 
     real = embed.descriptor_matrix
 

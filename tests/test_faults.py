@@ -102,7 +102,7 @@ def test_sigkill_mid_stage_then_rerun(tmp_path: Path, stage_log: str,
     assert not [r for r in reasons if not any(a in r for a in allowed)]
     snakemake(wd, "--cores", "2", "--rerun-incomplete", overlay=OVERLAY)
     final = outputs(wd)
-    from rtprep.paths import SIDECAR_SUFFIXES
+    from rtprep.core.paths import SIDECAR_SUFFIXES
 
     for rel, mtime in before.items():
         # a sidecar is written by the job of the output it sits beside

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.hashing import (
+from rtprep.core.hashing import (
     GOLDEN,
     MASK64,
     float_bits,
@@ -21,7 +21,7 @@ from rtprep.hashing import (
     splitmix64_np,
     with_row_hash,
 )
-from rtprep.sample import sample_per_species_compound
+from rtprep.stages.cap import sample_per_species_compound
 
 # --- splitmix64 test vectors ------------------------------------------------------------------
 # The published splitmix64 sequence from state 1234567: each step adds the golden gamma to the

@@ -34,17 +34,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.attach import attach_chem_classes
-from rtprep.classes import build_chem_classes
+from rtprep.chem.classes import build_chem_classes
+from rtprep.core.artifacts import read_meta
 from rtprep.demo import generate_demo
-from rtprep.merge import MergeOptions, merge_export
 from rtprep.models import ModelOptions, evaluate
 from rtprep.models.calibration import calibration_report, flag_report, read_truth_table
 from rtprep.models.truth import LOW_SUPPORT_BINS, truth_report
-from rtprep.rtcsv import make_rt_prod_csv, write_test_rows
-from rtprep.sample import assign_folds, sample_per_species_compound
-from rtprep.split import split_lib
+from rtprep.stages.attach import attach_chem_classes
+from rtprep.stages.cap import assign_folds, sample_per_species_compound
+from rtprep.stages.merge import MergeOptions, merge_export
+from rtprep.stages.rt_csv import make_rt_prod_csv, write_test_rows
+from rtprep.stages.split import split_lib
 
 LIB = 209
 HASH = "de194c2cc2114efaa1075ccf7539d0cb"

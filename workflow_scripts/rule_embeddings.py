@@ -1,12 +1,12 @@
 """Rule embeddings: chemistry embeddings from SMILES (RDKit, or a local ChemBERTa model)."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
 p = snakemake.params
 saved = snakemake.input.projection[0] if len(snakemake.input.projection) else None
 if p.source == "chemberta":
-    from rtprep.chemberta import chemberta_embeddings
+    from rtprep.chem.chemberta import chemberta_embeddings
 
     chemberta_embeddings(
         snakemake.input.smiles,
@@ -17,7 +17,7 @@ if p.source == "chemberta":
         project_with=saved,
     )
 else:
-    from rtprep.embed import rdkit_embeddings
+    from rtprep.chem.embed import rdkit_embeddings
 
     rdkit_embeddings(
         snakemake.input.smiles,

@@ -1,9 +1,9 @@
 """Rules plot_*: figures for Snakemake's report."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep import plots
+from rtprep.report import plots
 
 out = snakemake.output[0]
 if snakemake.rule == "plot_coverage":

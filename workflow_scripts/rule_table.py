@@ -1,9 +1,9 @@
 """Rules table_*: tables for Snakemake's report."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep import report_tables
+from rtprep.report import tables as report_tables
 
 out = snakemake.output[0]
 export = snakemake.wildcards.hash

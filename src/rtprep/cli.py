@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rtprep.paths import beside, merged_name
-from rtprep.settings import choices, default
+from rtprep.core.paths import beside, merged_name
+from rtprep.core.settings import choices, default
 
 DESCRIPTION = """\
 rtprep turns Pachyderm exports of LC-MS peak tables into compact, chemistry-aware retention-time
@@ -77,7 +77,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
-    from rtprep.merge import MergeOptions, merge_export
+    from rtprep.stages.merge import MergeOptions, merge_export
 
     export = _p(a.input).resolve()
     out = _p(a.output) if a.output else export.parent / merged_name(export.name)
@@ -86,7 +86,7 @@ def cmd_merge(a: argparse.Namespace) -> None:
 
 
 def cmd_split(a: argparse.Namespace) -> None:
-    from rtprep.split import libs_in_merged, split_lib
+    from rtprep.stages.split import libs_in_merged, split_lib
 
     merged = _p(a.merged)
     libs = a.libs or libs_in_merged(merged)
@@ -98,7 +98,7 @@ def cmd_split(a: argparse.Namespace) -> None:
 
 
 def cmd_summarize(a: argparse.Namespace) -> None:
-    from rtprep.coverage import summarize_species_compounds
+    from rtprep.stages.coverage import summarize_species_compounds
 
     for f in a.files:
         f = _p(f)
@@ -112,7 +112,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
-    from rtprep.sample import sample_per_species_compound
+    from rtprep.stages.cap import sample_per_species_compound
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, f"_cap{a.cap_per_pair}.parquet")
@@ -121,7 +121,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
-    from rtprep.sample import assign_folds
+    from rtprep.stages.cap import assign_folds
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, f"_{a.split}_folds.csv")
@@ -131,7 +131,7 @@ def cmd_folds(a: argparse.Namespace) -> None:
 
 
 def cmd_chem_classes(a: argparse.Namespace) -> None:
-    from rtprep.classes import build_chem_classes, classes_paths
+    from rtprep.chem.classes import build_chem_classes, classes_paths
 
     pq, csv = classes_paths(_p(a.embeddings), a.n_clusters)
     acc = build_chem_classes(_p(a.embeddings), n_clusters=a.n_clusters, seed=a.seed,
@@ -140,7 +140,7 @@ def cmd_chem_classes(a: argparse.Namespace) -> None:
 
 
 def cmd_attach(a: argparse.Namespace) -> None:
-    from rtprep.attach import attach_chem_classes
+    from rtprep.stages.attach import attach_chem_classes
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, "_chemclass.parquet")
@@ -149,7 +149,7 @@ def cmd_attach(a: argparse.Namespace) -> None:
 
 
 def cmd_rt_csv(a: argparse.Namespace) -> None:
-    from rtprep.rtcsv import make_rt_prod_csv
+    from rtprep.stages.rt_csv import make_rt_prod_csv
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, "_rt_prod.csv")
@@ -166,7 +166,7 @@ def _repo_root() -> Path:
     src = Path(__file__).resolve().parents[2]
     if (src / "Snakefile").is_file():
         return src
-    from rtprep.errors import RtprepError
+    from rtprep.core.errors import RtprepError
 
     raise RtprepError("no Snakefile here: run `rtprep run` from the rtprep workflow folder")
 
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--families", nargs="+", default=default("covariates", "families"))
     s.add_argument("-o", "--output", help="default: ..._chemclass_rt_prod.csv")
 
-    from rtprep.embed import register as register_embed
+    from rtprep.chem.embed import register as register_embed
 
     register_embed(sub)
     try:
@@ -331,11 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
-        from rtprep.threads import limit_threads
+        from rtprep.core.threads import limit_threads
 
         limit_threads(args.threads)
-    from rtprep.errors import RtprepError
-    from rtprep.logs import setup_logging
+    from rtprep.core.errors import RtprepError
+    from rtprep.core.logs import setup_logging
 
     setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     if getattr(args, "snakemake_args", None) and args.snakemake_args[0] == "--":

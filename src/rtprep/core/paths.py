@@ -46,7 +46,7 @@ EVAL_MODEL_DIR = "model"
 #: The demo's truth files under ``<demo.dir>/truth/`` (:mod:`rtprep.demo`).
 DEMO_TRUTH_FILES = ("truth.json", "truth_peaks.parquet", "truth_compounds.parquet",
                     "truth_injections.parquet", "truth_groups.parquet", "truth_table.parquet")
-#: Sidecars written beside an artifact by :func:`rtprep.artifacts.write_sidecars`.
+#: Sidecars written beside an artifact by :func:`rtprep.core.artifacts.write_sidecars`.
 SIDECAR_SUFFIXES = (".meta.json", ".dropped.csv")
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.artifacts import meta_path
-from rtprep.frames import write_csv_atomic
+from rtprep.core.artifacts import meta_path
+from rtprep.core.frames import write_csv_atomic
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtprep import sample as sample_mod
-from rtprep.artifacts import read_meta
-from rtprep.errors import RtprepError
-from rtprep.hashing import MASK64, row_hash_int, splitmix64_int
-from rtprep.sample import assign_folds, sample_per_species_compound
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
+from rtprep.core.hashing import MASK64, row_hash_int, splitmix64_int
+from rtprep.stages import cap as sample_mod
+from rtprep.stages.cap import assign_folds, sample_per_species_compound
 
 IDENT = ["sample_set_id", "task_id", "comp_id", "apex_rt"]
 PAIR = ["species_matrix_type", "comp_id"]
@@ -534,7 +534,7 @@ def test_independent_of_thread_count(tmp_path: Path) -> None:
                  for c in range(1, 6) for smt in SMT])
     src = _write(df, tmp_path / "lib.parquet")
     sample_per_species_compound(src, tmp_path / "many.parquet", cap_per_pair=3, seed=11)
-    code = ("from rtprep.sample import sample_per_species_compound as f; "
+    code = ("from rtprep.stages.cap import sample_per_species_compound as f; "
             f"f({str(src)!r}, {str(tmp_path / 'one.parquet')!r}, cap_per_pair=3, seed=11)")
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns
-from rtprep.paths import classes_files
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import require_columns
+from rtprep.core.paths import classes_files
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _RECOMPUTE = "; recompute these chemicals' embeddings (rtprep embed) or remove t
 
 def classes_paths(embeddings: str | Path, n_clusters: int) -> tuple[Path, Path]:
     """The class files built from ``embeddings`` with ``n_clusters`` clusters:
-    ``<embeddings folder>/chem_classes_k<k>.parquet`` and ``.csv`` (:mod:`rtprep.paths`)."""
+    ``<embeddings folder>/chem_classes_k<k>.parquet`` and ``.csv`` (:mod:`rtprep.core.paths`)."""
     pq, csv = classes_files(embeddings, n_clusters)
     return Path(pq), Path(csv)
 

@@ -3,7 +3,7 @@
 Each SMILES is tokenised with the folder's tokenizer, run through the model, and its last hidden
 state is mean-pooled over the real tokens (weighted by the attention mask, so padding does not
 count). The pooled vectors are then standardised per dimension and reduced by PCA exactly as the
-RDKit route does (:mod:`rtprep.embed`): same output contract (``chem_id, smiles, embedding20``),
+RDKit route does (:mod:`.embed`): same output contract (``chem_id, smiles, embedding20``),
 same saved projection files, same ``project_with``, same ``invalid_smiles`` accounting (SMILES
 that RDKit cannot parse get no embedding, so both routes embed the same chemicals).
 
@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import RowAccount, file_checksum
-from rtprep.embed import (
+from rtprep.chem.embed import (
     DEFAULT_N_COMPONENTS,
     SCALE_STANDARDIZE,
     Block,
@@ -32,7 +31,8 @@ from rtprep.embed import (
     iter_batches,
     load_for_projection,
 )
-from rtprep.errors import RtprepError
+from rtprep.core.artifacts import RowAccount, file_checksum
+from rtprep.core.errors import RtprepError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def chemberta_embeddings(
 
     Mean-pooled last hidden states, standardised per dimension, PCA to ``n_components``
     (default 20). Output, sidecars, saved projection and ``project_with`` as in
-    :func:`rtprep.embed.rdkit_embeddings`; a projection fitted on one model's states refuses
+    :func:`rtprep.chem.embed.rdkit_embeddings`; a projection fitted on one model's states refuses
     another model's (checksums of the model folder's files).
     """
     model_dir = Path(model_dir)

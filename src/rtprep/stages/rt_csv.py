@@ -23,14 +23,17 @@ from pathlib import Path
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from rtprep.artifacts import (
+from rtprep.core.artifacts import (
     ROW_GROUP_SIZE,
     RowAccount,
     atomic_output,
     scratch_files,
     write_sidecars,
 )
-from rtprep.attach import (
+from rtprep.core.errors import input_error
+from rtprep.core.frames import DEFAULT_COVARIATE_FAMILIES, covariate_columns, read_csv_checked
+from rtprep.core.hashing import IDENTITY_COLUMNS
+from rtprep.stages.attach import (
     attach_lazy,
     checked_int_column,
     comp_counts_lazy,
@@ -42,9 +45,6 @@ from rtprep.attach import (
     read_lib_mapping,
     scan_checked,
 )
-from rtprep.errors import input_error
-from rtprep.frames import DEFAULT_COVARIATE_FAMILIES, covariate_columns, read_csv_checked
-from rtprep.hashing import IDENTITY_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from rtprep import rtcsv
-from rtprep.artifacts import read_meta
-from rtprep.errors import RtprepError
-from rtprep.rtcsv import assign_chunks, make_rt_prod_csv, rt_columns, write_test_rows
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
+from rtprep.stages import rt_csv as rtcsv
+from rtprep.stages.rt_csv import assign_chunks, make_rt_prod_csv, rt_columns, write_test_rows
 
 RT_COLUMNS = ["sampleset_id", "worksheet_id", "task_id", "species", "species_cluster",
               "compound", "compound_class", "IS2", "IS10", "RS1", "ES_a", "ES_b", "rt"]
@@ -272,7 +272,7 @@ def test_write_test_rows_warns_about_sample_sets_without_fold(
 
 def test_test_rows_equal_the_training_path(tmp_path: Path) -> None:
     """The test rows are exactly what attach + RT CSV make of the same rows."""
-    from rtprep.attach import attach_chem_classes
+    from rtprep.stages.attach import attach_chem_classes
 
     paths = _setup_test_rows(tmp_path)
     test_out = tmp_path / "test.parquet"
@@ -377,7 +377,7 @@ def test_write_test_rows_in_chunks_equals_one_sort(
     assert "chunks of at most" not in caplog.text  # ~1,000 rows: one chunk, sorted in the plan
 
     monkeypatch.setattr(rtcsv, "_FANOUT", fanout)
-    caplog.set_level(logging.INFO, logger="rtprep.rtcsv")
+    caplog.set_level(logging.INFO, logger="rtprep.stages.rt_csv")
     out = tmp_path / "chunked" / "t.parquet"
     acc = write_test_rows(**paths, output=out, chunk_rows=chunk_rows)
     assert "chunks of at most" in caplog.text

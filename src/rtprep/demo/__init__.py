@@ -109,9 +109,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import package_versions, write_text_atomic
-from rtprep.errors import RtprepError, input_error
-from rtprep.paths import Layout
+from rtprep.core.artifacts import package_versions, write_text_atomic
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.paths import Layout
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,8 @@ def structures_path() -> Path:
     """The shipped demo structures CSV (``resources/metabolites/demo_structures.csv``)."""
     here = Path(__file__).resolve()
     candidates = [
-        here.parents[2] / "resources" / "metabolites" / STRUCTURES_NAME,  # source checkout
-        here.parent / "data" / STRUCTURES_NAME,  # packaged copy, if any
+        here.parents[3] / "resources" / "metabolites" / STRUCTURES_NAME,  # source checkout
+        here.parents[1] / "data" / STRUCTURES_NAME,  # packaged copy, if any
     ]
     for c in candidates:
         if c.is_file():
@@ -266,10 +266,10 @@ def load_structures(path: str | Path | None = None) -> pl.DataFrame:
 
 def rdkit_embeddings(structures: pl.DataFrame, n_components: int = 20) -> pl.DataFrame:
     """A deterministic stand-in for the ChemBERTa PCA-20 embeddings (which cannot be computed
-    here): :mod:`rtprep.embed`'s RDKit route (Morgan count fingerprints radius 2 / 2048 bits and
-    its fixed descriptors, block-scaled, PCA) fitted on the demo's structures. Returns
+    here): :mod:`~rtprep.chem.embed`'s RDKit route (Morgan count fingerprints radius 2 / 2048
+    bits and its fixed descriptors, block-scaled, PCA) fitted on the demo's structures. Returns
     ``chem_id, smiles, embedding20``."""
-    from rtprep.embed import fit_projection, parse_smiles, rdkit_blocks, rdkit_features
+    from rtprep.chem.embed import fit_projection, parse_smiles, rdkit_blocks, rdkit_features
 
     settings = {"route": "rdkit", "radius": 2, "n_bits": 2048, "descriptors": True}
     mols = parse_smiles(structures["smiles"].to_list())

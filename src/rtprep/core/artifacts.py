@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import rtprep
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
 
 #: Parquet row-group size of every stage from cap onward (fixed: byte-identical outputs).
 ROW_GROUP_SIZE = 65_536

@@ -2,15 +2,15 @@
 
 A script in ``workflow_scripts/`` reads::
 
-    from rtprep.smk import start
+    from rtprep.workflow.script import start
 
     start(snakemake)  # before anything imports polars
-    from rtprep.merge import merge_export
+    from rtprep.stages.merge import merge_export
 
     merge_export(snakemake.input.export, snakemake.output.merged, ...)
 
 :func:`start` limits threads to the rule's ``threads`` (polars sizes its pool at import), logs to
-the rule's log file and stderr, and makes an :class:`~rtprep.errors.RtprepError` end the job with
+the rule's log file and stderr, and makes a :class:`~.errors.RtprepError` end the job with
 one clear log line instead of a traceback.
 """
 
@@ -22,13 +22,13 @@ import time
 from types import TracebackType
 from typing import Any
 
-from rtprep.threads import limit_threads
+from rtprep.core.threads import limit_threads
 
 
 def start(smk: Any) -> logging.Logger:
     """Set threads, logging and error reporting for a workflow script; return its logger."""
     limit_threads(getattr(smk, "threads", 1))
-    from rtprep.logs import setup_logging
+    from rtprep.core.logs import setup_logging
 
     log_file = smk.log[0] if len(smk.log) else None
     setup_logging(log_file)
@@ -39,7 +39,7 @@ def start(smk: Any) -> logging.Logger:
     failed: list[bool] = []
 
     def hook(etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-        from rtprep.errors import RtprepError
+        from rtprep.core.errors import RtprepError
 
         failed.append(True)
         if isinstance(value, RtprepError):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.artifacts import ROW_GROUP_SIZE, atomic_output
-from rtprep.errors import RtprepError, input_error
-from rtprep.settings import default
+from rtprep.core.artifacts import ROW_GROUP_SIZE, atomic_output
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.settings import default
 
 #: Covariate families in the order the RT CSV lists them (``covariates.families``).
 DEFAULT_COVARIATE_FAMILIES: tuple[str, ...] = tuple(default("covariates", "families"))

@@ -36,10 +36,10 @@ from urllib.parse import unquote
 import polars as pl
 import pyarrow.parquet as pq
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import covariate_columns, natural_key
-from rtprep.settings import default
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import covariate_columns, natural_key
+from rtprep.core.settings import default
 
 log = logging.getLogger(__name__)
 

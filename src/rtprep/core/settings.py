@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).parents[1] / "data" / "schema.yaml"
 
 #: Keys under ``demo:`` that override the top-level block of the same name on the demo.
 DEMO_OVERRIDES = ("model", "embeddings", "rt_range", "eval")
@@ -144,7 +144,7 @@ def load_files(*paths: str | Path) -> dict[str, Any]:
     error naming it."""
     import yaml
 
-    from rtprep.errors import RtprepError
+    from rtprep.core.errors import RtprepError
 
     cfg: dict[str, Any] = {}
     for path in map(Path, paths):

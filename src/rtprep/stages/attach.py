@@ -9,7 +9,7 @@ step 5. Rows are dropped, and counted in this order:
 3. ``chem_id_no_class``: the chemical_id has no class (CHEM_ID 0, chemicals without embedding).
 
 The transform itself is :func:`attach_lazy` (a lazy frame in, a lazy frame out, streaming-safe),
-reused by :func:`rtprep.rtcsv.write_test_rows` on the streamed test rows; the counts come from a
+reused by :func:`.rt_csv.write_test_rows` on the streamed test rows; the counts come from a
 small aggregation over ``comp_id`` alone (:func:`count_attach_drops`).
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import read_csv_checked, require_columns
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import read_csv_checked, require_columns
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns
+from rtprep.core.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import require_columns
 
 log = logging.getLogger(__name__)
 

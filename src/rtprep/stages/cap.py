@@ -1,7 +1,7 @@
 """Stage 4: cap the rows per ``(species_matrix_type, comp_id)`` pair, and sample-set folds.
 
 The cap keeps, within each pair, the ``min(n, cap_per_pair)`` rows with the smallest portable row
-hash (:func:`rtprep.hashing.with_row_hash`, splitmix64 over the peak identity and the seed), ties
+hash (:func:`~.hashing.with_row_hash`, splitmix64 over the peak identity and the seed), ties
 broken by identity ``(sample_set_id, task_id, comp_id, apex_rt)``, then by the other columns. As
 the choice depends only on each row's own hash, the sample is
 
@@ -37,16 +37,16 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import read_csv_checked, require_columns
-from rtprep.hashing import (
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import read_csv_checked, require_columns
+from rtprep.core.hashing import (
     IDENTITY_COLUMNS,
     MASK64,
     id_hash,
     with_row_hash,
 )
-from rtprep.settings import choices
+from rtprep.core.settings import choices
 
 log = logging.getLogger(__name__)
 

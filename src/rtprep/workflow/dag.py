@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rtprep import settings
-from rtprep.errors import RtprepError
-from rtprep.paths import Layout, train_kind
-from rtprep.settings import demo_active
+from rtprep.core import settings
+from rtprep.core.errors import RtprepError
+from rtprep.core.paths import Layout, train_kind
+from rtprep.core.settings import demo_active
 
 #: The demo's exports and the libs each holds (``rtprep.demo`` writes exactly these).
 DEMO_EXPORTS: dict[str, tuple[int, ...]] = {
@@ -107,7 +107,7 @@ def coerce_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config the rules see: the demo's settings laid over it (on the demo only,
-    :func:`rtprep.settings.resolve`), strings from ``--config`` coerced, the schema's defaults
+    :func:`rtprep.core.settings.resolve`), strings from ``--config`` coerced, the schema's defaults
     filled in and checked (``snakemake.utils.validate``). Returns a copy; a bad config raises
     (:func:`config_error_message` words it)."""
     from snakemake.utils import validate
@@ -308,8 +308,8 @@ def check_inputs(config: Mapping[str, Any]) -> list[str]:
     Returns the files checked. (On the demo, the demo rule writes them: nothing to check.)"""
     if settings.demo_active(config):
         return []
-    from rtprep.attach import read_lib_mapping
-    from rtprep.rtcsv import read_species_mapping
+    from rtprep.stages.attach import read_lib_mapping
+    from rtprep.stages.rt_csv import read_species_mapping
 
     p = Layout.from_config(config)
     checked: list[str] = []
@@ -323,12 +323,12 @@ def check_inputs(config: Mapping[str, Any]) -> list[str]:
             checked.append(p.species_mapping(export, lib))
     emb = config["embeddings"]
     if emb.get("source", "file") == "file":
-        from rtprep.classes import read_embeddings
+        from rtprep.chem.classes import read_embeddings
 
         read_embeddings(emb["path"])
         checked.append(emb["path"])
     else:
-        from rtprep.embed import read_smiles_table
+        from rtprep.chem.embed import read_smiles_table
 
         read_smiles_table(emb["smiles"])
         checked.append(emb["smiles"])

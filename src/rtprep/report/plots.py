@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import atomic_output, meta_path
-from rtprep.paths import (
+from rtprep.core.artifacts import atomic_output, meta_path
+from rtprep.core.paths import (
     EVAL_METRICS_CSV,
     EVAL_MODEL_DIR,
     EVAL_PREDICTIONS,

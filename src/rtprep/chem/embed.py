@@ -38,7 +38,7 @@ SMILES that RDKit cannot parse (and null or empty ones) get no embedding; they a
 listed by chem_id in ``<output>.dropped.csv`` (reason ``invalid_smiles``; a structure whose
 features are not finite, which RDKit's descriptors should never give, is dropped the same way as
 ``non_finite_features``). The ChemBERTa route
-(:mod:`rtprep.chemberta`) shares the reading, projection and writing code of this module.
+(:mod:`rtprep.chem.chemberta`) shares the reading, projection and writing code of this module.
 """
 
 from __future__ import annotations
@@ -56,15 +56,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import (
+from rtprep.core.artifacts import (
     ROW_GROUP_SIZE,
     RowAccount,
     atomic_output,
     file_checksum,
     write_sidecars,
 )
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import require_columns
 
 log = logging.getLogger(__name__)
 
@@ -648,7 +648,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
         if a.radius is not None or a.n_bits is not None or a.no_descriptors:
             raise RtprepError("--radius, --n-bits and --no-descriptors are RDKit options; "
                               "they do not apply with --chemberta-model")
-        from rtprep.chemberta import chemberta_embeddings
+        from rtprep.chem.chemberta import chemberta_embeddings
 
         acc = chemberta_embeddings(a.smiles, a.out, model_dir=a.chemberta_model,
                                    n_components=a.n_components, batch_size=a.batch_size,

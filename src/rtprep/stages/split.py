@@ -18,9 +18,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import require_columns
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ table is written as one small, self-contained HTML page:
   against a truth, the RMSE (and the width) over the oracle's on the rows that are not
   mis-assigned and, for a truth table, the 5th percentile of the per-compound coverage;
 - :func:`accounting_table`: the export's rows of the run-wide row-accounting table
-  (``results/row_accounting.csv``, :mod:`rtprep.accounting`).
+  (``results/row_accounting.csv``, :mod:`rtprep.core.accounting`).
 
 Every number cell keeps the full value in ``data-value`` (the cell's text is rounded), so a
 reader, or a test, can take it back exactly.
@@ -28,11 +28,11 @@ from typing import Any
 
 import polars as pl
 
-from rtprep.accounting import COLUMNS as ACCOUNTING_COLUMNS
-from rtprep.artifacts import atomic_output
-from rtprep.errors import RtprepError, input_error
+from rtprep.core.accounting import COLUMNS as ACCOUNTING_COLUMNS
+from rtprep.core.artifacts import atomic_output
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.paths import merged_name
 from rtprep.models.evaluate import MODEL_ORDER
-from rtprep.paths import merged_name
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def metrics_table(entries: Iterable[Entry]) -> pl.DataFrame:
 
 
 def accounting_table(accounting_csv: str | Path, export: str | None = None) -> pl.DataFrame:
-    """The rows of the run-wide accounting table (:func:`rtprep.accounting.gather_accounting`),
+    """The rows of the run-wide accounting table (:func:`rtprep.core.accounting.gather_accounting`),
     with ``export``: only that export's artifacts (``merged_training_<export>[_...]``)."""
     path = Path(accounting_csv)
     try:
