@@ -5,7 +5,6 @@ the test of the message that asks for it."""
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import csv
 from pathlib import Path
@@ -15,7 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.chem.embed import projection_paths, register
+from rtprep.chem.embed import projection_paths
+from rtprep.cli import build_parser
 from rtprep.core.artifacts import read_meta
 from rtprep.core.errors import RtprepError
 
@@ -140,9 +140,7 @@ def test_mean_pooling_ignores_padding(structures, tiny_model):
 def test_cli_chemberta_and_bad_model_folder(structures, tiny_model, tmp_path, capsys):
     table = _write(structures, tmp_path / "s.csv")
     out = tmp_path / "embeddings_chemberta_pca20.parquet"
-    parser = argparse.ArgumentParser(prog="rtprep")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["embed", "--smiles", str(table), "--out", str(out),
+    args = build_parser().parse_args(["embed", "--smiles", str(table), "--out", str(out),
                               "--chemberta-model", str(tiny_model), "--batch-size", "8"])
     args.func(args)
     assert "60 out" in capsys.readouterr().out

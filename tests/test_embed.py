@@ -3,7 +3,6 @@ errors, CLI, and the acceptance test: classes from RDKit embeddings explain comp
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -18,8 +17,8 @@ from rtprep.chem.embed import (
     load_projection,
     projection_paths,
     rdkit_embeddings,
-    register,
 )
+from rtprep.cli import build_parser
 from rtprep.core.artifacts import read_meta
 from rtprep.core.errors import RtprepError
 
@@ -245,9 +244,7 @@ def test_bad_options(structures, tmp_path):
 
 # --- CLI -----------------------------------------------------------------------------------------
 def _cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="rtprep")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 

@@ -15,7 +15,7 @@ here and only when this route runs. Nothing is downloaded: the folder is opened 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from rtprep.chem.embed import (
     Block,
     Projection,
     embed_table,
-    iter_batches,
     load_for_projection,
 )
 from rtprep.core.artifacts import RowAccount, file_checksum
@@ -86,6 +85,12 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
     except (ImportError, AttributeError):  # pragma: no cover - older/newer transformers
         pass
+
+
+def iter_batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` over ``range(n)``."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
 
 
 def mean_pooled_hidden_states(

@@ -43,12 +43,11 @@ features are not finite, which RDKit's descriptors should never give, is dropped
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +62,12 @@ from rtprep.core.artifacts import (
     file_checksum,
     write_sidecars,
 )
+from rtprep.core.embeddings import EMBEDDING_COLUMN
 from rtprep.core.errors import RtprepError, input_error
 from rtprep.core.frames import require_columns
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_COLUMN = "embedding20"
 DEFAULT_N_COMPONENTS = 20
 DEFAULT_RADIUS = 2
 DEFAULT_N_BITS = 2048
@@ -449,6 +448,52 @@ def _check_n_components(n_components: int) -> int:
     return int(n_components)
 
 
+def _finite_rows(
+    table: SmilesTable, valid: pl.DataFrame, x: np.ndarray, account: RowAccount
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Drop (and count) the chemicals whose features are not all finite."""
+    finite = np.isfinite(x).all(axis=1)
+    if finite.all():
+        return valid, x
+    # A descriptor RDKit cannot compute for a structure (or a model emitting NaN): no
+    # embedding rather than NaN axes for everyone.
+    bad = valid.filter(pl.Series(~finite))["chem_id"]
+    account.drop(NON_FINITE_FEATURES, bad.len(), column="chem_id", ids=bad.to_list())
+    log.warning("%s: non-finite features for chem_id %s (no embedding)", table.path, _ids(bad))
+    return valid.filter(pl.Series(finite)), x[finite]
+
+
+def _enough_chemicals(table: SmilesTable, n: int, n_components: int, what: str) -> None:
+    """PCA needs at least as many chemicals as components (when it is fitted here)."""
+    if n < n_components:
+        raise input_error(
+            table.path,
+            f"only {n} chemical(s) with {what}, fewer than n_components={n_components}: PCA "
+            "needs at least as many chemicals as components; add chemicals, lower "
+            "n_components, or project them with --project-with onto a projection fitted on a "
+            "larger set",
+            column="smiles",
+        )
+
+
+def _write_embeddings(out: Path, frame: pl.DataFrame, account: RowAccount,
+                      projection: Projection, fitted_here: bool,
+                      inputs: Sequence[str | Path], project_with: str | Path | None) -> None:
+    """The embeddings, their sidecars and (when fitted here) the projection files, atomically."""
+    pq_out, js_out = projection_paths(out)
+    config = {**projection.settings, "n_components": projection.n_components,
+              "project_with": str(project_with) if project_with is not None else None,
+              "projection_files": [pq_out.name, js_out.name] if fitted_here else None}
+    # Inner blocks rename first: the projection is in place before the embeddings appear.
+    with atomic_output(out) as tmp_out:
+        if fitted_here:
+            with atomic_output(pq_out) as tmp_pq, atomic_output(js_out) as tmp_js:
+                save_projection(projection, tmp_pq, tmp_js, pq_out.name)
+        frame.write_parquet(tmp_out, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                            statistics=True)
+        write_sidecars(out, account, inputs=inputs, config=config)
+
+
 def embed_table(
     smiles_table: str | Path,
     out: str | Path,
@@ -480,32 +525,13 @@ def embed_table(
     if valid.height == 0:
         raise input_error(table.path, "no chemical has a valid SMILES; nothing to embed",
                           column="smiles")
-    inputs: list[str | Path] = [table.path, *extra_inputs]
-    if projection is None and valid.height < n_components:
-        raise input_error(
-            table.path,
-            f"only {valid.height} chemical(s) with a valid SMILES, fewer than "
-            f"n_components={n_components}: PCA needs at least as many chemicals as "
-            "components; add chemicals, lower n_components, or project them with "
-            "--project-with onto a projection fitted on a larger set",
-            column="smiles",
-        )
-    x = featurize(valid, mols, settings)
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        # A descriptor RDKit cannot compute for a structure (or a model emitting NaN): no
-        # embedding rather than NaN axes for everyone.
-        bad = valid.filter(pl.Series(~finite))["chem_id"]
-        account.drop(NON_FINITE_FEATURES, bad.len(), column="chem_id", ids=bad.to_list())
-        log.warning("%s: non-finite features for chem_id %s (no embedding)", table.path,
-                    _ids(bad))
-        valid, x = valid.filter(pl.Series(finite)), x[finite]
-        if projection is None and valid.height < n_components:
-            raise input_error(table.path, f"only {valid.height} chemical(s) with finite "
-                              f"features, fewer than n_components={n_components}",
-                              column="smiles")
     fitted_here = projection is None
+    if fitted_here:
+        _enough_chemicals(table, valid.height, n_components, "a valid SMILES")
+    valid, x = _finite_rows(table, valid, featurize(valid, mols, settings), account)
+    inputs: list[str | Path] = [table.path, *extra_inputs]
     if projection is None:
+        _enough_chemicals(table, valid.height, n_components, "finite features")
         projection = fit_projection(x, blocks(settings), n_components, settings)
         projection.fitted_on = {"smiles_table": str(table.path),
                                 "smiles_checksum": file_checksum(table.path),
@@ -513,12 +539,10 @@ def embed_table(
     else:
         inputs += list(_resolve_projection(project_with))  # type: ignore[arg-type]
     emb = projection.transform(x)
-
     frame = pl.DataFrame({
         "chem_id": valid["chem_id"],
         "smiles": valid["smiles"],
-        EMBEDDING_COLUMN: pl.Series(EMBEDDING_COLUMN, emb.tolist(),
-                                    dtype=pl.List(pl.Float64)),
+        EMBEDDING_COLUMN: pl.Series(EMBEDDING_COLUMN, emb.tolist(), dtype=pl.List(pl.Float64)),
     })
     account.rows_out = frame.height
     account.extra = {
@@ -527,19 +551,7 @@ def embed_table(
                                      for v in projection.explained_variance_ratio],
         "projection": "fitted here" if fitted_here else f"loaded from {project_with}",
     }
-    pq_out, js_out = projection_paths(out)
-    config = {**projection.settings, "n_components": projection.n_components,
-              "project_with": str(project_with) if project_with is not None else None,
-              "projection_files": [pq_out.name, js_out.name] if fitted_here else None}
-
-    # Inner blocks rename first: the projection is in place before the embeddings appear.
-    with atomic_output(out) as tmp_out:
-        if fitted_here:
-            with atomic_output(pq_out) as tmp_pq, atomic_output(js_out) as tmp_js:
-                save_projection(projection, tmp_pq, tmp_js, pq_out.name)
-        frame.write_parquet(tmp_out, compression="zstd", row_group_size=ROW_GROUP_SIZE,
-                            statistics=True)
-        write_sidecars(out, account, inputs=inputs, config=config)
+    _write_embeddings(out, frame, account, projection, fitted_here, inputs, project_with)
     log.info("%s: %s in %.1fs: %s", stage, account.funnel(), time.perf_counter() - t0, out)
     return account
 
@@ -639,60 +651,3 @@ def rdkit_embeddings(
         settings=settings, n_components=n_components, project_with=project_with,
         projection=proj,
     )
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-def cmd_embed(a: argparse.Namespace) -> None:
-    """``rtprep embed``: RDKit (default) or ChemBERTa (``--chemberta-model``) embeddings."""
-    if a.chemberta_model:
-        if a.radius is not None or a.n_bits is not None or a.no_descriptors:
-            raise RtprepError("--radius, --n-bits and --no-descriptors are RDKit options; "
-                              "they do not apply with --chemberta-model")
-        from rtprep.chem.chemberta import chemberta_embeddings
-
-        acc = chemberta_embeddings(a.smiles, a.out, model_dir=a.chemberta_model,
-                                   n_components=a.n_components, batch_size=a.batch_size,
-                                   project_with=a.project_with)
-    else:
-        acc = rdkit_embeddings(
-            a.smiles, a.out, radius=a.radius, n_bits=a.n_bits,
-            descriptors=False if a.no_descriptors else None,
-            n_components=a.n_components, project_with=a.project_with,
-        )
-    print(f"{a.out}: {acc.funnel()}")
-    if not a.project_with:
-        pq, js = projection_paths(a.out)
-        print(f"projection saved: {js} (+ {pq.name}); project new chemicals with "
-              f"--project-with {js}")
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``embed`` subcommand to the ``rtprep`` parser's subparsers."""
-    help_ = "chemistry embeddings (chem_id, smiles, embedding20) from a SMILES table"
-    s = subparsers.add_parser("embed", help=help_, description=help_ + (
-        ". RDKit Morgan count fingerprints (+ 2-D descriptors), scaled, PCA; or a local "
-        "ChemBERTa model (--chemberta-model). The fitted scaling + PCA are saved beside --out "
-        "(<stem>.projection.json/.parquet) for --project-with."))
-    s.add_argument("--smiles", required=True, help="CSV or Parquet with chem_id, smiles")
-    s.add_argument("--out", required=True,
-                   help="output Parquet, e.g. resources/metabolites/embeddings_rdkit_pca20.parquet")
-    s.add_argument("--project-with", default=None, metavar="SAVED",
-                   help="project onto a saved projection (<stem>.projection.json) instead of "
-                        "fitting a new one")
-    s.add_argument("--radius", type=int, default=None, help="Morgan radius (default 2)")
-    s.add_argument("--n-bits", type=int, default=None, help="fingerprint size (default 2048)")
-    s.add_argument("--no-descriptors", action="store_true",
-                   help="fingerprints only (no RDKit 2-D descriptors)")
-    s.add_argument("--n-components", type=int, default=None,
-                   help="PCA components (default 20: the embedding20 contract)")
-    s.add_argument("--chemberta-model", default=None, metavar="DIR",
-                   help="local transformers model folder (needs: pip install -e '.[chemberta]')")
-    s.add_argument("--batch-size", type=int, default=32, help="ChemBERTa batch size")
-    s.set_defaults(func=cmd_embed)
-    return s
-
-
-def iter_batches(n: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``size`` over ``range(n)``."""
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from rtprep.core.artifacts import atomic_output, meta_path
+from rtprep.core.embeddings import embedding_matrix, read_embeddings
 from rtprep.core.paths import (
     EVAL_METRICS_CSV,
     EVAL_MODEL_DIR,
@@ -27,10 +28,10 @@ from rtprep.core.paths import (
 
 log = logging.getLogger(__name__)
 
-#: Models and baselines in a fixed order and colour, the same in every panel.
-MODEL_ORDER = ("pooled", "ridge", "group_mean", "class_mean", "global_mean")
-MODEL_COLORS = dict(zip(MODEL_ORDER, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"),
-                        strict=True))
+#: Each model's and baseline's colour, the same in every panel (their order is the
+#: evaluation's, :data:`rtprep.models.evaluate.MODEL_ORDER`).
+MODEL_COLORS = {"pooled": "#4c72b0", "ridge": "#dd8452", "group_mean": "#55a868",
+                "class_mean": "#c44e52", "global_mean": "#8172b3"}
 
 
 def _plt() -> Any:
@@ -86,7 +87,7 @@ def _lib_block(meta: dict[str, Any], lib: str) -> dict[str, Any]:
 
 def plot_funnel(artifacts: Sequence[str | Path], lib: int | str, out: str | Path) -> None:
     """Row accounting from the first artifact's rows in, through each drop reason, to the
-    last artifact's rows out (the seed's "31,521 → 27,077 → 25,781")."""
+    last artifact's rows out (the original scripts' "31,521 → 27,077 → 25,781")."""
     plt = _plt()
     labels: list[str] = []
     values: list[int] = []
@@ -122,10 +123,10 @@ def plot_funnel(artifacts: Sequence[str | Path], lib: int | str, out: str | Path
 def plot_classes(embeddings: str | Path, classes: str | Path, out: str | Path) -> None:
     """Compound classes: sizes, and a 2-D PCA projection of the embeddings coloured by class."""
     plt = _plt()
-    emb = pl.read_parquet(embeddings, columns=["chem_id", "embedding20"])
+    emb, _ = read_embeddings(embeddings)
     cls = pl.read_parquet(classes)
     df = emb.join(cls, on="chem_id", how="inner").sort("chem_id")
-    x = np.asarray(df["embedding20"].to_list(), dtype=np.float64)
+    x = embedding_matrix(df)
     x = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     xy = x @ vt[:2].T
@@ -185,6 +186,8 @@ def plot_model_quality(eval_dir: str | Path, out: str | Path, split: str | None 
     by species cluster for every model and baseline, on a log axis (the mean baselines are ten
     to a hundred times worse); and 95% interval coverage, every bar visible with the target.
     ``split`` (``random``, ``time``) names the held-out fold in the first panel's title."""
+    from rtprep.models.evaluate import MODEL_ORDER
+
     plt = _plt()
     eval_dir = Path(eval_dir)
     metrics = pl.read_csv(eval_dir / EVAL_METRICS_CSV)

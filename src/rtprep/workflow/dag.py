@@ -16,12 +16,7 @@ from rtprep.core import settings
 from rtprep.core.errors import RtprepError
 from rtprep.core.paths import Layout, train_kind
 from rtprep.core.settings import demo_active
-
-#: The demo's exports and the libs each holds (``rtprep.demo`` writes exactly these).
-DEMO_EXPORTS: dict[str, tuple[int, ...]] = {
-    "5684639a28c04bc5af7c4fd1a75e62b5": (208, 305, 400),
-    "de194c2cc2114efaa1075ccf7539d0cb": (209, 402),
-}
+from rtprep.demo.layout import EXPORTS as DEMO_EXPORTS
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -323,7 +318,7 @@ def check_inputs(config: Mapping[str, Any]) -> list[str]:
             checked.append(p.species_mapping(export, lib))
     emb = config["embeddings"]
     if emb.get("source", "file") == "file":
-        from rtprep.chem.classes import read_embeddings
+        from rtprep.core.embeddings import read_embeddings
 
         read_embeddings(emb["path"])
         checked.append(emb["path"])
