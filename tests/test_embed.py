@@ -271,6 +271,29 @@ def test_cli_fit_then_project(structures, tmp_path, capsys):
               "--chemberta-model", str(tmp_path)])
 
 
+def test_workflow_embeddings_follow_a_saved_projection(structures, tmp_path):
+    """Rule embed (``embed_from_config``): with ``project_with`` the projection's features and
+    width are used whatever the config's rdkit block and n_components say (the config holds
+    defaults it cannot tell from a user's choice); without, the config's are."""
+    from rtprep.chem.routes import embed_from_config
+
+    table = _write(structures.head(40), tmp_path / "s.csv")
+    fitted = tmp_path / "fitted.parquet"
+    config = {"source": "rdkit", "n_components": 6, "batch_size": 32,
+              "rdkit": {"radius": 1, "n_bits": 256, "descriptors": False}}
+    embed_from_config(config, table, fitted)
+    assert read_meta(fitted)["config"]["n_bits"] == 256
+    assert set(pl.read_parquet(fitted)["embedding20"].list.len().to_list()) == {6}
+    other = {**config, "n_components": 20,
+             "rdkit": {"radius": 2, "n_bits": 2048, "descriptors": True}}
+    projected = tmp_path / "projected.parquet"
+    embed_from_config(other, table, projected, project_with=projection_paths(fitted)[1])
+    meta = read_meta(projected)["config"]
+    assert (meta["radius"], meta["n_bits"], meta["n_components"]) == (1, 256, 6)
+    a, b = np.asarray(_emb(fitted)[1]), np.asarray(_emb(projected)[1])
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * float(np.abs(a).max()))
+
+
 # --- acceptance: classes from RDKit embeddings explain compounds' RT ----------------------------
 def _eta_squared(labels: np.ndarray, y: np.ndarray) -> float:
     """Between-class share of the variance of y."""
