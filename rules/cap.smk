@@ -1,4 +1,4 @@
-# Seed step 4 (cap per species x compound pair) and the held-out folds of whole sample sets,
+# Stage cap (rows per species x compound pair) and the held-out folds of whole sample sets,
 # one set of folds per split of eval.splits (random sample sets, or the latest worksheets).
 
 

@@ -1,4 +1,4 @@
-# Stage 8: RT models (ridge and partial pooling) from the RT production CSVs, and their held-out
+# Stages train and evaluate: RT models (ridge and partial pooling) from the RT production CSVs, and their held-out
 # evaluation, one per split (trained on the split's train-fold capped rows, scored on every row
 # of its test fold).
 

@@ -1,4 +1,4 @@
-# Seed step 7: RT production CSVs (the trainers' contract), and every held-out row of each split
+# Stage rt_csv: RT production CSVs (the trainers' contract), and every held-out row of each split
 # for evaluation.
 
 

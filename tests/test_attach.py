@@ -1,4 +1,4 @@
-"""Seed step 6: attach CHEM_ID + compound_class, drop what cannot be mapped, count it."""
+"""Stage attach: attach CHEM_ID + compound_class, drop what cannot be mapped, count it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input, end to end (issue 6): each case goes through the real ``rtprep`` command line (or
+"""Bad input, end to end: each case goes through the real ``rtprep`` command line (or
 ``snakemake`` for the config) on tiny hand-made inputs.
 
 An error case must exit non-zero with one message naming the file, the column, the value or count

@@ -1,4 +1,4 @@
-"""The ChemBERTa route (issue 8) with a tiny randomly initialised RoBERTa built by the test:
+"""The ChemBERTa route with a tiny randomly initialised RoBERTa built by the test:
 a character-level tokenizer and a 2-layer, 32-wide model saved to a local folder (nothing can be
 downloaded here). Skipped when the optional extra (torch, transformers) is not installed, except
 the test of the message that asks for it."""

@@ -1,4 +1,4 @@
-"""Seed step 3: species × compound coverage of a lib file."""
+"""Stage coverage: species × compound coverage of a lib file."""
 
 from __future__ import annotations
 

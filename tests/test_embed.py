@@ -1,4 +1,4 @@
-"""Embeddings from SMILES with RDKit (issue 8): contract, accounting, determinism, projection,
+"""Embeddings from SMILES with RDKit: contract, accounting, determinism, projection,
 errors, CLI, and the acceptance test: classes from RDKit embeddings explain compounds' RT."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_output_contract_invalid_smiles_listed_and_counted(structures, tmp_path)
     saved = json.loads(js.read_text())
     assert saved["n_features"] == 2048 + len(DESCRIPTORS) and saved["n_components"] == 20
     assert saved["fitted_on"]["n_chemicals"] == 40
-    # Step 5 takes the file as it is.
+    # Stage chem_classes takes the file as it is.
     build_chem_classes(out, n_clusters=4, seed=0)
     assert pl.read_parquet(out.parent / "chem_classes_k4.parquet").height == 40
 
@@ -352,7 +352,7 @@ def rdkit_demo_embeddings(structures, tmp_path_factory) -> dict[bool, Path]:
 def test_rdkit_classes_explain_rt_better_than_random_partitions(
     compound_rt, rdkit_demo_embeddings, tmp_path, k, descriptors, source
 ):
-    """Issue 8's acceptance test on the demo's real structures: classes (step 5's k-means on
+    """The acceptance test on the demo's real structures: classes (chem_classes' k-means on
     the RDKit embeddings of all 429 structures) explain more of the variance of compounds' mean
     RT than the 99th percentile of 200 random partitions of the same sizes. Fingerprints alone
     too: the descriptors include logP, the RT model's own input."""

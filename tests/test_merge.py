@@ -1,4 +1,4 @@
-"""Seed step 1: merge a Pachyderm export (hand-made tiny exports in tmp_path)."""
+"""Stage merge: merge a Pachyderm export (hand-made tiny exports in tmp_path)."""
 
 from __future__ import annotations
 

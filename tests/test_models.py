@@ -1,4 +1,4 @@
-"""Stage 8: ridge + partial-pooling RT models, evaluation, prediction, CLI."""
+"""Stages train and evaluate: ridge + partial-pooling RT models, evaluation, prediction, CLI."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Stage 8 accuracy on the demo, against the generator's truth (issue 3's acceptance).
+"""Model accuracy on the demo, against the generator's truth (the acceptance test).
 
-One lib of a small demo goes through the library functions of stages 1-7 (merge, split, folds,
-cap 5, classes, attach, RT CSV, test rows); 5% of the compounds are then left out of the
+One lib of a small demo goes through the library functions of the data stages (merge, split,
+folds, cap 5, classes, attach, RT CSV, test rows); 5% of the compounds are then left out of the
 training CSV, so that the same fit also scores the backoff for unseen compounds. The RMSE and
 coverage targets are checked on the test rows of the compounds the model has seen (what the
 demo's held-out sample sets hold without the hold-out), on all of them (mis-assigned peaks

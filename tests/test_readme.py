@@ -4,7 +4,7 @@ The copy gets its own virtual environment (``--system-site-packages``: the depen
 ones installed already, so ``pip install -e`` only links the copy), so the commands run exactly as
 a new user types them without touching the environment the tests run in. The second command runs
 the test suite; inside this test (``RTPREP_README_TEST``) it collects every test but runs only a
-few quick ones (``tests/conftest.py``): this session runs all the others already, and the nested
+few quick ones (``tests/conftest.py``): the outer pytest run has all the others, and the nested
 run would otherwise run this test again.
 """
 
@@ -98,7 +98,7 @@ def test_readme_commands_work_in_a_fresh_copy(tmp_path: Path) -> None:
     # measured 1.24-1.33x on four libs and 1.88x on lib 208 (its <=1-row groups), coverage
     # 0.915-0.951 (random split); the bounds keep a margin over those. Forward in time (the time
     # split, after the column change) lib 208's small groups fall further behind: 3.81x measured,
-    # a known weakness of the backoff (issue 18), bounded loosely so a fit thrown out is caught
+    # a known weakness of the backoff, bounded loosely so a fit thrown out is caught
     truths = sorted((checkout / "results/rt_prod").glob("*/*/eval/*/truth.json"))
     assert len(truths) == 10
     for path in truths:

@@ -1,4 +1,4 @@
-"""Seed step 7: RT production CSV (the trainers' columns) and the streamed test-fold rows."""
+"""Stage rt_csv: RT production CSV (the trainers' columns) and the streamed test-fold rows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed step 2: split a merged export by lib, with the RT validity filter."""
+"""Stage split: split a merged export by lib, with the RT validity filter."""
 
 from __future__ import annotations
 

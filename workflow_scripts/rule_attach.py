@@ -1,4 +1,4 @@
-"""Rule attach (seed step 6): CHEM_ID and compound_class, unmappable rows dropped (counted)."""
+"""Rule attach: CHEM_ID and compound_class, unmappable rows dropped (counted)."""
 
 from rtprep.workflow.script import start
 

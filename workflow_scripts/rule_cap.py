@@ -1,4 +1,4 @@
-"""Rules cap and cap_train (seed step 4): at most N rows per (species_matrix_type, comp_id)."""
+"""Rules cap and cap_train: at most N rows per (species_matrix_type, comp_id)."""
 
 from rtprep.workflow.script import start
 

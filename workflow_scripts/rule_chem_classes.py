@@ -1,4 +1,4 @@
-"""Rule chem_classes (seed step 5): k-means compound classes from chemistry embeddings."""
+"""Rule chem_classes: k-means compound classes from chemistry embeddings."""
 
 from rtprep.workflow.script import start
 

@@ -1,4 +1,4 @@
-"""Rule coverage (seed step 3): species x compound coverage table and CSV."""
+"""Rule coverage: species x compound coverage table and CSV."""
 
 from rtprep.workflow.script import start
 

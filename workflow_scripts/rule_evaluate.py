@@ -1,4 +1,4 @@
-"""Rule evaluate (stage 8): models trained on the train folds, scored on every held-out row."""
+"""Rule evaluate: models trained on the train folds, scored on every held-out row."""
 
 from rtprep.workflow.script import start
 

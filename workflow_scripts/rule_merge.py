@@ -1,4 +1,4 @@
-"""Rule merge (seed step 1): one export's shards -> merged_training_<hash>.parquet."""
+"""Rule merge: one export's shards -> merged_training_<hash>.parquet."""
 
 from rtprep.workflow.script import start
 

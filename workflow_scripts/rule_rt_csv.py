@@ -1,4 +1,4 @@
-"""Rule rt_csv (seed step 7): the RT production CSV for the trainers."""
+"""Rule rt_csv: the RT production CSV for the trainers."""
 
 from rtprep.workflow.script import start
 

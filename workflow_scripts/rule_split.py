@@ -1,4 +1,4 @@
-"""Rule split (seed step 2): one lib's rows of the merged Parquet."""
+"""Rule split: one lib's rows of the merged Parquet."""
 
 from rtprep.workflow.script import start
 

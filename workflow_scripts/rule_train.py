@@ -1,4 +1,4 @@
-"""Rule train (stage 8): ridge and partial-pooling RT models from an RT production CSV."""
+"""Rule train: ridge and partial-pooling RT models from an RT production CSV."""
 
 from rtprep.workflow.script import start
 

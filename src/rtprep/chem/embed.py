@@ -2,8 +2,8 @@
 
 For a user without the precomputed ChemBERTa Parquet, or with new chemicals, this builds a file
 with exactly the same contract (``chem_id`` Int64, ``smiles`` String, ``embedding20``
-List(Float64), sorted by ``chem_id``) from the SMILES alone, so that step 5 (compound classes)
-runs on it unchanged.
+List(Float64), sorted by ``chem_id``) from the SMILES alone, so that stage chem_classes (compound
+classes) runs on it unchanged.
 
 RDKit route (:func:`rdkit_embeddings`), per chemical:
 

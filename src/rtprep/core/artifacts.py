@@ -210,7 +210,7 @@ class RowAccount:
             self.dropped_ids[reason] = (col, merged)
 
     def funnel(self) -> str:
-        """The seed's ``31,521 → 27,077 → 25,781`` line, with reasons."""
+        """The original scripts' ``31,521 → 27,077 → 25,781`` line, with reasons."""
         parts = [f"{self.rows_in:,} in"]
         left = self.rows_in
         for reason, n in self.drops.items():

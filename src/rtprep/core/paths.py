@@ -57,7 +57,7 @@ def train_kind(split: Any) -> str:
 
 
 def merged_name(export: str) -> str:
-    """Step 1's output name."""
+    """Stage merge's output name."""
     return f"merged_training_{export}.parquet"
 
 
@@ -135,7 +135,7 @@ class Layout:
         return f"{self.lib_stem(export, lib)}.parquet"
 
     def coverage(self, export: Any, lib: Any) -> tuple[str, str]:
-        """Step 3's table and its summary."""
+        """Stage coverage's table and its summary."""
         stem = f"{self.lib_stem(export, lib)}_species_compounds"
         return f"{stem}.csv", f"{stem}_summary.txt"
 
@@ -144,7 +144,7 @@ class Layout:
         return f"{self.lib_stem(export, lib)}_{split}_folds.csv"
 
     def capped(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:
-        """Step 4's output; ``kind`` :func:`train_kind` of a split: its train fold's rows only."""
+        """Stage cap's output; ``kind`` :func:`train_kind` of a split: its train fold only."""
         return f"{self.lib_stem(export, lib)}_{kind}{cap}.parquet"
 
     def chemclass(self, export: Any, lib: Any, cap: Any, kind: Any = "cap") -> str:

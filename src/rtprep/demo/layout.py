@@ -17,7 +17,7 @@ COMP_COLUMN: dict[str, str] = {
 }
 DEFAULT_LIBS: tuple[int, ...] = (208, 209, 305, 400, 402)
 #: Share of ``rows`` per lib (normalised over the libs asked for); 209 is the biggest, as in
-#: the seed.
+#: the production exports.
 LIB_WEIGHT: dict[int, float] = {208: 0.20, 209: 0.30, 305: 0.15, 400: 0.20, 402: 0.15}
 
 MANIFEST = "manifest.json"

@@ -1,4 +1,4 @@
-"""Seed step 6: attach CHEM_ID and compound_class to capped rows; drop what cannot be mapped.
+"""Stage attach: attach CHEM_ID and compound_class to capped rows; drop what cannot be mapped.
 
 ``comp_id -> chemical_id`` comes from the lib's mapping CSV (``lib_id, comp_id, chemical_id``; only
 the rows of the input's lib are used), ``chemical_id -> compound_class`` from the classes Parquet of
@@ -226,7 +226,7 @@ def attach_chem_classes(
     classes: str | Path,
     output: str | Path,
 ) -> RowAccount:
-    """Seed step 6: add ``chemical_id`` and ``compound_class`` to a capped Parquet.
+    """Stage attach: add ``chemical_id`` and ``compound_class`` to a capped Parquet.
 
     Output: the input's columns, then ``chemical_id`` and ``compound_class`` (Int64), rows in the
     input's order, fixed row groups (byte-identical reruns), with sidecars listing the dropped

@@ -1,4 +1,4 @@
-"""Seed step 3: species × compound coverage of one lib (a diagnostic, and a plan for caps).
+"""Stage coverage: species × compound coverage of one lib (a diagnostic, and a plan for caps).
 
 For a lib Parquet: per ``species_matrix_type`` the number of compounds and rows, the number of
 unique ``(species_matrix_type, comp_id)`` pairs, and the exact number of rows a cap of N rows per

@@ -1,4 +1,4 @@
-"""Seed step 1: merge a Pachyderm export's peak and predictor shards into one Parquet.
+"""Stage merge: merge a Pachyderm export's peak and predictor shards into one Parquet.
 
 Input (``docs/internals.md``):
 ``<export>/create_training_data/lib_id=<L>/group=<g>/*.parquet`` (one row per peak) and

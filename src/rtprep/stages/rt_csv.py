@@ -1,4 +1,4 @@
-"""Seed step 7: RT production CSVs (the ridge trainers' input) and the held-out test rows.
+"""Stage rt_csv: RT production CSVs (the ridge trainers' input) and the held-out test rows.
 
 The RT CSV has exactly the columns of DESIGN "RT CSV columns" (:func:`rt_columns`):
 ``sampleset_id, worksheet_id, task_id, species, species_cluster, compound, compound_class``, the
@@ -195,7 +195,7 @@ def make_rt_prod_csv(
     *,
     families: Sequence[str] = DEFAULT_COVARIATE_FAMILIES,
 ) -> RowAccount:
-    """Seed step 7: write the RT production CSV of an attached (``_chemclass``) Parquet.
+    """Stage rt_csv: write the RT production CSV of an attached (``_chemclass``) Parquet.
 
     Rows keep the input's (identity) order; the CSV is written atomically with polars' fixed
     float formatting (deterministic bytes), with sidecars listing the sample sets that had no

@@ -1,4 +1,4 @@
-"""Seed step 2: one lib's rows of a merged export, with the RT validity filter.
+"""Stage split: one lib's rows of a merged export, with the RT validity filter.
 
 The merged file is sorted by ``lib_id`` and no row group spans two libs, so the ``lib_id``
 predicate prunes every other lib's row groups from their statistics; the rows stream from the

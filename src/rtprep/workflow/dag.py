@@ -275,7 +275,7 @@ def final_targets(config: Mapping[str, Any]) -> list[str]:
 
 
 def accounted_artifacts(config: Mapping[str, Any]) -> list[str]:
-    """The artifacts of steps 1-7 whose sidecars the run-wide accounting table gathers."""
+    """The data artifacts (merge to rt_csv) whose sidecars the run-wide accounting table gathers."""
     p = Layout.from_config(config)
     out: list[str] = []
     for export, libs in export_libs(config).items():
