@@ -1,6 +1,6 @@
-# Stages train and evaluate: RT models (ridge and partial pooling) from the RT production CSVs, and their held-out
-# evaluation, one per split (trained on the split's train-fold capped rows, scored on every row
-# of its test fold).
+# Stages train and evaluate: RT models (ridge and partial pooling) from the RT production CSVs,
+# and their held-out evaluation, one per split (trained on the split's train-fold capped rows,
+# scored on every row of its test fold).
 
 
 rule train:

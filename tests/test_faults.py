@@ -120,8 +120,8 @@ def test_sigkill_mid_stage_then_rerun(tmp_path: Path, stage_log: str,
 
 @pytest.mark.slow
 def test_one_core_gives_the_same_files(tmp_path: Path, reference: dict[str, str]) -> None:
-    """Reproducibility (DESIGN.md): the data stages on one core (Snakemake runs one job at a
-    time, each job's libraries on one thread) write the same bytes as on two."""
+    """Reproducibility (docs/contracts.md): the data stages on one core (Snakemake runs one job
+    at a time, each job's libraries on one thread) write the same bytes as on two."""
     wd = copy_workflow(tmp_path)
     snakemake(wd, "--cores", "1", overlay=OVERLAY)
     got = {k: digest(p) for k, p in outputs(wd).items()}

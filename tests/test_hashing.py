@@ -65,7 +65,8 @@ def test_splitmix64_numpy_and_polars_match_the_vectors() -> None:
 
 
 def _numpy_row_hash(seed: int, df: pl.DataFrame) -> list[int]:
-    """The DESIGN's chain written directly in numpy (a second, independent spelling)."""
+    """The row hash's chain (docs/contracts.md) written directly in numpy (a second, independent
+    spelling)."""
     h = splitmix64_np(np.full(df.height, seed & MASK64, dtype=np.uint64))
     for c in ("sample_set_id", "task_id", "comp_id"):
         h = splitmix64_np(h ^ df[c].to_numpy().astype(np.int64).view(np.uint64))

@@ -1,6 +1,6 @@
 """Stage rt_csv: RT production CSVs (the ridge trainers' input) and the held-out test rows.
 
-The RT CSV has exactly the columns of DESIGN "RT CSV columns" (:func:`rt_columns`):
+The RT CSV has exactly the columns of docs/contracts.md, "The RT CSV" (:func:`rt_columns`):
 ``sampleset_id, worksheet_id, task_id, species, species_cluster, compound, compound_class``, the
 covariates of the configured families (family order, natural order inside: IS2 before IS10),
 then ``rt``; with ``sampleset_id = sample_set_id``, ``compound = chemical_id``, ``rt = apex_rt``.
