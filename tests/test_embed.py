@@ -320,10 +320,8 @@ def compound_rt(structures, tmp_path_factory) -> dict[str, pl.DataFrame]:
     their logP is shifted) and the plain logP proxy."""
     out = {"logp_proxy": structures.select(
         "chem_id", pl.Series("rt", _rt_proxy(structures["smiles"].to_list())))}
-    try:
-        from rtprep.demo import generate_demo
-    except ImportError:
-        return out
+    from rtprep.demo import generate_demo
+
     folder = tmp_path_factory.mktemp("demo")
     generate_demo(folder, rows=2000, seed=7, libs=[209])
     out["demo_truth"] = (
@@ -356,8 +354,6 @@ def test_rdkit_classes_explain_rt_better_than_random_partitions(
     the RDKit embeddings of all 429 structures) explain more of the variance of compounds' mean
     RT than the 99th percentile of 200 random partitions of the same sizes. Fingerprints alone
     too: the descriptors include logP, the RT model's own input."""
-    if source not in compound_rt:
-        pytest.skip("rtprep.demo is not available: no demo truth")
     emb = rdkit_demo_embeddings[descriptors]
     classes_pq = tmp_path / f"chem_classes_k{k}.parquet"
     build_chem_classes(emb, n_clusters=k, seed=0, out_parquet=classes_pq,

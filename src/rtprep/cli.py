@@ -78,7 +78,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from rtprep.demo import generate_demo
 
     manifest = generate_demo(a.out, rows=a.rows, seed=a.seed, libs=a.libs)
-    print(f"demo export written under {a.out}/ ({manifest.get('rows_written', '?')} peak rows)")
+    rows = sum(e["rows_written"] for e in manifest["exports"].values())
+    print(f"demo export written under {a.out}/ ({rows:,} peak rows)")
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
