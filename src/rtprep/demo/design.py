@@ -235,33 +235,64 @@ def force_min(mask: np.ndarray, rng: np.random.Generator, k: int) -> np.ndarray:
     return mask
 
 
-def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) -> LibDesign:
-    rng = seeded_rng(seed, lib, P_DESIGN)
-    export = export_of(lib)
-    n_struct = structures.height
-    s_chem = structures["chem_id"].to_numpy()
-    s_logp = structures["logp"].to_numpy()
-    s_family = structures["family"].to_numpy()
-    families = sorted(set(s_family.tolist()))
+@dataclass
+class _Gradient:
+    """A lib's reversed-phase gradient and its compound families' offsets."""
 
-    # --- chromatography of this lib (reversed phase) and family offsets
+    t0: float
+    t_end: float
+    logp_mid: float
+    logp_width: float
+    family_offset: dict[str, float]
+
+    def rt(self, logp: np.ndarray, fam: np.ndarray) -> np.ndarray:
+        """A structure's RT from its logP and family (before the compound's own residual)."""
+        off = np.array([self.family_offset[f] for f in fam.tolist()], dtype=np.float64)
+        return (self.t0 + 0.3 + (self.t_end - self.t0)
+                * _sigmoid((logp - self.logp_mid) / self.logp_width) + off)
+
+
+def _draw_gradient(rng: np.random.Generator, families: list[str]) -> _Gradient:
     t0 = 0.6 + rng.uniform(0.0, 0.3)
     t_end = rng.uniform(24.0, 32.0)
     m_mid = rng.uniform(1.0, 3.0)
     width = rng.uniform(2.0, 3.0)
     fam_off = dict(zip(families, rng.normal(0.0, 0.6, len(families)).tolist(), strict=True))
+    return _Gradient(t0, t_end, m_mid, width, fam_off)
 
-    def chem_rt(logp: np.ndarray, fam: np.ndarray) -> np.ndarray:
-        off = np.array([fam_off[f] for f in fam.tolist()], dtype=np.float64)
-        return t0 + 0.3 + (t_end - t0) * _sigmoid((logp - m_mid) / width) + off
 
-    # --- compounds: a few hundred real structures, lib-specific comp_ids
+@dataclass
+class _Compounds:
+    """A lib's compounds: real structures under lib-specific comp_ids, each with a role."""
+
+    pick: np.ndarray  # the structures' rows
+    spare: np.ndarray  # structures not picked (second chem ids of ambiguous comp_ids, extras)
+    comp_ids: np.ndarray
+    logp: np.ndarray
+    family: np.ndarray
+    truth_chem: np.ndarray
+    roles: np.ndarray  # mapped, unmapped, ambiguous, chem_id_0, conjugate
+    conj_ids: np.ndarray
+    base: np.ndarray  # base RT
+    formula: np.ndarray
+    isomers: list[np.ndarray]
+    prevalence: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.comp_ids.size)
+
+
+def _draw_compounds(rng: np.random.Generator, lib: int, structures: pl.DataFrame,
+                    grad: _Gradient) -> _Compounds:
+    n_struct = structures.height
+    s_chem = structures["chem_id"].to_numpy()
     n_comp = int(min(rng.integers(220, 321), n_struct - 20))
     perm = rng.permutation(n_struct)
     pick, spare = np.sort(perm[:n_comp]), perm[n_comp:]
     comp_ids = rng.choice(np.arange(1000, 60000), size=n_comp, replace=False).astype(np.int64)
-    logp = s_logp[pick].copy()
-    fam = s_family[pick]
+    logp = structures["logp"].to_numpy()[pick].copy()
+    fam = structures["family"].to_numpy()[pick]
     truth_chem = s_chem[pick].astype(np.int64)
     roles = np.array(["mapped"] * n_comp, dtype=object)
     order = rng.permutation(n_comp)
@@ -279,7 +310,7 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
     truth_chem[roles == "chem_id_0"] = 0
     conj_ids = 900000 + (lib % 1000) * 100 + np.arange(1, int(is_conj.sum()) + 1)
     truth_chem[is_conj] = conj_ids
-    base = chem_rt(logp, fam) + rng.normal(0.0, 0.5, n_comp)
+    base = grad.rt(logp, fam) + rng.normal(0.0, 0.5, n_comp)
     # isomers (same molecular formula) among the lib's compounds; conjugates stand for another
     # structure, so they have none
     formula = structures["formula"].to_numpy()[pick].astype(str)
@@ -289,25 +320,51 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
             by_formula.setdefault(f, []).append(c)
     isomers = [np.array([o for o in by_formula.get(f, []) if o != c], dtype=np.int64)
                for c, f in enumerate(formula.tolist())]
-    base = np.clip(base, t0 + 0.2, 36.0)
+    base = np.clip(base, grad.t0 + 0.2, 36.0)
     prevalence = rng.beta(1.2, 1.5, n_comp)
+    return _Compounds(pick, spare, comp_ids, logp, fam, truth_chem, roles, conj_ids, base,
+                      formula, isomers, prevalence)
 
-    # --- mapping CSV: mapped + chem 0 + conjugates; ambiguous twice; unmapped absent;
-    # a few extra comp_ids of the library that never show up in the peaks
-    amb = roles == "ambiguous"
-    second = s_chem[spare[: int(amb.sum())]].astype(np.int64)
+
+def _draw_mapping(rng: np.random.Generator, lib: int, structures: pl.DataFrame,
+                  comps: _Compounds) -> pl.DataFrame:
+    """The mapping CSV: mapped, chem 0 and conjugate comp_ids; ambiguous ones twice; unmapped
+    ones absent; a few extra comp_ids of the library that never show up in the peaks."""
+    s_chem = structures["chem_id"].to_numpy()
+    amb = comps.roles == "ambiguous"
+    n_amb = int(amb.sum())
+    second = s_chem[comps.spare[:n_amb]].astype(np.int64)
     n_extra = 5
-    extra_comp = rng.choice(np.setdiff1d(np.arange(60000, 70000), comp_ids), n_extra,
+    extra_comp = rng.choice(np.setdiff1d(np.arange(60000, 70000), comps.comp_ids), n_extra,
                             replace=False).astype(np.int64)
-    extra_chem = s_chem[spare[int(amb.sum()): int(amb.sum()) + n_extra]].astype(np.int64)
-    keep = roles != "unmapped"
-    mapping = pl.DataFrame({
-        "lib_id": np.full(int(keep.sum()) + int(amb.sum()) + n_extra, lib, dtype=np.int64),
-        "comp_id": np.concatenate([comp_ids[keep], comp_ids[amb], extra_comp]),
-        "chemical_id": np.concatenate([truth_chem[keep], second, extra_chem]),
+    extra_chem = s_chem[comps.spare[n_amb: n_amb + n_extra]].astype(np.int64)
+    keep = comps.roles != "unmapped"
+    return pl.DataFrame({
+        "lib_id": np.full(int(keep.sum()) + n_amb + n_extra, lib, dtype=np.int64),
+        "comp_id": np.concatenate([comps.comp_ids[keep], comps.comp_ids[amb], extra_comp]),
+        "chemical_id": np.concatenate([comps.truth_chem[keep], second, extra_chem]),
     }).sort("comp_id", "chemical_id")
 
-    # --- species, clusters, shifts
+
+@dataclass
+class _Species:
+    """A lib's species, their shifts, the group means and the matrices each is measured in."""
+
+    names: list[str]
+    clusters: list[str]
+    cluster_shift: dict[str, float]
+    shift: np.ndarray
+    cluster_of: np.ndarray  # each species' cluster shift
+    mu: np.ndarray  # (n_species, n_comp)
+    noise: np.ndarray  # (n_comp,)
+    matrix_hit: np.ndarray  # (n_comp,) bool
+    matrix_effect: np.ndarray  # (n_species, n_comp)
+    weight: np.ndarray  # popularity
+    matrices: list[np.ndarray]
+
+
+def _draw_species(rng: np.random.Generator, rng_r: np.random.Generator,
+                  comps: _Compounds) -> _Species:
     clusters = list(SPECIES_CLUSTERS)
     all_sp = [(s, c) for c in clusters for s in SPECIES_CLUSTERS[c]]
     n_sp = int(rng.integers(30, 71))
@@ -319,16 +376,15 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
     sp_clusters = [all_sp[i][1] for i in sp_idx]
     cl_shift = dict(zip(clusters, rng.normal(0.0, 0.15, len(clusters)).tolist(), strict=True))
     sp_shift = rng.normal(0.0, 0.08, n_sp)
-    dev = rng.normal(0.0, 0.05, (n_sp, n_comp))
+    dev = rng.normal(0.0, 0.05, (n_sp, comps.n))
     cl_arr = np.array([cl_shift[c] for c in sp_clusters])
-    mu = base[None, :] + (cl_arr + sp_shift)[:, None] + dev
-    # --- departures from the model's own family, from their own generator (so that the draws
-    # of `rng` keep their values): noise per compound, and species x compound matrix effects
-    # on a share of the compounds
-    rng_r = seeded_rng(seed, lib, P_REALISM)
-    noise = NOISE_SD * np.exp(rng_r.normal(0.0, NOISE_LOG_SD, n_comp))
-    matrix_hit = rng_r.random(n_comp) < MATRIX_EFFECT_SHARE
-    matrix_effect = rng_r.normal(0.0, MATRIX_EFFECT_SD, (n_sp, n_comp)) * matrix_hit[None, :]
+    mu = comps.base[None, :] + (cl_arr + sp_shift)[:, None] + dev
+    # departures from the model's own family, from their own generator (so that the draws of
+    # `rng` keep their values): noise per compound, and species x compound matrix effects on a
+    # share of the compounds
+    noise = NOISE_SD * np.exp(rng_r.normal(0.0, NOISE_LOG_SD, comps.n))
+    matrix_hit = rng_r.random(comps.n) < MATRIX_EFFECT_SHARE
+    matrix_effect = rng_r.normal(0.0, MATRIX_EFFECT_SD, (n_sp, comps.n)) * matrix_hit[None, :]
     mu = mu + matrix_effect
     # species popularity: human first, then a Zipf-like tail
     sp_w = 1.0 / np.arange(1, n_sp + 1) ** 0.9
@@ -338,18 +394,42 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
     n_mat = 1 + rng.binomial(2, 0.3, n_sp)
     mat_p = MATRIX_WEIGHT / MATRIX_WEIGHT.sum()
     sp_mats = [rng.choice(len(MATRICES), k, replace=False, p=mat_p) for k in n_mat.tolist()]
+    return _Species(sp_names, sp_clusters, cl_shift, sp_shift, cl_arr, mu, noise, matrix_hit,
+                    matrix_effect, sp_w, sp_mats)
 
-    # --- sample sets, worksheets, groups
+
+@dataclass
+class _SampleSets:
+    """A lib's sample sets: species, matrix, worksheet, group, injections per set."""
+
+    species_of: np.ndarray
+    worksheet_of: np.ndarray  # worksheet index (time order) of each sample set
+    n_worksheets: int
+    ids: np.ndarray
+    n_inj: np.ndarray
+    smt: np.ndarray
+    no_species: np.ndarray  # bool: missing from the species mapping
+    frame: pl.DataFrame
+    species_mapping: pl.DataFrame
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.size)
+
+
+def _draw_sample_sets(rng: np.random.Generator, lib: int, rows_target: int, n_comp: int,
+                      sp: _Species) -> _SampleSets:
     mean_inj = 4.0
     peaks_per_inj = 0.45 * n_comp
     n_ss = max(MIN_SAMPLE_SETS, math.ceil(rows_target / (mean_inj * peaks_per_inj)))
     if n_ss >= 500_000:
         raise RtprepError(f"rows={rows_target:,} per lib is too many for the demo's id scheme")
+    n_sp = len(sp.names)
     # every species has at least one sample set; the rest follow popularity
     ss_species = rng.permutation(np.concatenate(
-        [np.arange(n_sp), rng.choice(n_sp, n_ss - n_sp, p=sp_w)]))
+        [np.arange(n_sp), rng.choice(n_sp, n_ss - n_sp, p=sp.weight)]))
     mat_u = rng.random(n_ss)
-    ss_matrix = np.array([sp_mats[s][int(u * len(sp_mats[s]))] for s, u in
+    ss_matrix = np.array([sp.matrices[s][int(u * len(sp.matrices[s]))] for s, u in
                           zip(ss_species.tolist(), mat_u.tolist(), strict=True)])
     ws_sizes = rng.integers(2, 9, n_ss)  # 2-8 sample sets per worksheet
     ws_of_ss = np.repeat(np.arange(n_ss), ws_sizes)[:n_ss]
@@ -358,34 +438,51 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
     ws_ids = lib * 1_000_000 + 500_001 + ws_of_ss.astype(np.int64)
     ss_group = rng.integers(0, N_GROUPS, n_ss)
     ss_n_inj = rng.integers(2, 7, n_ss)
-    sp_arr = np.array(sp_names, dtype=object)
+    sp_arr = np.array(sp.names, dtype=object)
     smt = np.char.add(np.char.add(sp_arr[ss_species].astype(str), "_"),
                       np.array(MATRICES, dtype=object)[ss_matrix].astype(str))
     no_species = force_min(rng.random(n_ss) < 0.03, rng, 5)
-    sample_sets = pl.DataFrame({
+    frame = pl.DataFrame({
         "sample_set_id": ss_ids, "worksheet_id": ws_ids, "species_idx": ss_species,
         "species": sp_arr[ss_species].astype(str), "tissue": np.array(MATRICES)[ss_matrix],
         "species_matrix_type": smt, "group": ss_group, "n_inj": ss_n_inj,
         "in_species_mapping": ~no_species,
     })
-    sp_cluster_arr = np.array(sp_clusters, dtype=object)
+    sp_cluster_arr = np.array(sp.clusters, dtype=object)
     species_mapping = pl.DataFrame({
         "sample_set_id": ss_ids[~no_species],
         "species": sp_arr[ss_species[~no_species]].astype(str),
         "species_cluster": sp_cluster_arr[ss_species[~no_species]].astype(str),
         "tissue": np.array(MATRICES)[ss_matrix[~no_species]],
     })
+    return _SampleSets(ss_species, ws_of_ss, n_ws, ss_ids, ss_n_inj, smt, no_species, frame,
+                       species_mapping)
 
-    # --- injections: drift, sample type, predictor row present or not
-    inj_ss = np.repeat(np.arange(n_ss), ss_n_inj)
-    n_inj = inj_ss.size
-    ws_d = rng.normal(0.0, 0.10, n_ws)
-    ws_s = rng.normal(0.0, 0.008, n_ws)
-    d = ws_d[ws_of_ss[inj_ss]] + rng.normal(0.0, 0.05, n_inj)
-    s = ws_s[ws_of_ss[inj_ss]] + rng.normal(0.0, 0.004, n_inj)
-    # a non-linear gradient warp: worksheets are in time order (their index); the mid-gradient
-    # shift a_w (of a compound at gradient position u: a * 4u(1-u)) random-walks over them
-    # (AR(1) around a level); a column change part-way jumps the offset and the level
+
+@dataclass
+class _Injections:
+    """A lib's injections: drift, gradient warp, sample type, predictor row present or not."""
+
+    of_set: np.ndarray  # sample-set index of each injection
+    task_ids: np.ndarray
+    offset: np.ndarray  # d_i
+    scale: np.ndarray  # s_i
+    warp: np.ndarray  # w_i
+    load: np.ndarray
+    prcs: np.ndarray
+    no_predictor: np.ndarray
+    warp_params: dict[str, Any]
+    frame: pl.DataFrame
+
+    @property
+    def n(self) -> int:
+        return int(self.task_ids.size)
+
+
+def _draw_warp(rng_r: np.random.Generator, n_ws: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The mid-gradient shift of each worksheet (in time order: their index): an AR(1) walk
+    around a level, which a column change part-way lowers; and which worksheets come after the
+    change. Returns ``(shift, after, params)``."""
     ws_change = int(rng_r.integers(round(0.3 * n_ws), round(0.7 * n_ws) + 1))
     level1 = rng_r.uniform(*WARP_LEVEL) * NOISE_SD
     level2 = level1 - rng_r.uniform(*WARP_LEVEL_CHANGE) * NOISE_SD
@@ -397,14 +494,28 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
         acc = WARP_RHO * acc + float(steps[w])
         walk[w] = acc
     after = np.arange(n_ws) >= ws_change
-    ws_warp = np.where(after, level2, level1) + walk
-    inj_ws = ws_of_ss[inj_ss]
+    params = {"level_before": level1, "level_after": level2, "change": ws_change, "jump": jump}
+    return np.where(after, level2, level1) + walk, after, params
+
+
+def _draw_injections(rng: np.random.Generator, rng_r: np.random.Generator, lib: int,
+                     ss: _SampleSets) -> _Injections:
+    inj_ss = np.repeat(np.arange(ss.n), ss.n_inj)
+    n_inj = inj_ss.size
+    ws_d = rng.normal(0.0, 0.10, ss.n_worksheets)
+    ws_s = rng.normal(0.0, 0.008, ss.n_worksheets)
+    d = ws_d[ss.worksheet_of[inj_ss]] + rng.normal(0.0, 0.05, n_inj)
+    s = ws_s[ss.worksheet_of[inj_ss]] + rng.normal(0.0, 0.004, n_inj)
+    # a non-linear gradient warp (a compound at gradient position u moves by w * 4u(1-u)), and
+    # a column change part-way that jumps the offset
+    ws_warp, after, warp_params = _draw_warp(rng_r, ss.n_worksheets)
+    inj_ws = ss.worksheet_of[inj_ss]
     warp = ws_warp[inj_ws] + rng_r.normal(0.0, WARP_INJECTION_SD * NOISE_SD, n_inj)
     column = after[inj_ws].astype(np.int64)
-    d = d + jump * column
+    d = d + warp_params["jump"] * column
     # acquisition dates: worksheets in order, 0-3 days apart (all injections of a worksheet on
     # its day)
-    ws_day = np.cumsum(rng_r.integers(0, 4, n_ws))
+    ws_day = np.cumsum(rng_r.integers(0, 4, ss.n_worksheets))
     acq = np.datetime64(ACQUISITION_START) + ws_day[inj_ws].astype("timedelta64[D]")
     st_names = list(SAMPLE_TYPE_P)
     st = rng.choice(len(st_names), n_inj, p=list(SAMPLE_TYPE_P.values()))
@@ -413,47 +524,116 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
     no_pred = force_min(rng.random(n_inj) < 0.02, rng, 4)
     load = rng.uniform(0.7, 1.3, n_inj)
     task_ids = lib * 4_000_000 + 1 + np.arange(n_inj, dtype=np.int64)
-    injections = pl.DataFrame({
-        "task_id": task_ids, "ss_idx": inj_ss, "sample_set_id": ss_ids[inj_ss],
+    frame = pl.DataFrame({
+        "task_id": task_ids, "ss_idx": inj_ss, "sample_set_id": ss.ids[inj_ss],
         "sample_type": np.array(st_names)[st], "drift_offset": d, "drift_scale": s,
         "warp_mid": warp, "column": column,
         "acquisition_date": pl.Series("acquisition_date", acq, dtype=pl.Date), "load": load,
         "has_predictor_row": ~no_pred,
     })
+    return _Injections(inj_ss, task_ids, d, s, warp, load, prcs, no_pred, warp_params, frame)
 
-    # --- standards and the predictor table (one row per injection that has one)
-    is_rt = np.sort(np.linspace(1.2, 0.9 * t_end, N_IS) + rng.normal(0.0, 0.3, N_IS))
-    rs_rt = np.linspace(2.0, 0.95 * t_end, N_RS)
+
+@dataclass
+class _Standards:
+    names: list[str]
+    rt: np.ndarray
+    null_p: np.ndarray
+    nulls: np.ndarray  # (injections with a predictor row, standards) bool
+    predictors: pl.DataFrame  # sample_set_id, task_id, species_matrix_type, IS*, RS*, ES_*
+
+
+def _draw_standards(rng: np.random.Generator, structures: pl.DataFrame, grad: _Gradient,
+                    ss: _SampleSets, inj: _Injections) -> _Standards:
+    """The standards' RTs and the predictor table (one row per injection that has one)."""
+    is_rt = np.sort(np.linspace(1.2, 0.9 * grad.t_end, N_IS) + rng.normal(0.0, 0.3, N_IS))
+    rs_rt = np.linspace(2.0, 0.95 * grad.t_end, N_RS)
     by_name = {n: i for i, n in enumerate(structures["name"].to_list())}
     es_idx = np.array([by_name[v] for v in ES_STANDARDS.values()])
-    es_rt = chem_rt(s_logp[es_idx], s_family[es_idx])
+    es_rt = grad.rt(structures["logp"].to_numpy()[es_idx], structures["family"].to_numpy()[es_idx])
     std_names = ([f"IS{j + 1}" for j in range(N_IS)] + [f"RS{j + 1}" for j in range(N_RS)]
                  + [f"ES_{k}" for k in ES_STANDARDS])
     std_rt = np.concatenate([is_rt, rs_rt, es_rt])
     null_p = np.full(std_rt.size, 0.02)
     null_p[rng.choice(std_rt.size, 2, replace=False)] = [0.10, 0.25]  # two often missed
-    pred_inj = np.flatnonzero(~no_pred)
-    vals = (std_rt[None, :] * (1.0 + s[pred_inj, None]) + d[pred_inj, None]
-            + warp[pred_inj, None] * _warp_shape(std_rt, t0, t_end)[None, :]
+    pred_inj = np.flatnonzero(~inj.no_predictor)
+    vals = (std_rt[None, :] * (1.0 + inj.scale[pred_inj, None]) + inj.offset[pred_inj, None]
+            + inj.warp[pred_inj, None] * _warp_shape(std_rt, grad.t0, grad.t_end)[None, :]
             + rng.normal(0.0, STANDARD_SD, (pred_inj.size, std_rt.size)))
     nulls = rng.random(vals.shape) < null_p[None, :]
     pred_cols: dict[str, Any] = {
-        "sample_set_id": ss_ids[inj_ss[pred_inj]], "task_id": task_ids[pred_inj],
-        "species_matrix_type": smt[inj_ss[pred_inj]],
+        "sample_set_id": ss.ids[inj.of_set[pred_inj]], "task_id": inj.task_ids[pred_inj],
+        "species_matrix_type": ss.smt[inj.of_set[pred_inj]],
     }
     for j, name in enumerate(std_names):
         pred_cols[name] = pl.Series(name, vals[:, j]).set(pl.Series(nulls[:, j]), None)
-    predictors = pl.DataFrame(pred_cols)
+    return _Standards(std_names, std_rt, null_p, nulls, pl.DataFrame(pred_cols))
 
-    # --- detection scale: solve sum_i sum_c min(1, prev_c * load_i * k) = rows_target
+
+def _detection_scale(load: np.ndarray, prevalence: np.ndarray, rows_target: int) -> float:
+    """The ``k`` that solves ``sum_i sum_c min(1, prev_c * load_i * k) = rows_target``."""
     q = np.quantile(load, np.linspace(0.0025, 0.9975, 200))
     lo, hi = 0.0, 50.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        expected = np.minimum(1.0, np.outer(q, prevalence) * mid).sum() * n_inj / q.size
+        expected = np.minimum(1.0, np.outer(q, prevalence) * mid).sum() * load.size / q.size
         lo, hi = (mid, hi) if expected < rows_target else (lo, mid)
-    scale = 0.5 * (lo + hi)
+    return 0.5 * (lo + hi)
 
+
+def _params(lib: int, grad: _Gradient, comps: _Compounds, sp: _Species, ss: _SampleSets,
+            inj: _Injections, std: _Standards, scale: float) -> dict[str, Any]:
+    """The design's parameters, for truth.json and the manifest."""
+    w = inj.warp_params
+    return {
+        "gradient": {"t0": grad.t0, "t_end": grad.t_end, "logp_mid": grad.logp_mid,
+                     "logp_width": grad.logp_width},
+        "family_offset": grad.family_offset, "cluster_shift": sp.cluster_shift,
+        "species_shift": dict(zip(sp.names, sp.shift.tolist(), strict=True)),
+        "standards_rt": dict(zip(std.names, std.rt.tolist(), strict=True)),
+        "standards_null_probability": dict(zip(std.names, std.null_p.tolist(), strict=True)),
+        "detection_scale": scale,
+        "matrix_effect_compounds": int(sp.matrix_hit.sum()),
+        "warp": {"level_before": w["level_before"], "level_after": w["level_after"],
+                 "column_change_worksheet_index": w["change"],
+                 "column_change_worksheet_id": int(lib * 1_000_000 + 500_001 + w["change"]),
+                 "column_change_offset_jump": w["jump"]},
+        "n_compounds": comps.n, "n_species": len(sp.names), "n_sample_sets": ss.n,
+        "n_worksheets": ss.n_worksheets, "n_injections": inj.n,
+        "n_species_matrix_types": int(np.unique(ss.smt).size),
+    }
+
+
+def _mess(comps: _Compounds, ss: _SampleSets, inj: _Injections,
+          std: _Standards) -> dict[str, Any]:
+    """The mess the design put in, by kind (the manifest's ``mess``)."""
+    return {
+        "unmapped_comp_ids": sorted(comps.comp_ids[comps.roles == "unmapped"].tolist()),
+        "ambiguous_comp_ids": sorted(comps.comp_ids[comps.roles == "ambiguous"].tolist()),
+        "chem_id_0_comp_ids": sorted(comps.comp_ids[comps.roles == "chem_id_0"].tolist()),
+        "conjugate_chem_ids": sorted(comps.conj_ids.tolist()),
+        "sample_sets_without_species": sorted(ss.ids[ss.no_species].tolist()),
+        "injections_without_predictor_row": int(inj.no_predictor.sum()),
+        "prcs_injections": int(inj.prcs.sum()),
+        "null_predictor_values": {n: int(std.nulls[:, j].sum())
+                                  for j, n in enumerate(std.names)},
+    }
+
+
+def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) -> LibDesign:
+    """One lib's design, drawn from the generators ``(seed, lib, P_DESIGN)`` and, for the
+    departures from the model's own family, ``(seed, lib, P_REALISM)``, in a fixed order."""
+    rng = seeded_rng(seed, lib, P_DESIGN)
+    rng_r = seeded_rng(seed, lib, P_REALISM)
+    export = export_of(lib)
+    grad = _draw_gradient(rng, sorted(set(structures["family"].to_list())))
+    comps = _draw_compounds(rng, lib, structures, grad)
+    mapping = _draw_mapping(rng, lib, structures, comps)
+    sp = _draw_species(rng, rng_r, comps)
+    ss = _draw_sample_sets(rng, lib, rows_target, comps.n, sp)
+    inj = _draw_injections(rng, rng_r, lib, ss)
+    std = _draw_standards(rng, structures, grad, ss, inj)
+    scale = _detection_scale(inj.load, comps.prevalence, rows_target)
     n_chunks = max(MIN_CHUNKS, math.ceil(rows_target / CHUNK_ROWS))
     narrow = rng.random((n_chunks, N_GROUPS)) < 0.15
     narrow[1 % n_chunks, 1] = True
@@ -461,51 +641,29 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
     dup[0, 2] = True
 
     compounds = pl.DataFrame({
-        "lib_id": np.full(n_comp, lib, dtype=np.int64), "comp_id": comp_ids,
-        "chem_id": truth_chem, "structure_chem_id": s_chem[pick].astype(np.int64),
-        "name": structures["name"].to_numpy()[pick], "family": fam, "logp": logp,
-        "base_rt": base, "prevalence": prevalence, "noise_sd": noise,
-        "matrix_effect": matrix_hit, "formula": formula,
-        "n_isomers": np.array([x.size for x in isomers], dtype=np.int64),
-        "role": roles.astype(str),
+        "lib_id": np.full(comps.n, lib, dtype=np.int64), "comp_id": comps.comp_ids,
+        "chem_id": comps.truth_chem,
+        "structure_chem_id": structures["chem_id"].to_numpy()[comps.pick].astype(np.int64),
+        "name": structures["name"].to_numpy()[comps.pick], "family": comps.family,
+        "logp": comps.logp, "base_rt": comps.base, "prevalence": comps.prevalence,
+        "noise_sd": sp.noise, "matrix_effect": sp.matrix_hit, "formula": comps.formula,
+        "n_isomers": np.array([x.size for x in comps.isomers], dtype=np.int64),
+        "role": comps.roles.astype(str),
     })
     species = pl.DataFrame({
-        "lib_id": np.full(n_sp, lib, dtype=np.int64), "species": sp_names,
-        "species_cluster": sp_clusters, "cluster_shift": cl_arr, "species_shift": sp_shift,
+        "lib_id": np.full(len(sp.names), lib, dtype=np.int64), "species": sp.names,
+        "species_cluster": sp.clusters, "cluster_shift": sp.cluster_of,
+        "species_shift": sp.shift,
     })
-    params = {
-        "gradient": {"t0": t0, "t_end": t_end, "logp_mid": m_mid, "logp_width": width},
-        "family_offset": fam_off, "cluster_shift": cl_shift,
-        "species_shift": dict(zip(sp_names, sp_shift.tolist(), strict=True)),
-        "standards_rt": dict(zip(std_names, std_rt.tolist(), strict=True)),
-        "standards_null_probability": dict(zip(std_names, null_p.tolist(), strict=True)),
-        "detection_scale": scale,
-        "matrix_effect_compounds": int(matrix_hit.sum()),
-        "warp": {"level_before": level1, "level_after": level2,
-                 "column_change_worksheet_index": ws_change,
-                 "column_change_worksheet_id": int(lib * 1_000_000 + 500_001 + ws_change),
-                 "column_change_offset_jump": jump},
-        "n_compounds": n_comp, "n_species": n_sp, "n_sample_sets": n_ss, "n_worksheets": n_ws,
-        "n_injections": n_inj, "n_species_matrix_types": int(np.unique(smt).size),
-    }
-    mess = {
-        "unmapped_comp_ids": sorted(comp_ids[roles == "unmapped"].tolist()),
-        "ambiguous_comp_ids": sorted(comp_ids[amb].tolist()),
-        "chem_id_0_comp_ids": sorted(comp_ids[roles == "chem_id_0"].tolist()),
-        "conjugate_chem_ids": sorted(conj_ids.tolist()),
-        "sample_sets_without_species": sorted(ss_ids[no_species].tolist()),
-        "injections_without_predictor_row": int(no_pred.sum()),
-        "prcs_injections": int(prcs.sum()),
-        "null_predictor_values": {n: int(nulls[:, j].sum()) for j, n in enumerate(std_names)},
-    }
     return LibDesign(
-        lib=lib, export=export, rows_target=rows_target, params=params, compounds=compounds,
-        comp_ids=comp_ids, comp_truth_chem=truth_chem, prevalence=prevalence, mu=mu,
-        species=species, sample_sets=sample_sets, injections=injections, mapping=mapping,
-        species_mapping=species_mapping, predictors=predictors,
-        standards=dict(zip(std_names, std_rt.tolist(), strict=True)), n_chunks=n_chunks,
-        narrow=narrow, dup=dup, scale=scale, noise=noise, matrix_effect=matrix_effect,
-        t0=t0, t_end=t_end, isomers=isomers, mess=mess,
+        lib=lib, export=export, rows_target=rows_target,
+        params=_params(lib, grad, comps, sp, ss, inj, std, scale), compounds=compounds,
+        comp_ids=comps.comp_ids, comp_truth_chem=comps.truth_chem, prevalence=comps.prevalence,
+        mu=sp.mu, species=species, sample_sets=ss.frame, injections=inj.frame, mapping=mapping,
+        species_mapping=ss.species_mapping, predictors=std.predictors,
+        standards=dict(zip(std.names, std.rt.tolist(), strict=True)), n_chunks=n_chunks,
+        narrow=narrow, dup=dup, scale=scale, noise=sp.noise, matrix_effect=sp.matrix_effect,
+        t0=grad.t0, t_end=grad.t_end, isomers=comps.isomers, mess=_mess(comps, ss, inj, std),
     )
 
 
