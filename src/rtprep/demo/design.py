@@ -670,6 +670,56 @@ def design_lib(lib: int, rows_target: int, seed: int, structures: pl.DataFrame) 
 # ----------------------------------------------------------------------------------------------
 # peaks, chunk by chunk
 # ----------------------------------------------------------------------------------------------
+def _misassign(
+    rng: np.random.Generator, des: LibDesign, apex: np.ndarray, rt_true: np.ndarray,
+    kinds: np.ndarray, hit_c: np.ndarray, sp: np.ndarray,
+    drift: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mis-assigned peaks: far ones (at least ``MISASSIGNED_MIN_SHIFT`` min off, wrapped on the
+    gradient), near ones (5-15 sigma off) and, where the compound has an isomer in the lib, the
+    isomer's RT in the same injection. Returns ``(apex, kind, far, near)``."""
+    s, d, warp = drift
+    n = apex.size
+    kind_names = list(RT_KIND_P)
+    k_mis = kinds == 1 + kind_names.index("misassigned")
+    lo_rt, span = 0.5, 39.0
+    shift = rng.uniform(MISASSIGNED_MIN_SHIFT, span - MISASSIGNED_MIN_SHIFT, n)
+    wrapped = lo_rt + np.mod(rt_true + shift - lo_rt, span)
+    apex = np.where(k_mis, wrapped, apex)
+    k_near = kinds == 1 + kind_names.index("near_misassigned")
+    near_shift = (np.where(rng.random(n) < 0.5, 1.0, -1.0)
+                  * rng.uniform(*NEAR_MISASSIGNED_SHIFT, n) * NOISE_SD)
+    near = np.where(rt_true + near_shift < 0.3, rt_true + np.abs(near_shift), rt_true + near_shift)
+    apex = np.where(k_near, near, apex)
+    mis_kind = np.where(k_mis, "far", np.where(k_near, "near", "none")).astype(object)
+    near_pos = np.flatnonzero(k_near)
+    pick_u = rng.random(near_pos.size)
+    iso_z = rng.normal(0.0, 1.0, near_pos.size)
+    for r, u, z in zip(near_pos.tolist(), pick_u.tolist(), iso_z.tolist(), strict=True):
+        others = des.isomers[int(hit_c[r])]
+        if others.size == 0:
+            continue
+        o = int(others[int(u * others.size)])
+        mu_o = des.mu[sp[r], o]
+        apex[r] = (mu_o * (1.0 + s[r]) + d[r] + warp[r] * _warp_shape(np.array(mu_o), des.t0,
+                                                                      des.t_end)
+                   + z * des.noise[o])
+        mis_kind[r] = "isomer"
+    return apex, mis_kind, k_mis, k_near
+
+
+def _bad_apex(rng: np.random.Generator, apex: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """The invalid apex_rt kinds: NaN, negative, +-inf, outside the valid range."""
+    n = apex.size
+    kind_names = list(RT_KIND_P)
+    apex = np.where(kinds == 1 + kind_names.index("nan"), np.nan, apex)
+    apex = np.where(kinds == 1 + kind_names.index("negative"), -rng.uniform(0.01, 2.0, n), apex)
+    inf_sign = np.where(rng.random(n) < 0.5, np.inf, -np.inf)
+    apex = np.where(kinds == 1 + kind_names.index("inf"), inf_sign, apex)
+    return np.where(kinds == 1 + kind_names.index("out_of_range"), rng.uniform(50.0, 60.0, n),
+                    apex)
+
+
 def chunk_peaks(des: LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int) -> pl.DataFrame:
     """All peaks of sample sets ``[ss_lo, ss_hi)``: one frame with truth columns and ``group``."""
     rng = seeded_rng(seed, des.lib, P_CHUNK, chunk)
@@ -699,37 +749,9 @@ def chunk_peaks(des: LibDesign, seed: int, chunk: int, ss_lo: int, ss_hi: int) -
         pos = rng.choice(n, sum(counts), replace=False)
         kinds[pos] = np.repeat(np.arange(1, len(counts) + 1, dtype=np.int8), counts)
     kind_names = list(RT_KIND_P)
-    k_mis = kinds == 1 + kind_names.index("misassigned")
-    lo_rt, span = 0.5, 39.0
-    shift = rng.uniform(MISASSIGNED_MIN_SHIFT, span - MISASSIGNED_MIN_SHIFT, n)
-    wrapped = lo_rt + np.mod(rt_true + shift - lo_rt, span)
-    apex = np.where(k_mis, wrapped, apex)
-    # near mis-assignments: the RT of an isomer in the same injection when the compound has one,
-    # else 5-15 sigma off
-    k_near = kinds == 1 + kind_names.index("near_misassigned")
-    near_shift = (np.where(rng.random(n) < 0.5, 1.0, -1.0)
-                  * rng.uniform(*NEAR_MISASSIGNED_SHIFT, n) * NOISE_SD)
-    near = np.where(rt_true + near_shift < 0.3, rt_true + np.abs(near_shift), rt_true + near_shift)
-    apex = np.where(k_near, near, apex)
-    mis_kind = np.where(k_mis, "far", np.where(k_near, "near", "none")).astype(object)
-    near_pos = np.flatnonzero(k_near)
-    pick_u = rng.random(near_pos.size)
-    iso_z = rng.normal(0.0, 1.0, near_pos.size)
-    for r, u, z in zip(near_pos.tolist(), pick_u.tolist(), iso_z.tolist(), strict=True):
-        others = des.isomers[int(hit_c[r])]
-        if others.size == 0:
-            continue
-        o = int(others[int(u * others.size)])
-        mu_o = des.mu[sp[r], o]
-        apex[r] = (mu_o * (1.0 + s[r]) + d[r] + warp[r] * _warp_shape(np.array(mu_o), des.t0,
-                                                                      des.t_end)
-                   + z * des.noise[o])
-        mis_kind[r] = "isomer"
-    apex = np.where(kinds == 1 + kind_names.index("nan"), np.nan, apex)
-    apex = np.where(kinds == 1 + kind_names.index("negative"), -rng.uniform(0.01, 2.0, n), apex)
-    inf_sign = np.where(rng.random(n) < 0.5, np.inf, -np.inf)
-    apex = np.where(kinds == 1 + kind_names.index("inf"), inf_sign, apex)
-    apex = np.where(kinds == 1 + kind_names.index("out_of_range"), rng.uniform(50.0, 60.0, n), apex)
+    apex, mis_kind, k_mis, k_near = _misassign(rng, des, apex, rt_true, kinds, hit_c, sp,
+                                               (s, d, warp))
+    apex = _bad_apex(rng, apex, kinds)
     is_null = kinds == 1 + kind_names.index("null")
 
     cpd = rng.choice(len(CPD_STATUS_P), n, p=list(CPD_STATUS_P.values()))

@@ -57,6 +57,13 @@ def truth_table_schema() -> Any:
 
 def write_truth(designs: list[LibDesign], truth_dir: Path, seed: int, rows: int) -> None:
     """truth.json (parameters, documented) and the small truth tables."""
+    _write_truth_tables(designs, truth_dir)
+    doc = _truth_doc(designs, seed, rows)
+    (truth_dir / "truth.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_truth_tables(designs: list[LibDesign], truth_dir: Path) -> None:
+    """truth_compounds, truth_injections and truth_groups (every lib's rows)."""
     pl.concat([d.compounds for d in designs]).write_parquet(truth_dir / "truth_compounds.parquet")
     pl.concat([
         d.injections.join(d.sample_sets.with_row_index("ss_idx").select(
@@ -81,7 +88,11 @@ def write_truth(designs: list[LibDesign], truth_dir: Path, seed: int, rows: int)
             "matrix_effect": d.matrix_effect.reshape(-1),
         }))
     pl.concat(groups).write_parquet(truth_dir / "truth_groups.parquet")
-    doc = {
+
+
+def _truth_doc(designs: list[LibDesign], seed: int, rows: int) -> dict[str, Any]:
+    """truth.json: the generative model in words and every parameter's value."""
+    return {
         "model": {
             "compound": "base_c = t0 + 0.3 + (t_end - t0) * sigmoid((logP_c - logp_mid) / "
                         "logp_width) + family_offset[family_c] + N(0, compound_sd), clipped to "
@@ -140,4 +151,3 @@ def write_truth(designs: list[LibDesign], truth_dir: Path, seed: int, rows: int)
         "seed": seed,
         "libs": {str(d.lib): d.params for d in designs},
     }
-    (truth_dir / "truth.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
