@@ -16,13 +16,13 @@ def embed_smiles(
     smiles: str | Path,
     out: str | Path,
     *,
+    n_components: int | None = None,
+    project_with: str | Path | None = None,
     model_dir: str | Path | None = None,
     batch_size: int = 32,
     radius: int | None = None,
     n_bits: int | None = None,
     descriptors: bool | None = None,
-    n_components: int | None = None,
-    project_with: str | Path | None = None,
 ) -> RowAccount:
     """Embeddings of the chemicals of ``smiles``: with ChemBERTa when ``model_dir`` is given,
     else with RDKit. ``None`` is each setting's default; with ``project_with`` a setting given
