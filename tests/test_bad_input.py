@@ -283,10 +283,10 @@ def test_split_lib_not_in_the_data(tmp_path: Path) -> None:
 
 # --- 3. cap -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("cap", ["0", "-3"])
-def test_sample_cap_below_one(tmp_path: Path, cap: str) -> None:
+def test_cap_below_one(tmp_path: Path, cap: str) -> None:
     lib = tmp_path / f"merged_training_{H}_lib{LIB}.parquet"
     merged_frame().write_parquet(lib)
-    cli_error(tmp_path, "sample", str(lib), f"--cap-per-pair={cap}",
+    cli_error(tmp_path, "cap", str(lib), f"--cap-per-pair={cap}",
               words=("--cap-per-pair", cap, ">= 1"))
 
 
