@@ -146,7 +146,8 @@ def embeddings_projection_input():
 
 def funnel_artifacts(wildcards):
     """The chain of artifacts whose sidecars the row-accounting figure reads (the merged file
-    only when it is kept, as in the accounting table: a temporary one would be made again)."""
+    only when it is kept, as in the accounting table: a temporary one would be made again).
+    """
     h, lib, cap = wildcards.hash, wildcards.lib, wildcards.cap
     return [
         *([P.merged(h)] if config["keep_merged"] else []),
