@@ -156,7 +156,7 @@ def write_attach_inputs(root: Path, mapping: str = MAPPING) -> tuple[Path, Path,
     return capped, mp, classes
 
 
-def write_rtcsv_inputs(root: Path, species: str = SPECIES) -> tuple[Path, Path]:
+def write_rt_csv_inputs(root: Path, species: str = SPECIES) -> tuple[Path, Path]:
     inp = root / f"merged_training_{H}_lib{LIB}_cap5_chemclass.parquet"
     chemclass_frame().write_parquet(inp)
     sp = root / f"merged_training_{H}_lib{LIB}_species_mapping.csv"
@@ -379,7 +379,7 @@ def test_attach_conflicting_mapping_rows_are_counted(tmp_path: Path) -> None:
 ])
 def test_rt_csv_bad_species_mapping(tmp_path: Path, species: str,
                                     words: tuple[str, ...]) -> None:
-    inp, sp = write_rtcsv_inputs(tmp_path, species)
+    inp, sp = write_rt_csv_inputs(tmp_path, species)
     cli_error(tmp_path, "rt-csv", "--input", str(inp), "--species-mapping", str(sp),
               words=(sp.name, *words))
 
@@ -387,7 +387,7 @@ def test_rt_csv_bad_species_mapping(tmp_path: Path, species: str,
 def test_rt_csv_sample_sets_without_species_are_counted(tmp_path: Path) -> None:
     # Sample set 3 (one row) is not in the mapping; a repeated identical row is fine.
     species = "sample_set_id,species,species_cluster\n1,rat,rodent\n" + "2,mouse,rodent\n" * 2
-    inp, sp = write_rtcsv_inputs(tmp_path, species)
+    inp, sp = write_rt_csv_inputs(tmp_path, species)
     cli_ok("rt-csv", "--input", str(inp), "--species-mapping", str(sp))
     out = tmp_path / f"merged_training_{H}_lib{LIB}_cap5_chemclass_rt_prod.csv"
     m = meta(out)

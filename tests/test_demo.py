@@ -213,7 +213,7 @@ def test_manifest_counts_rederived(demo: tuple[Path, dict], lib: int) -> None:
     # stage totals are consistent
     left = entry["rows_written"]
     for stage, name in (("merge", "merged_rows"), ("split", "split_rows"),
-                        ("attach", "attached_rows"), ("rtcsv", "rt_rows")):
+                        ("attach", "attached_rows"), ("rt_csv", "rt_rows")):
         left -= sum(entry["stages"][stage]["drops"].values())
         assert entry[name] == left
     # every kind of mess hits rows, the big stages lose a realistic share

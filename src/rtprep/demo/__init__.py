@@ -84,7 +84,7 @@ missing from the mapping CSV; (h) comp_ids mapped to two chem ids; (i) chem id 0
 The manifest gives, per lib, the drop counts of the pipeline's rules applied in order (merge:
 ``duplicate_row``, ``cpd_status_not_kept``, ``sample_type_excluded``, ``no_predictor_row``; split:
 ``apex_rt_invalid``, ``apex_rt_out_of_range``; attach: ``comp_id_unmapped``,
-``comp_id_ambiguous``, ``chem_id_no_class``; rtcsv: ``sample_set_no_species``) on uncapped data.
+``comp_id_ambiguous``, ``chem_id_no_class``; rt_csv: ``sample_set_no_species``) on uncapped data.
 
 Everything is drawn from ``numpy`` generators seeded by ``(seed, lib, purpose[, chunk])``: the
 output depends only on ``(rows, seed, libs)``. Peaks are generated and written chunk by chunk of

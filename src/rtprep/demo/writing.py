@@ -82,10 +82,10 @@ DROP_REASONS: dict[str, tuple[str, ...]] = {
     "merge": ("duplicate_row", "cpd_status_not_kept", "sample_type_excluded", "no_predictor_row"),
     "split": ("apex_rt_invalid", "apex_rt_out_of_range"),
     "attach": ("comp_id_unmapped", "comp_id_ambiguous", "chem_id_no_class"),
-    "rtcsv": ("sample_set_no_species",),
+    "rt_csv": ("sample_set_no_species",),
 }
 STAGE_ROWS = {"merge": "merged_rows", "split": "split_rows", "attach": "attached_rows",
-              "rtcsv": "rt_rows"}
+              "rt_csv": "rt_rows"}
 
 
 @dataclass
@@ -346,7 +346,7 @@ def _write_lib(des: LibDesign, seed: int, stage: Path, embedded: pl.Series,
     log.info("demo lib %d (%s): %s rows written, %s after merge, %s after attach, %s RT rows",
              des.lib, des.export, f"{entry['rows_written']:,}",
              f"{stages['merge']['rows_out']:,}", f"{stages['attach']['rows_out']:,}",
-             f"{stages['rtcsv']['rows_out']:,}")
+             f"{stages['rt_csv']['rows_out']:,}")
     return entry
 
 
