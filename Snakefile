@@ -23,9 +23,9 @@ localrules:
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/merge.smk"
-include: "rules/sample.smk"
+include: "rules/cap.smk"
 include: "rules/chem.smk"
-include: "rules/rtcsv.smk"
+include: "rules/rt_csv.smk"
 include: "rules/models.smk"
 include: "rules/report.smk"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from rtprep.threads import limit_threads
+from rtprep.core.threads import limit_threads
 limit_threads(int(sys.argv[4]))
 from rtprep.models import ModelOptions, train
 from rtprep.models.algebra import GroupAlgebra

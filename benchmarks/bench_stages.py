@@ -98,7 +98,7 @@ def _splitmix_sql(inner: str, word: str | None) -> str:
 
 
 def duckdb_row_hash_sql(source: str, seed: int) -> str:
-    """A query adding ``h``, rtprep's portable row hash (rtprep.hashing), to ``source``."""
+    """A query adding ``h``, rtprep's portable row hash (rtprep.core.hashing), to ``source``."""
     q = f"SELECT *, u64({seed}) AS h FROM {source}"
     q = _splitmix_sql(q, None)
     for word in ("u64(sample_set_id)", "u64(task_id)", "u64(comp_id)", "f64bits(apex_rt)"):
@@ -129,15 +129,15 @@ def child(job: str, a: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows: int
     if job == "merge":
-        from rtprep.merge import merge_export
+        from rtprep.stages.merge import merge_export
 
         rows = merge_export(a["export"], out).rows_out
     elif job == "split":
-        from rtprep.split import split_lib
+        from rtprep.stages.split import split_lib
 
         rows = split_lib(a["merged"], a["lib"], out, rt_range=RT_RANGE).rows_out
     elif job == "split_all":
-        from rtprep.split import libs_in_merged, split_lib
+        from rtprep.stages.split import libs_in_merged, split_lib
 
         out.mkdir(parents=True, exist_ok=True)
         rows = 0
@@ -145,17 +145,17 @@ def child(job: str, a: dict[str, Any]) -> dict[str, Any]:
             rows += split_lib(a["merged"], lib, out / f"lib{lib}.parquet",
                               rt_range=RT_RANGE).rows_out
     elif job == "coverage":
-        from rtprep.coverage import summarize_species_compounds
+        from rtprep.stages.coverage import summarize_species_compounds
 
         summarize_species_compounds(a["lib_file"], out)
         rows = pl.read_csv(out).height
     elif job == "cap":
-        from rtprep.sample import sample_per_species_compound
+        from rtprep.stages.cap import sample_per_species_compound
 
         rows = sample_per_species_compound(a["lib_file"], out, cap_per_pair=CAP,
                                            seed=CAP_SEED).rows_out
     elif job == "test_rows":
-        from rtprep.rtcsv import write_test_rows
+        from rtprep.stages.rt_csv import write_test_rows
 
         rows = write_test_rows(a["lib_file"], a["folds"], a["mapping"], a["classes"],
                                a["species"], out).rows_out
@@ -266,8 +266,8 @@ def ensure_demo(root: Path, rows: int, log_path: Path) -> Path:
 
 def prepare_side_inputs(root: Path, lib_file: Path, lib: int, log_path: Path) -> dict[str, str]:
     """Folds, classes and the side CSVs the test-rows stage needs (not timed)."""
-    from rtprep.classes import build_chem_classes
-    from rtprep.sample import assign_folds
+    from rtprep.chem.classes import build_chem_classes
+    from rtprep.stages.cap import assign_folds
 
     demo = root / "demo"
     side = root / "side"
@@ -294,7 +294,7 @@ def _sql_test_rows(lib_file: Path, side: dict[str, str], lib: int) -> str:
     import polars as pl
 
     covs = [c for c in pl.read_parquet_schema(lib_file) if c.startswith(("IS", "RS", "ES_"))]
-    from rtprep.frames import covariate_columns
+    from rtprep.core.frames import covariate_columns
 
     covs = covariate_columns(covs)
     cov_sql = ", ".join(f'l."{c}"' for c in covs)
@@ -383,7 +383,7 @@ COPY (
     elif not merged.exists():
         run_child(*ours_merge, log_path)
 
-    from rtprep.split import libs_in_merged
+    from rtprep.stages.split import libs_in_merged
 
     libs = libs_in_merged(merged)
     lib_sizes = pl.scan_parquet(merged).group_by("lib_id").len().collect()
@@ -481,8 +481,8 @@ def show_plans(merged: Path, lib_file: Path) -> str:
     memory-intensive node on the big table."""
     import polars as pl
 
-    from rtprep.hashing import with_row_hash
-    from rtprep.sample import _HASH, _KEY_COLUMNS, _THRESHOLD, PAIR_COLUMNS
+    from rtprep.core.hashing import with_row_hash
+    from rtprep.stages.cap import _HASH, _KEY_COLUMNS, _THRESHOLD, PAIR_COLUMNS
 
     rt = pl.col("apex_rt")
     lf = pl.scan_parquet(lib_file)

@@ -1,16 +1,16 @@
-# Seed steps 5-6: compound classes from chemistry embeddings; attach CHEM_ID + class.
-# With embeddings.source rdkit or chemberta, the embeddings are first built from SMILES.
+# Stages embed (with embeddings.source rdkit or chemberta: the embeddings from SMILES),
+# chem_classes (compound classes from the embeddings) and attach (CHEM_ID + class per row).
 
 if config["embeddings"]["source"] != "file":
 
-    rule embeddings:
+    rule embed:
         input:
             smiles=config["embeddings"]["smiles"],
             projection=embeddings_projection_input(),
         output:
             parquet=config["embeddings"]["path"],
         log:
-            P.log("embeddings"),
+            P.log("embed"),
         conda:
             ENV
         threads: 2
@@ -18,13 +18,9 @@ if config["embeddings"]["source"] != "file":
             mem_mb=4000,
             runtime=60,
         params:
-            source=config["embeddings"]["source"],
-            n_components=config["embeddings"]["n_components"],
-            rdkit=config["embeddings"]["rdkit"],
-            model_dir=config["embeddings"].get("model_dir"),
-            batch_size=config["embeddings"]["batch_size"],
+            embeddings=config["embeddings"],
         script:
-            "../workflow_scripts/rule_embeddings.py"
+            "../workflow_scripts/rule_embed.py"
 
 
 rule chem_classes:
@@ -34,7 +30,7 @@ rule chem_classes:
         parquet=CLASSES_PARQUET,
         csv=CLASSES_CSV,
     log:
-        P.log(f"chem_classes_k{config['n_clusters']}"),
+        P.log(f"chem_classes/k{config['n_clusters']}"),
     priority: PRIORITY_DATA
     conda:
         ENV

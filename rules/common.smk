@@ -1,7 +1,7 @@
 # Config validation, target helpers and wildcard constraints shared by every rule.
 import os
 
-from rtprep.paths import (
+from rtprep.core.paths import (
     DEMO_TRUTH_FILES,
     EVAL_FILES,
     EVAL_MODEL_DIR,
@@ -14,8 +14,8 @@ from rtprep.paths import (
     Layout,
     train_kind,
 )
-from rtprep.settings import choices, demo_active
-from rtprep.workflow import (
+from rtprep.core.settings import choices, demo_active
+from rtprep.workflow.dag import (
     accounted_artifacts,
     check_inputs,
     complete_config,
@@ -27,7 +27,7 @@ from rtprep.workflow import (
     rt_range,
     threads_for_inputs,
 )
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
 from snakemake.exceptions import WorkflowError
 
 # A bad config stops here with one message naming the key, the value and what is allowed;
@@ -42,7 +42,7 @@ except (RtprepError, WorkflowError) as e:
     raise WorkflowError(config_error_message(e)) from None
 
 
-# Every path comes from one place (rtprep.paths); here with wildcard names, for the rules.
+# Every path comes from one place (rtprep.core.paths); here with wildcard names, for the rules.
 P = Layout.from_config(config)
 DEMO = demo_active(config)
 DEMO_DIR = config["demo"]["dir"]
@@ -145,10 +145,12 @@ def embeddings_projection_input():
 
 
 def funnel_artifacts(wildcards):
-    """The chain of artifacts whose sidecars the row-accounting figure reads."""
+    """The chain of artifacts whose sidecars the row-accounting figure reads (the merged file
+    only when it is kept, as in the accounting table: a temporary one would be made again).
+    """
     h, lib, cap = wildcards.hash, wildcards.lib, wildcards.cap
     return [
-        P.merged(h),
+        *([P.merged(h)] if config["keep_merged"] else []),
         P.lib(h, lib),
         P.capped(h, lib, cap),
         P.chemclass(h, lib, cap),

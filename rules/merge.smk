@@ -1,4 +1,4 @@
-# Seed steps 1-3: merge an export's shards, split by lib, species x compound coverage.
+# Stages merge (an export's shards), split (by lib) and coverage (species x compound).
 
 
 rule merge:

@@ -1,6 +1,6 @@
-# Stage 8: RT models (ridge and partial pooling) from the RT production CSVs, and their held-out
-# evaluation, one per split (trained on the split's train-fold capped rows, scored on every row
-# of its test fold).
+# Stages train and evaluate: RT models (ridge and partial pooling) from the RT production CSVs,
+# and their held-out evaluation, one per split (trained on the split's train-fold capped rows,
+# scored on every row of its test fold).
 
 
 rule train:
@@ -8,7 +8,7 @@ rule train:
         csv=P.rt_csv(*HLC),
         embeddings=config["embeddings"]["path"],
     output:
-        # every file train writes (each .parquet with its sidecars, rtprep.artifacts)
+        # every file train writes (each .parquet with its sidecars, rtprep.core.artifacts)
         manifest=P.model_file(*HLC),
         models=[P.model_file(*HLC, f"{k}/{f}".lstrip("/")) for k, f in TRAINED_FILES],
     log:

@@ -24,12 +24,12 @@ rule plot_coverage:
     params:
         caps=config["caps"],
     script:
-        "../workflow_scripts/rule_plot.py"
+        "../workflow_scripts/rule_plot_coverage.py"
 
 
 rule plot_funnel:
     input:
-        P.rt_csv(*HLC),
+        artifacts=funnel_artifacts,
     output:
         report(
             P.figure("funnel", *HLC),
@@ -46,10 +46,8 @@ rule plot_funnel:
     resources:
         mem_mb=1000,
         runtime=5,
-    params:
-        artifacts=lambda wc: funnel_artifacts(wc),
     script:
-        "../workflow_scripts/rule_plot.py"
+        "../workflow_scripts/rule_plot_funnel.py"
 
 
 rule plot_classes:
@@ -71,7 +69,7 @@ rule plot_classes:
         mem_mb=1000,
         runtime=5,
     script:
-        "../workflow_scripts/rule_plot.py"
+        "../workflow_scripts/rule_plot_classes.py"
 
 
 rule plot_model_quality:
@@ -96,7 +94,7 @@ rule plot_model_quality:
     params:
         eval_dir=lambda wc, input: os.path.dirname(input[0]),
     script:
-        "../workflow_scripts/rule_plot.py"
+        "../workflow_scripts/rule_plot_model_quality.py"
 
 
 rule plot_shrinkage:
@@ -121,7 +119,7 @@ rule plot_shrinkage:
     params:
         model_dir=lambda wc, input: os.path.dirname(input[0]),
     script:
-        "../workflow_scripts/rule_plot.py"
+        "../workflow_scripts/rule_plot_shrinkage.py"
 
 
 # The tables of an export sit beside its figures, labelled lib "all (table)" and no cap: with a
@@ -149,7 +147,7 @@ rule table_metrics:
     params:
         entries=eval_entries,
     script:
-        "../workflow_scripts/rule_table.py"
+        "../workflow_scripts/rule_table_metrics.py"
 
 
 rule table_accounting:
@@ -172,4 +170,4 @@ rule table_accounting:
         mem_mb=1000,
         runtime=5,
     script:
-        "../workflow_scripts/rule_table.py"
+        "../workflow_scripts/rule_table_accounting.py"

@@ -1,4 +1,4 @@
-"""Seed step 6: attach CHEM_ID + compound_class, drop what cannot be mapped, count it."""
+"""Stage attach: attach CHEM_ID + compound_class, drop what cannot be mapped, count it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rtprep.attach import attach_chem_classes, attach_lazy, read_lib_mapping
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
+from rtprep.stages.attach import attach_chem_classes, attach_lazy, read_lib_mapping
 
 # comp_id -> number of rows in the capped input, and what the mapping / classes say about it.
 #   100 -> chem 1000 (class 3)       101 -> chem 1001 (class 0)    106 -> chem 1000 (class 3)

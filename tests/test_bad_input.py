@@ -1,4 +1,4 @@
-"""Bad input, end to end (issue 6): each case goes through the real ``rtprep`` command line (or
+"""Bad input, end to end: each case goes through the real ``rtprep`` command line (or
 ``snakemake`` for the config) on tiny hand-made inputs.
 
 An error case must exit non-zero with one message naming the file, the column, the value or count
@@ -156,7 +156,7 @@ def write_attach_inputs(root: Path, mapping: str = MAPPING) -> tuple[Path, Path,
     return capped, mp, classes
 
 
-def write_rtcsv_inputs(root: Path, species: str = SPECIES) -> tuple[Path, Path]:
+def write_rt_csv_inputs(root: Path, species: str = SPECIES) -> tuple[Path, Path]:
     inp = root / f"merged_training_{H}_lib{LIB}_cap5_chemclass.parquet"
     chemclass_frame().write_parquet(inp)
     sp = root / f"merged_training_{H}_lib{LIB}_species_mapping.csv"
@@ -283,10 +283,10 @@ def test_split_lib_not_in_the_data(tmp_path: Path) -> None:
 
 # --- 3. cap -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("cap", ["0", "-3"])
-def test_sample_cap_below_one(tmp_path: Path, cap: str) -> None:
+def test_cap_below_one(tmp_path: Path, cap: str) -> None:
     lib = tmp_path / f"merged_training_{H}_lib{LIB}.parquet"
     merged_frame().write_parquet(lib)
-    cli_error(tmp_path, "sample", str(lib), f"--cap-per-pair={cap}",
+    cli_error(tmp_path, "cap", str(lib), f"--cap-per-pair={cap}",
               words=("--cap-per-pair", cap, ">= 1"))
 
 
@@ -379,7 +379,7 @@ def test_attach_conflicting_mapping_rows_are_counted(tmp_path: Path) -> None:
 ])
 def test_rt_csv_bad_species_mapping(tmp_path: Path, species: str,
                                     words: tuple[str, ...]) -> None:
-    inp, sp = write_rtcsv_inputs(tmp_path, species)
+    inp, sp = write_rt_csv_inputs(tmp_path, species)
     cli_error(tmp_path, "rt-csv", "--input", str(inp), "--species-mapping", str(sp),
               words=(sp.name, *words))
 
@@ -387,7 +387,7 @@ def test_rt_csv_bad_species_mapping(tmp_path: Path, species: str,
 def test_rt_csv_sample_sets_without_species_are_counted(tmp_path: Path) -> None:
     # Sample set 3 (one row) is not in the mapping; a repeated identical row is fine.
     species = "sample_set_id,species,species_cluster\n1,rat,rodent\n" + "2,mouse,rodent\n" * 2
-    inp, sp = write_rtcsv_inputs(tmp_path, species)
+    inp, sp = write_rt_csv_inputs(tmp_path, species)
     cli_ok("rt-csv", "--input", str(inp), "--species-mapping", str(sp))
     out = tmp_path / f"merged_training_{H}_lib{LIB}_cap5_chemclass_rt_prod.csv"
     m = meta(out)

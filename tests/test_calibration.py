@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
 from rtprep.models import ModelOptions, evaluate
 from rtprep.models.calibration import (
     MIN_COMPOUND_ROWS,

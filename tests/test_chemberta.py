@@ -1,11 +1,10 @@
-"""The ChemBERTa route (issue 8) with a tiny randomly initialised RoBERTa built by the test:
+"""The ChemBERTa route with a tiny randomly initialised RoBERTa built by the test:
 a character-level tokenizer and a 2-layer, 32-wide model saved to a local folder (nothing can be
 downloaded here). Skipped when the optional extra (torch, transformers) is not installed, except
 the test of the message that asks for it."""
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import csv
 from pathlib import Path
@@ -15,9 +14,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.embed import projection_paths, register
-from rtprep.errors import RtprepError
+from rtprep.chem.embed import projection_paths
+from rtprep.cli import build_parser
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
 
 DEMO_STRUCTURES = Path(__file__).resolve().parents[1] / "resources/metabolites/demo_structures.csv"
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -80,7 +80,7 @@ def _emb(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_chemberta_route_with_tiny_local_model(structures, tiny_model, tmp_path):
-    from rtprep.chemberta import chemberta_embeddings
+    from rtprep.chem.chemberta import chemberta_embeddings
 
     bad = pl.DataFrame({"chem_id": [1, 2], "smiles": ["C1CC(", None]},
                        schema={"chem_id": pl.Int64, "smiles": pl.String})
@@ -120,14 +120,14 @@ def test_chemberta_route_with_tiny_local_model(structures, tiny_model, tmp_path)
     np.testing.assert_allclose(e_s, e_f[np.isin(ids_f, ids_s)], rtol=0, atol=1e-4)
 
     # An RDKit projection cannot be applied to ChemBERTa states (and vice versa).
-    from rtprep.embed import rdkit_embeddings
+    from rtprep.chem.embed import rdkit_embeddings
 
     with pytest.raises(RtprepError, match="fitted on 'chemberta' features, not 'rdkit'"):
         rdkit_embeddings(table, tmp_path / "x.parquet", project_with=projection_paths(out)[1])
 
 
 def test_mean_pooling_ignores_padding(structures, tiny_model):
-    from rtprep.chemberta import mean_pooled_hidden_states
+    from rtprep.chem.chemberta import mean_pooled_hidden_states
 
     short, long_ = "CCO", structures["smiles"].to_list()[-1]
     alone = mean_pooled_hidden_states([short], tiny_model)
@@ -140,15 +140,13 @@ def test_mean_pooling_ignores_padding(structures, tiny_model):
 def test_cli_chemberta_and_bad_model_folder(structures, tiny_model, tmp_path, capsys):
     table = _write(structures, tmp_path / "s.csv")
     out = tmp_path / "embeddings_chemberta_pca20.parquet"
-    parser = argparse.ArgumentParser(prog="rtprep")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["embed", "--smiles", str(table), "--out", str(out),
+    args = build_parser().parse_args(["embed", "--smiles", str(table), "--out", str(out),
                               "--chemberta-model", str(tiny_model), "--batch-size", "8"])
     args.func(args)
     assert "60 out" in capsys.readouterr().out
     assert read_meta(out)["stage"] == "embed_chemberta"
 
-    from rtprep.chemberta import chemberta_embeddings
+    from rtprep.chem.chemberta import chemberta_embeddings
 
     with pytest.raises(RtprepError, match="ChemBERTa model folder not found"):
         chemberta_embeddings(table, tmp_path / "e.parquet", model_dir=tmp_path / "none")
@@ -169,7 +167,7 @@ def test_missing_extra_names_what_to_install(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    from rtprep.chemberta import chemberta_embeddings
+    from rtprep.chem.chemberta import chemberta_embeddings
 
     with pytest.raises(RtprepError, match=r"pip install -e \"\.\[chemberta\]\""):
         chemberta_embeddings(tmp_path / "s.csv", tmp_path / "e.parquet", model_dir=tmp_path)

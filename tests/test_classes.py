@@ -1,4 +1,4 @@
-"""Seed step 5: chemistry classes by k-means, canonical labels, validation."""
+"""Stage chem_classes: chemistry classes by k-means, canonical labels, validation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.classes import build_chem_classes, classes_paths
-from rtprep.errors import RtprepError
+from rtprep.chem.classes import build_chem_classes, classes_paths
+from rtprep.core.errors import RtprepError
 
 DIM = 20
 
@@ -145,6 +145,22 @@ def _broken(kind: str) -> pl.DataFrame:
     elif kind == "null":
         emb[3] = None
     return df.with_columns(pl.Series("embedding20", emb, dtype=pl.List(pl.Float64)))
+
+
+def test_the_width_is_the_files_own(tmp_path: Path) -> None:
+    """A 5-component embeddings file (``rtprep embed --n-components 5``) gives the same classes
+    as the 20-wide one: the blobs lie in the first three coordinates."""
+    df = _blobs().with_columns(pl.col("embedding20").list.head(5))
+    emb = _write(df, tmp_path)
+    build_chem_classes(emb, n_clusters=3, seed=1)
+    out = pl.read_parquet(classes_paths(emb, 3)[0])
+    assert dict(zip(out["chem_id"], out["compound_class"], strict=True)) == EXPECTED
+    # one vector of another width is still refused, against the file's own width
+    short = df["embedding20"].to_list()
+    short[3] = short[3][:4]
+    emb = _write(df.with_columns(pl.Series("embedding20", short)), tmp_path, "short.parquet")
+    with pytest.raises(RtprepError, match=r"length 4 \(expected 5\) for chem_id 8"):
+        build_chem_classes(emb, n_clusters=3, seed=1)
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,17 @@ def rtprep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 def test_help_lists_the_steps() -> None:
     proc = rtprep("--help")
     assert proc.returncode == 0
-    for cmd in ("merge", "split", "summarize", "sample", "chem-classes", "attach", "rt-csv",
-                "run", "demo"):
+    for cmd in ("merge", "split", "coverage", "cap", "embed", "chem-classes", "attach", "rt-csv",
+                "folds", "train", "evaluate", "predict", "run", "demo", "summarize", "sample"):
         assert cmd in proc.stdout
-    sample = rtprep("sample", "--help")
-    assert "--cap-per-pair" in sample.stdout and "--seed" in sample.stdout
+    # the original scripts' names are aliases of the stages' own
+    for name in ("cap", "sample"):
+        cap = rtprep(name, "--help")
+        assert cap.returncode == 0
+        assert "--cap-per-pair" in cap.stdout and "--seed" in cap.stdout
+        assert cap.stdout.startswith("usage: rtprep cap ")
+    for name in ("coverage", "summarize"):
+        assert rtprep(name, "--help").stdout.startswith("usage: rtprep coverage ")
 
 
 def test_error_is_one_line_without_traceback(tmp_path: Path) -> None:
@@ -51,8 +57,8 @@ def test_every_step_through_the_cli(demo_dir: Path) -> None:
     steps = [
         ("merge", "-i", str(data / H208)),
         ("split", str(data / f"merged_training_{H208}.parquet"), "--rt-range", "0", "40"),
-        ("summarize", str(data / f"merged_training_{H208}_lib208.parquet")),
-        ("sample", str(data / f"merged_training_{H208}_lib208.parquet"), "--cap-per-pair", "5",
+        ("coverage", str(data / f"merged_training_{H208}_lib208.parquet")),
+        ("cap", str(data / f"merged_training_{H208}_lib208.parquet"), "--cap-per-pair", "5",
          "--seed", "42"),
         ("chem-classes", "--embeddings",
          str(demo_dir / "resources/metabolites/embeddings_chemberta_pca20.parquet"),

@@ -1,5 +1,5 @@
 """Config: one schema for every default, the demo's settings on the demo only, coercion, libs per
-export and targets (rtprep.workflow), and the schema's messages."""
+export and targets (rtprep.workflow.dag), and the schema's messages."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from rtprep import settings
-from rtprep.errors import RtprepError
-from rtprep.workflow import (
+from rtprep.core import settings
+from rtprep.core.errors import RtprepError
+from rtprep.workflow.dag import (
     coerce_config,
     complete_config,
     export_libs,
@@ -45,7 +45,7 @@ def test_a_users_config_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg["model"]["advi_steps"] == settings.default("model", "advi_steps") == 20000
     assert cfg["model"]["caps"] is None  # models for every cap
     cfg["data_dir"] = str(tmp_path)  # (no export folders needed for the targets' caps)
-    from rtprep.workflow import model_caps
+    from rtprep.workflow.dag import model_caps
 
     assert model_caps(cfg) == cfg["caps"] == [5, 10]
     assert cfg["embeddings"]["path"] == str(tmp_path / "emb.parquet")
@@ -86,7 +86,7 @@ def test_eval_splits_random_in_production_both_on_the_demo(tmp_path: Path) -> No
     cfg["eval"]["splits"] = ["time"]
     targets = final_targets(cfg)
     assert not any("/eval/random/" in t or "quality_random" in t for t in targets)
-    from rtprep.workflow import accounted_artifacts
+    from rtprep.workflow.dag import accounted_artifacts
 
     arts = accounted_artifacts(cfg)
     assert any(a.endswith("abc1_lib11_time_train_cap5_chemclass_rt_prod.csv") for a in arts)
@@ -95,7 +95,7 @@ def test_eval_splits_random_in_production_both_on_the_demo(tmp_path: Path) -> No
 
 
 def test_eval_splits_are_checked_and_coerced() -> None:
-    from rtprep.workflow import config_error_message
+    from rtprep.workflow.dag import config_error_message
 
     assert coerce_config({"eval": {"splits": "random,time"}})["eval"]["splits"] == [
         "random", "time"]
@@ -119,8 +119,8 @@ def test_user_config_without_embeddings_is_told_to_set_them(tmp_path: Path) -> N
 
 
 def test_defaults_come_from_the_schema() -> None:
-    from rtprep.merge import MergeOptions
     from rtprep.models.options import ModelOptions
+    from rtprep.stages.merge import MergeOptions
 
     opts = ModelOptions()
     for key in ("advi_steps", "quick_steps", "screen_steps", "learning_rate", "robust",

@@ -1,4 +1,4 @@
-"""Seed step 3: species × compound coverage of a lib file."""
+"""Stage coverage: species × compound coverage of a lib file."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.coverage import summarize_species_compounds
-from rtprep.errors import RtprepError
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
+from rtprep.stages.coverage import summarize_species_compounds
 
 # (species_matrix_type, comp_id, n_rows)
 PAIRS = [

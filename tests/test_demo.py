@@ -213,7 +213,7 @@ def test_manifest_counts_rederived(demo: tuple[Path, dict], lib: int) -> None:
     # stage totals are consistent
     left = entry["rows_written"]
     for stage, name in (("merge", "merged_rows"), ("split", "split_rows"),
-                        ("attach", "attached_rows"), ("rtcsv", "rt_rows")):
+                        ("attach", "attached_rows"), ("rt_csv", "rt_rows")):
         left -= sum(entry["stages"][stage]["drops"].values())
         assert entry[name] == left
     # every kind of mess hits rows, the big stages lose a realistic share
@@ -344,9 +344,9 @@ def test_gradient_warp_and_matrix_effects(demo: tuple[Path, dict]) -> None:
 def test_acquisition_date(demo: tuple[Path, dict], tmp_path: Path) -> None:
     """One acquisition date per injection, non-decreasing with worksheet order; merge and split
     carry it through, and the RT CSV's columns do not change."""
-    from rtprep.merge import MergeOptions, merge_export
-    from rtprep.rtcsv import rt_columns
-    from rtprep.split import split_lib
+    from rtprep.stages.merge import MergeOptions, merge_export
+    from rtprep.stages.rt_csv import rt_columns
+    from rtprep.stages.split import split_lib
 
     out, _ = demo
     peaks = read_peaks(out)
@@ -458,7 +458,7 @@ def test_deterministic_and_only_under_out_dir(
 
 
 def test_bad_lib_is_a_clear_error(tmp_path: Path) -> None:
-    from rtprep.errors import RtprepError
+    from rtprep.core.errors import RtprepError
 
     with pytest.raises(RtprepError, match="lib 999"):
         generate_demo(tmp_path / "demo", rows=1000, libs=(999,))

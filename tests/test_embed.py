@@ -1,9 +1,8 @@
-"""Embeddings from SMILES with RDKit (issue 8): contract, accounting, determinism, projection,
+"""Embeddings from SMILES with RDKit: contract, accounting, determinism, projection,
 errors, CLI, and the acceptance test: classes from RDKit embeddings explain compounds' RT."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -12,16 +11,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.classes import build_chem_classes
-from rtprep.embed import (
+from rtprep.chem.classes import build_chem_classes
+from rtprep.chem.embed import (
     DESCRIPTORS,
     load_projection,
     projection_paths,
     rdkit_embeddings,
-    register,
 )
-from rtprep.errors import RtprepError
+from rtprep.cli import build_parser
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
 
 DEMO_STRUCTURES = Path(__file__).resolve().parents[1] / "resources/metabolites/demo_structures.csv"
 SCHEMA = {"chem_id": pl.Int64, "smiles": pl.String, "embedding20": pl.List(pl.Float64)}
@@ -89,7 +88,7 @@ def test_output_contract_invalid_smiles_listed_and_counted(structures, tmp_path)
     saved = json.loads(js.read_text())
     assert saved["n_features"] == 2048 + len(DESCRIPTORS) and saved["n_components"] == 20
     assert saved["fitted_on"]["n_chemicals"] == 40
-    # Step 5 takes the file as it is.
+    # Stage chem_classes takes the file as it is.
     build_chem_classes(out, n_clusters=4, seed=0)
     assert pl.read_parquet(out.parent / "chem_classes_k4.parquet").height == 40
 
@@ -179,7 +178,7 @@ def test_projection_refuses_other_settings_and_tampered_files(structures, tmp_pa
 
 
 def test_non_finite_features_are_dropped_and_listed(structures, tmp_path, monkeypatch):
-    import rtprep.embed as embed
+    import rtprep.chem.embed as embed
 
     real = embed.descriptor_matrix
 
@@ -245,9 +244,7 @@ def test_bad_options(structures, tmp_path):
 
 # --- CLI -----------------------------------------------------------------------------------------
 def _cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="rtprep")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 
@@ -272,6 +269,29 @@ def test_cli_fit_then_project(structures, tmp_path, capsys):
     with pytest.raises(RtprepError, match="RDKit options"):
         _cli(["embed", "--smiles", str(table), "--out", str(new), "--radius", "3",
               "--chemberta-model", str(tmp_path)])
+
+
+def test_workflow_embeddings_follow_a_saved_projection(structures, tmp_path):
+    """Rule embed (``embed_from_config``): with ``project_with`` the projection's features and
+    width are used whatever the config's rdkit block and n_components say (the config holds
+    defaults it cannot tell from a user's choice); without, the config's are."""
+    from rtprep.chem.routes import embed_from_config
+
+    table = _write(structures.head(40), tmp_path / "s.csv")
+    fitted = tmp_path / "fitted.parquet"
+    config = {"source": "rdkit", "n_components": 6, "batch_size": 32,
+              "rdkit": {"radius": 1, "n_bits": 256, "descriptors": False}}
+    embed_from_config(config, table, fitted)
+    assert read_meta(fitted)["config"]["n_bits"] == 256
+    assert set(pl.read_parquet(fitted)["embedding20"].list.len().to_list()) == {6}
+    other = {**config, "n_components": 20,
+             "rdkit": {"radius": 2, "n_bits": 2048, "descriptors": True}}
+    projected = tmp_path / "projected.parquet"
+    embed_from_config(other, table, projected, project_with=projection_paths(fitted)[1])
+    meta = read_meta(projected)["config"]
+    assert (meta["radius"], meta["n_bits"], meta["n_components"]) == (1, 256, 6)
+    a, b = np.asarray(_emb(fitted)[1]), np.asarray(_emb(projected)[1])
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * float(np.abs(a).max()))
 
 
 # --- acceptance: classes from RDKit embeddings explain compounds' RT ----------------------------
@@ -300,10 +320,8 @@ def compound_rt(structures, tmp_path_factory) -> dict[str, pl.DataFrame]:
     their logP is shifted) and the plain logP proxy."""
     out = {"logp_proxy": structures.select(
         "chem_id", pl.Series("rt", _rt_proxy(structures["smiles"].to_list())))}
-    try:
-        from rtprep.demo import generate_demo
-    except ImportError:
-        return out
+    from rtprep.demo import generate_demo
+
     folder = tmp_path_factory.mktemp("demo")
     generate_demo(folder, rows=2000, seed=7, libs=[209])
     out["demo_truth"] = (
@@ -332,12 +350,10 @@ def rdkit_demo_embeddings(structures, tmp_path_factory) -> dict[bool, Path]:
 def test_rdkit_classes_explain_rt_better_than_random_partitions(
     compound_rt, rdkit_demo_embeddings, tmp_path, k, descriptors, source
 ):
-    """Issue 8's acceptance test on the demo's real structures: classes (step 5's k-means on
+    """The acceptance test on the demo's real structures: classes (chem_classes' k-means on
     the RDKit embeddings of all 429 structures) explain more of the variance of compounds' mean
     RT than the 99th percentile of 200 random partitions of the same sizes. Fingerprints alone
     too: the descriptors include logP, the RT model's own input."""
-    if source not in compound_rt:
-        pytest.skip("rtprep.demo is not available: no demo truth")
     emb = rdkit_demo_embeddings[descriptors]
     classes_pq = tmp_path / f"chem_classes_k{k}.parquet"
     build_chem_classes(emb, n_clusters=k, seed=0, out_parquet=classes_pq,

@@ -102,7 +102,7 @@ def test_sigkill_mid_stage_then_rerun(tmp_path: Path, stage_log: str,
     assert not [r for r in reasons if not any(a in r for a in allowed)]
     snakemake(wd, "--cores", "2", "--rerun-incomplete", overlay=OVERLAY)
     final = outputs(wd)
-    from rtprep.paths import SIDECAR_SUFFIXES
+    from rtprep.core.paths import SIDECAR_SUFFIXES
 
     for rel, mtime in before.items():
         # a sidecar is written by the job of the output it sits beside
@@ -120,8 +120,8 @@ def test_sigkill_mid_stage_then_rerun(tmp_path: Path, stage_log: str,
 
 @pytest.mark.slow
 def test_one_core_gives_the_same_files(tmp_path: Path, reference: dict[str, str]) -> None:
-    """Reproducibility (DESIGN.md): the data stages on one core (Snakemake runs one job at a
-    time, each job's libraries on one thread) write the same bytes as on two."""
+    """Reproducibility (docs/contracts.md): the data stages on one core (Snakemake runs one job
+    at a time, each job's libraries on one thread) write the same bytes as on two."""
     wd = copy_workflow(tmp_path)
     snakemake(wd, "--cores", "1", overlay=OVERLAY)
     got = {k: digest(p) for k, p in outputs(wd).items()}

@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
 from rtprep.models import ModelOptions, advi, evaluate, train
 from rtprep.models.synthetic import SyntheticData, generate
-from rtprep.plots import fit_verdict_line
+from rtprep.report.plots import fit_verdict_line
 
 REPRO = Path(__file__).parent / "data" / "pooled_fit_diverges"
 

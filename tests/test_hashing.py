@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.hashing import (
+from rtprep.core.hashing import (
     GOLDEN,
     MASK64,
     float_bits,
@@ -21,7 +21,7 @@ from rtprep.hashing import (
     splitmix64_np,
     with_row_hash,
 )
-from rtprep.sample import sample_per_species_compound
+from rtprep.stages.cap import sample_per_species_compound
 
 # --- splitmix64 test vectors ------------------------------------------------------------------
 # The published splitmix64 sequence from state 1234567: each step adds the golden gamma to the
@@ -65,7 +65,8 @@ def test_splitmix64_numpy_and_polars_match_the_vectors() -> None:
 
 
 def _numpy_row_hash(seed: int, df: pl.DataFrame) -> list[int]:
-    """The DESIGN's chain written directly in numpy (a second, independent spelling)."""
+    """The row hash's chain (docs/contracts.md) written directly in numpy (a second, independent
+    spelling)."""
     h = splitmix64_np(np.full(df.height, seed & MASK64, dtype=np.uint64))
     for c in ("sample_set_id", "task_id", "comp_id"):
         h = splitmix64_np(h ^ df[c].to_numpy().astype(np.int64).view(np.uint64))

@@ -1,4 +1,4 @@
-"""Seed step 1: merge a Pachyderm export (hand-made tiny exports in tmp_path)."""
+"""Stage merge: merge a Pachyderm export (hand-made tiny exports in tmp_path)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-import rtprep.merge as merge_mod
-from rtprep.artifacts import read_meta
-from rtprep.errors import RtprepError
-from rtprep.merge import DROP_REASONS, MergeOptions, merge_export
+import rtprep.stages.merge as merge_mod
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
+from rtprep.stages.merge import DROP_REASONS, MergeOptions, merge_export
 
 HASH = "abc123"
 PEAK_COLS = ["sample_set_id", "task_id", "worksheet_id", "sample_type", "cpd_status", "comp_id",
@@ -450,7 +450,7 @@ def test_equals_eager_reference(tmp_path: Path, seed: int,
 
 
 def test_merge_then_split(export: Path, tmp_path: Path) -> None:
-    from rtprep.split import libs_in_merged, split_lib
+    from rtprep.stages.split import libs_in_merged, split_lib
 
     out = tmp_path / f"merged_training_{HASH}.parquet"
     merge_export(export, out)

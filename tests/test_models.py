@@ -1,4 +1,4 @@
-"""Stage 8: ridge + partial-pooling RT models, evaluation, prediction, CLI."""
+"""Stages train and evaluate: ridge + partial-pooling RT models, evaluation, prediction, CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import multivariate_normal
 from sklearn.linear_model import Ridge
 
-from rtprep.errors import RtprepError
+from rtprep.core.errors import RtprepError
 from rtprep.models import FittedModel, ModelOptions, evaluate, load_models, predict, train
 from rtprep.models.algebra import GroupAlgebra, integrated_loglik_np
 from rtprep.models.data import Covariates, build_stats, group_table, read_rows

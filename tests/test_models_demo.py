@@ -1,7 +1,7 @@
-"""Stage 8 accuracy on the demo, against the generator's truth (issue 3's acceptance).
+"""Model accuracy on the demo, against the generator's truth (the acceptance test).
 
-One lib of a small demo goes through the library functions of stages 1-7 (merge, split, folds,
-cap 5, classes, attach, RT CSV, test rows); 5% of the compounds are then left out of the
+One lib of a small demo goes through the library functions of the data stages (merge, split,
+folds, cap 5, classes, attach, RT CSV, test rows); 5% of the compounds are then left out of the
 training CSV, so that the same fit also scores the backoff for unseen compounds. The RMSE and
 coverage targets are checked on the test rows of the compounds the model has seen (what the
 demo's held-out sample sets hold without the hold-out), on all of them (mis-assigned peaks
@@ -34,17 +34,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.attach import attach_chem_classes
-from rtprep.classes import build_chem_classes
+from rtprep.chem.classes import build_chem_classes
+from rtprep.core.artifacts import read_meta
 from rtprep.demo import generate_demo
-from rtprep.merge import MergeOptions, merge_export
 from rtprep.models import ModelOptions, evaluate
 from rtprep.models.calibration import calibration_report, flag_report, read_truth_table
 from rtprep.models.truth import LOW_SUPPORT_BINS, truth_report
-from rtprep.rtcsv import make_rt_prod_csv, write_test_rows
-from rtprep.sample import assign_folds, sample_per_species_compound
-from rtprep.split import split_lib
+from rtprep.stages.attach import attach_chem_classes
+from rtprep.stages.cap import assign_folds, sample_per_species_compound
+from rtprep.stages.merge import MergeOptions, merge_export
+from rtprep.stages.rt_csv import make_rt_prod_csv, write_test_rows
+from rtprep.stages.split import split_lib
 
 LIB = 209
 HASH = "de194c2cc2114efaa1075ccf7539d0cb"

@@ -1,5 +1,5 @@
-"""Models are reproducible across thread counts (DESIGN.md: equal within 1e-6 relative on one
-machine, whatever the thread count): the same training file fitted by the real CLI with
+"""Models are reproducible across thread counts (docs/contracts.md: equal within 1e-6 relative
+on one machine, whatever the thread count): the same training file fitted by the real CLI with
 ``--threads 1`` and ``--threads 2`` gives the same summaries and the same predictions."""
 
 from __future__ import annotations

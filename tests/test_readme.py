@@ -4,7 +4,7 @@ The copy gets its own virtual environment (``--system-site-packages``: the depen
 ones installed already, so ``pip install -e`` only links the copy), so the commands run exactly as
 a new user types them without touching the environment the tests run in. The second command runs
 the test suite; inside this test (``RTPREP_README_TEST``) it collects every test but runs only a
-few quick ones (``tests/conftest.py``): this session runs all the others already, and the nested
+few quick ones (``tests/conftest.py``): the outer pytest run has all the others, and the nested
 run would otherwise run this test again.
 """
 
@@ -23,8 +23,10 @@ import pytest
 
 from tests.workflow_util import REPO
 
-SKIP_PARTS = {".git", "demo", "results", "logs", ".snakemake", ".pytest_cache", ".ruff_cache",
-              ".hypothesis", "__pycache__", "benchmarks"}
+#: Left out of the copy anywhere, and (as in .gitignore) the run's output folders at the top only:
+#: the package has a ``demo`` of its own (``src/rtprep/demo``).
+SKIP_PARTS = {".git", ".snakemake", ".pytest_cache", ".ruff_cache", ".hypothesis", "__pycache__"}
+SKIP_TOP = {"demo", "results", "logs", "benchmarks"}
 
 
 def readme_commands() -> list[str]:
@@ -42,8 +44,10 @@ def test_readme_has_two_commands() -> None:
 
 
 def copy_checkout(dest: Path) -> Path:
-    def ignore(_dir: str, names: list[str]) -> set[str]:
-        return {n for n in names if n in SKIP_PARTS or n.endswith(".egg-info")}
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        top = Path(folder) == REPO
+        return {n for n in names
+                if n in SKIP_PARTS or (top and n in SKIP_TOP) or n.endswith(".egg-info")}
 
     shutil.copytree(REPO, dest, ignore=ignore)
     # benchmarks/ is not needed to run, but keep its files so the copy is a whole checkout

@@ -1,4 +1,4 @@
-"""Snakemake's HTML report of a real run of config/test.yaml, opened in headless Chromium (issue 7).
+"""Snakemake's HTML report of a real run of config/test.yaml, opened in headless Chromium.
 
 The report is a single-page app: a figure is only shown after navigating Results -> category ->
 (subcategory) -> result. The test walks every result of every category the way a user clicks

@@ -1,4 +1,4 @@
-"""The report's tables (rtprep.report_tables) on small hand-made inputs; tests/test_report.py sees
+"""The report's tables (rtprep.report.tables) on small hand-made inputs; tests/test_report.py sees
 them in the real report."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from rtprep.errors import RtprepError
-from rtprep.report_tables import (
+from rtprep.core.errors import RtprepError
+from rtprep.report.tables import (
     EvalEntry,
     accounting_table,
     metrics_table,

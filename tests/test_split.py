@@ -1,4 +1,4 @@
-"""Seed step 2: split a merged export by lib, with the RT validity filter."""
+"""Stage split: split a merged export by lib, with the RT validity filter."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from rtprep.artifacts import read_meta
-from rtprep.errors import RtprepError
-from rtprep.split import DROP_REASONS, libs_in_merged, split_lib
+from rtprep.core.artifacts import read_meta
+from rtprep.core.errors import RtprepError
+from rtprep.stages.split import DROP_REASONS, libs_in_merged, split_lib
 
 INF = math.inf
 NAN = math.nan

@@ -17,14 +17,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-import rtprep.merge as merge_mod
-import rtprep.rtcsv as rtcsv
-from rtprep.coverage import summarize_species_compounds
-from rtprep.hashing import IDENTITY_COLUMNS, id_hash, with_row_hash
-from rtprep.merge import merge_export
-from rtprep.rtcsv import write_test_rows
-from rtprep.sample import assign_folds, sample_per_species_compound
-from rtprep.split import split_lib
+import rtprep.stages.merge as merge_mod
+import rtprep.stages.rt_csv as rtcsv
+from rtprep.core.hashing import IDENTITY_COLUMNS, id_hash, with_row_hash
+from rtprep.stages.cap import assign_folds, sample_per_species_compound
+from rtprep.stages.coverage import summarize_species_compounds
+from rtprep.stages.merge import merge_export
+from rtprep.stages.rt_csv import write_test_rows
+from rtprep.stages.split import split_lib
 
 LIBS = (208, 209)
 SMTS = ("plasma", "urine", "liver")

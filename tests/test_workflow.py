@@ -175,8 +175,8 @@ def test_every_file_a_rule_writes_is_declared(run_dir: Path) -> None:
     """Every file under the data folder, results/, logs/ and benchmarks/runs/ after a real run is
     a declared output or log of a rule (Snakemake's --summary), inside a declared directory(),
     a benchmark file, or a sidecar (.meta.json, .dropped.csv) that the shared mechanism
-    (rtprep.artifacts.write_sidecars) writes beside a declared output."""
-    from rtprep.paths import SIDECAR_SUFFIXES
+    (rtprep.core.artifacts.write_sidecars) writes beside a declared output."""
+    from rtprep.core.paths import SIDECAR_SUFFIXES
 
     extra = [lib_file(lib, f"_cap{BIG_CAP}_chemclass_rt_prod.csv") for lib in HASHES]
     proc = snakemake(run_dir, "--summary", "--cores", "1", "all", *extra)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rtprep.artifacts import atomic_output
-from rtprep.errors import RtprepError
+from rtprep.core.artifacts import atomic_output
+from rtprep.core.errors import RtprepError
 
 
 def _mounted(point: Path, options: str, what: str) -> Iterator[Path]:
@@ -92,7 +92,7 @@ def read_only_export(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_out_dir_builds_from_a_read_only_export(read_only_export: Path, tmp_path: Path) -> None:
-    from rtprep.settings import default
+    from rtprep.core.settings import default
     from tests.workflow_util import copy_workflow, snakemake
 
     wd = copy_workflow(tmp_path / "wd")

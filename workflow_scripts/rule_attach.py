@@ -1,9 +1,9 @@
-"""Rule attach (seed step 6): CHEM_ID and compound_class, unmappable rows dropped (counted)."""
+"""Rule attach: CHEM_ID and compound_class, unmappable rows dropped (counted)."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.attach import attach_chem_classes
+from rtprep.stages.attach import attach_chem_classes
 
 attach_chem_classes(
     snakemake.input.parquet,

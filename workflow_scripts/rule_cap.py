@@ -1,9 +1,9 @@
-"""Rules cap and cap_train (seed step 4): at most N rows per (species_matrix_type, comp_id)."""
+"""Rules cap and cap_train: at most N rows per (species_matrix_type, comp_id)."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.sample import sample_per_species_compound
+from rtprep.stages.cap import sample_per_species_compound
 
 folds = snakemake.input.get("folds")
 sample_per_species_compound(

@@ -1,9 +1,9 @@
-"""Rule chem_classes (seed step 5): k-means compound classes from chemistry embeddings."""
+"""Rule chem_classes: k-means compound classes from chemistry embeddings."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.classes import build_chem_classes
+from rtprep.chem.classes import build_chem_classes
 
 build_chem_classes(
     snakemake.input[0],

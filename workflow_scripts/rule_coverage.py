@@ -1,9 +1,9 @@
-"""Rule coverage (seed step 3): species x compound coverage table and CSV."""
+"""Rule coverage: species x compound coverage table and CSV."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.coverage import summarize_species_compounds
+from rtprep.stages.coverage import summarize_species_compounds
 
 summarize_species_compounds(
     snakemake.input[0],

@@ -1,6 +1,6 @@
 """Rule demo: generate the embedded demo export under demo.dir."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
 from rtprep.demo import generate_demo

@@ -1,6 +1,6 @@
-"""Rule evaluate (stage 8): models trained on the train folds, scored on every held-out row."""
+"""Rule evaluate: models trained on the train folds, scored on every held-out row."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
 from rtprep.models.evaluate import evaluate

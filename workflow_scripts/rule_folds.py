@@ -1,9 +1,9 @@
 """Rule folds: whole sample sets into train and test folds, for one split of eval.splits."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.sample import assign_folds
+from rtprep.stages.cap import assign_folds
 
 assign_folds(
     snakemake.input[0],

@@ -1,9 +1,9 @@
-"""Rule merge (seed step 1): one export's shards -> merged_training_<hash>.parquet."""
+"""Rule merge: one export's shards -> merged_training_<hash>.parquet."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.merge import MergeOptions, merge_export
+from rtprep.stages.merge import MergeOptions, merge_export
 
 merge_export(
     snakemake.params.export,

@@ -1,9 +1,9 @@
-"""Rule rt_csv (seed step 7): the RT production CSV for the trainers."""
+"""Rule rt_csv: the RT production CSV for the trainers."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.rtcsv import make_rt_prod_csv
+from rtprep.stages.rt_csv import make_rt_prod_csv
 
 make_rt_prod_csv(
     snakemake.input.parquet,

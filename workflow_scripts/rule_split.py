@@ -1,9 +1,9 @@
-"""Rule split (seed step 2): one lib's rows of the merged Parquet."""
+"""Rule split: one lib's rows of the merged Parquet."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.split import split_lib
+from rtprep.stages.split import split_lib
 
 rt_range = snakemake.params.rt_range
 split_lib(

@@ -1,9 +1,9 @@
 """Rule test_rows: every held-out row, attached and filtered like the training rows."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.rtcsv import write_test_rows
+from rtprep.stages.rt_csv import write_test_rows
 
 write_test_rows(
     snakemake.input.parquet,

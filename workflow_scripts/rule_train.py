@@ -1,6 +1,6 @@
-"""Rule train (stage 8): ridge and partial-pooling RT models from an RT production CSV."""
+"""Rule train: ridge and partial-pooling RT models from an RT production CSV."""
 
-from rtprep.smk import start
+from rtprep.workflow.script import start
 
 start(snakemake)
 from rtprep.models.api import train

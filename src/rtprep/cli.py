@@ -1,5 +1,7 @@
-"""The ``rtprep`` command line: every pipeline stage with explicit paths and the seed's options,
-plus ``run``, which goes through Snakemake.
+"""The ``rtprep`` command line: every stage with explicit paths and the original scripts'
+options, plus ``run``, which goes through Snakemake. A subcommand is named as its stage (rule
+``rt_csv``: ``rtprep rt-csv``); ``summarize`` and ``sample``, the original scripts' names of
+``coverage`` and ``cap``, still work.
 
 Errors caused by input or configuration print one clear line (no traceback) and exit 2; ``--debug``
 shows the traceback.
@@ -18,26 +20,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rtprep.paths import beside, merged_name
-from rtprep.settings import choices, default
+from rtprep.core.paths import beside, merged_name
+from rtprep.core.settings import choices, default
 
 DESCRIPTION = """\
 rtprep turns Pachyderm exports of LC-MS peak tables into compact, chemistry-aware retention-time
 (RT) training data, and trains the ridge and partial-pooling RT models used for peak assignment.
 
-The steps (each writes <output>.meta.json with its row accounting beside its output):
-  1. merge          merge an export's shards        -> merged_training_<hash>.parquet
-  2. split          split the merged file by lib    -> merged_training_<hash>_lib<lib>.parquet
-  3. summarize      species x compound coverage     -> ..._lib<lib>_species_compounds.csv
-  4. sample         cap rows per (species_matrix_type, comp_id) -> ..._lib<lib>_cap<N>.parquet
-  5. chem-classes   k-means compound classes        -> chem_classes_k<k>.parquet/.csv
-  6. attach         attach CHEM_ID + compound_class -> ..._cap<N>_chemclass.parquet
-  7. rt-csv         RT production CSV               -> ..._cap<N>_chemclass_rt_prod.csv
-  8. train / evaluate / predict   RT models
-  embed            RDKit (or local ChemBERTa) embeddings from SMILES: the input of step 5
+The stages (each writes <output>.meta.json with its row accounting beside its output):
+  merge          merge an export's shards        -> merged_training_<hash>.parquet
+  split          split the merged file by lib    -> merged_training_<hash>_lib<lib>.parquet
+  coverage       species x compound coverage     -> ..._lib<lib>_species_compounds.csv
+                 (alias: summarize)
+  cap            cap rows per (species_matrix_type, comp_id) -> ..._lib<lib>_cap<N>.parquet
+                 (alias: sample)
+  embed          RDKit (or local ChemBERTa) embeddings from SMILES: the input of chem-classes
+  chem-classes   k-means compound classes        -> chem_classes_k<k>.parquet/.csv
+  attach         attach CHEM_ID + compound_class -> ..._cap<N>_chemclass.parquet
+  rt-csv         RT production CSV               -> ..._cap<N>_chemclass_rt_prod.csv
+  folds          held-out sample sets per split  -> ..._lib<lib>_<split>_folds.csv
+  train / evaluate / predict   RT models
 
-`rtprep run --libs 209 --cap 100 --quick` runs the whole workflow through Snakemake (the old
-./scripts/run_rt_prod.sh). `rtprep demo` writes the embedded demo export.
+`rtprep run --libs 209 --cap 100 --quick` runs the whole workflow through Snakemake (as the
+original ./scripts/run_rt_prod.sh did). `rtprep demo` writes the embedded demo export.
 """
 
 log = logging.getLogger("rtprep")
@@ -73,11 +78,12 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from rtprep.demo import generate_demo
 
     manifest = generate_demo(a.out, rows=a.rows, seed=a.seed, libs=a.libs)
-    print(f"demo export written under {a.out}/ ({manifest.get('rows_written', '?')} peak rows)")
+    rows = sum(e["rows_written"] for e in manifest["exports"].values())
+    print(f"demo export written under {a.out}/ ({rows:,} peak rows)")
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
-    from rtprep.merge import MergeOptions, merge_export
+    from rtprep.stages.merge import MergeOptions, merge_export
 
     export = _p(a.input).resolve()
     out = _p(a.output) if a.output else export.parent / merged_name(export.name)
@@ -86,7 +92,7 @@ def cmd_merge(a: argparse.Namespace) -> None:
 
 
 def cmd_split(a: argparse.Namespace) -> None:
-    from rtprep.split import libs_in_merged, split_lib
+    from rtprep.stages.split import libs_in_merged, split_lib
 
     merged = _p(a.merged)
     libs = a.libs or libs_in_merged(merged)
@@ -97,8 +103,8 @@ def cmd_split(a: argparse.Namespace) -> None:
         print(f"{out}: {acc.funnel()}")
 
 
-def cmd_summarize(a: argparse.Namespace) -> None:
-    from rtprep.coverage import summarize_species_compounds
+def cmd_coverage(a: argparse.Namespace) -> None:
+    from rtprep.stages.coverage import summarize_species_compounds
 
     for f in a.files:
         f = _p(f)
@@ -111,8 +117,8 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         print(f"== {f}\n{text}")
 
 
-def cmd_sample(a: argparse.Namespace) -> None:
-    from rtprep.sample import sample_per_species_compound
+def cmd_cap(a: argparse.Namespace) -> None:
+    from rtprep.stages.cap import sample_per_species_compound
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, f"_cap{a.cap_per_pair}.parquet")
@@ -121,7 +127,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
-    from rtprep.sample import assign_folds
+    from rtprep.stages.cap import assign_folds
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, f"_{a.split}_folds.csv")
@@ -131,7 +137,7 @@ def cmd_folds(a: argparse.Namespace) -> None:
 
 
 def cmd_chem_classes(a: argparse.Namespace) -> None:
-    from rtprep.classes import build_chem_classes, classes_paths
+    from rtprep.chem.classes import build_chem_classes, classes_paths
 
     pq, csv = classes_paths(_p(a.embeddings), a.n_clusters)
     acc = build_chem_classes(_p(a.embeddings), n_clusters=a.n_clusters, seed=a.seed,
@@ -140,7 +146,7 @@ def cmd_chem_classes(a: argparse.Namespace) -> None:
 
 
 def cmd_attach(a: argparse.Namespace) -> None:
-    from rtprep.attach import attach_chem_classes
+    from rtprep.stages.attach import attach_chem_classes
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, "_chemclass.parquet")
@@ -149,12 +155,28 @@ def cmd_attach(a: argparse.Namespace) -> None:
 
 
 def cmd_rt_csv(a: argparse.Namespace) -> None:
-    from rtprep.rtcsv import make_rt_prod_csv
+    from rtprep.stages.rt_csv import make_rt_prod_csv
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, "_rt_prod.csv")
     acc = make_rt_prod_csv(f, _p(a.species_mapping), out, families=tuple(a.families))
     print(f"{out}: {acc.funnel()}")
+
+
+def cmd_embed(a: argparse.Namespace) -> None:
+    """``rtprep embed``: RDKit (default) or ChemBERTa (``--chemberta-model``) embeddings."""
+    from rtprep.chem.embed import projection_paths
+    from rtprep.chem.routes import embed_smiles
+
+    acc = embed_smiles(a.smiles, a.out, model_dir=a.chemberta_model, batch_size=a.batch_size,
+                       radius=a.radius, n_bits=a.n_bits,
+                       descriptors=False if a.no_descriptors else None,
+                       n_components=a.n_components, project_with=a.project_with)
+    print(f"{a.out}: {acc.funnel()}")
+    if not a.project_with:
+        pq, js = projection_paths(a.out)
+        print(f"projection saved: {js} (+ {pq.name}); project new chemicals with "
+              f"--project-with {js}")
 
 
 # --- run: the whole workflow through Snakemake ---------------------------------------------------
@@ -166,7 +188,7 @@ def _repo_root() -> Path:
     src = Path(__file__).resolve().parents[2]
     if (src / "Snakefile").is_file():
         return src
-    from rtprep.errors import RtprepError
+    from rtprep.core.errors import RtprepError
 
     raise RtprepError("no Snakefile here: run `rtprep run` from the rtprep workflow folder")
 
@@ -222,20 +244,22 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rtprep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
-    p.add_argument("--threads", type=int, default=None, help="limit threads (default: all cores)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+Add = Callable[..., argparse.ArgumentParser]
 
-    def add(name: str, func: Handler, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+
+def _subcommands(sub: Any) -> Add:
+    """``add(name, func, help, aliases=())``: a subcommand that runs ``func``."""
+
+    def add(name: str, func: Handler, help_: str,
+            aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases))
         sp.set_defaults(func=func)
         return sp
 
+    return add
+
+
+def _add_demo(add: Add) -> None:
     s = add("demo", cmd_demo, "write the embedded demo export (only under --out)")
     s.add_argument("--out", default=default("demo", "dir"),
                    help="folder to write (default: %(default)s)")
@@ -244,24 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=default("demo", "seed"))
     s.add_argument("--libs", type=int, nargs="+", default=default("demo", "libs"))
 
-    s = add("merge", cmd_merge, "step 1: merge a Pachyderm export's training shards")
+
+def _add_export_stages(add: Add) -> None:
+    """merge, split, coverage and cap: the stages on the export's peak rows."""
+    s = add("merge", cmd_merge, "stage merge: merge a Pachyderm export's training shards")
     s.add_argument("-i", "--input", required=True, help="export folder repo_export/<export_hash>")
     s.add_argument("-o", "--output", help="default: merged_training_<hash>.parquet beside it")
 
-    s = add("split", cmd_split, "step 2: split a merged Parquet into one Parquet per lib_id")
+    s = add("split", cmd_split, "stage split: one Parquet per lib_id from a merged Parquet")
     s.add_argument("merged", help="merged_training_<hash>.parquet")
     s.add_argument("--libs", type=_lib_type, nargs="+", help="only these libs (default: all)")
     s.add_argument("--rt-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="valid apex_rt range in minutes; rows outside are dropped (counted)")
 
-    s = add("summarize", cmd_summarize, "step 3: species x compound coverage per lib file")
+    s = add("coverage", cmd_coverage, "stage coverage: species x compound coverage per lib file",
+            aliases=["summarize"])
     s.add_argument("files", nargs="+", help="merged_training_<hash>_lib<lib>.parquet files")
     s.add_argument("--caps", type=int, nargs="+", default=default("coverage_caps"))
 
-    s = add("sample", cmd_sample, "step 4: cap rows per (species_matrix_type, comp_id) pair")
+    s = add("cap", cmd_cap, "stage cap: cap rows per (species_matrix_type, comp_id) pair",
+            aliases=["sample"])
     s.add_argument("input", help="merged_training_<hash>_lib<lib>.parquet")
-    s.add_argument("--cap-per-pair", type=_cap_type, required=True,
-                   help="N rows at most per pair")
+    s.add_argument("--cap-per-pair", "--cap", dest="cap_per_pair", type=_cap_type,
+                   required=True, help="N rows at most per pair")
     s.add_argument("--seed", type=int, default=default("cap_seed"))
     s.add_argument("-o", "--output", help="default: ..._lib<lib>_cap<N>.parquet beside it")
 
@@ -278,38 +307,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the column whose order the time split follows (default: %(default)s)")
     s.add_argument("-o", "--output", help="default: ..._lib<lib>_<split>_folds.csv beside it")
 
-    s = add("chem-classes", cmd_chem_classes, "step 5: k-means compound classes from embeddings")
+
+def _add_embed(add: Add) -> None:
+    help_ = "stage embed: chemistry embeddings (chem_id, smiles, embedding20) from SMILES"
+    s = add("embed", cmd_embed, help_)
+    s.description = help_ + (
+        ". RDKit Morgan count fingerprints (+ 2-D descriptors), scaled, PCA; or a local "
+        "ChemBERTa model (--chemberta-model). The fitted scaling + PCA are saved beside --out "
+        "(<stem>.projection.json/.parquet) for --project-with.")
+    s.add_argument("--smiles", required=True, help="CSV or Parquet with chem_id, smiles")
+    s.add_argument("--out", required=True,
+                   help="output Parquet, e.g. resources/metabolites/embeddings_rdkit_pca20.parquet")
+    s.add_argument("--project-with", default=None, metavar="SAVED",
+                   help="project onto a saved projection (<stem>.projection.json) instead of "
+                        "fitting a new one")
+    s.add_argument("--radius", type=int, default=None, help="Morgan radius (default 2)")
+    s.add_argument("--n-bits", type=int, default=None, help="fingerprint size (default 2048)")
+    s.add_argument("--no-descriptors", action="store_true",
+                   help="fingerprints only (no RDKit 2-D descriptors)")
+    s.add_argument("--n-components", type=int, default=None,
+                   help="PCA components, the vectors' width (default 20)")
+    s.add_argument("--chemberta-model", default=None, metavar="DIR",
+                   help="local transformers model folder (needs: pip install -e '.[chemberta]')")
+    s.add_argument("--batch-size", type=int, default=32, help="ChemBERTa batch size")
+
+
+def _add_chem_stages(add: Add) -> None:
+    """chem-classes, attach and rt-csv: classes, then the rows that get them."""
+    s = add("chem-classes", cmd_chem_classes,
+            "stage chem_classes: k-means compound classes from embeddings")
     s.add_argument("--embeddings", required=True,
                    help="Parquet: chem_id, smiles, embedding20 (classes are written beside it)")
     s.add_argument("--n-clusters", type=_int_at_least(1, "number of compound classes"),
                    default=default("n_clusters"))
     s.add_argument("--seed", type=int, default=default("kmeans_seed"))
 
-    s = add("attach", cmd_attach, "step 6: attach CHEM_ID + compound_class, drop unmapped")
+    s = add("attach", cmd_attach, "stage attach: attach CHEM_ID + compound_class, drop unmapped")
     s.add_argument("--input", required=True, help="..._cap<N>.parquet")
     s.add_argument("--lib-mapping", required=True, help="lib_comp_chem_mapping_lib<lib>.csv")
     s.add_argument("--classes", required=True, help="chem_classes_k<k>.parquet")
     s.add_argument("-o", "--output", help="default: ..._cap<N>_chemclass.parquet")
 
-    s = add("rt-csv", cmd_rt_csv, "step 7: build the RT production CSV")
+    s = add("rt-csv", cmd_rt_csv, "stage rt_csv: build the RT production CSV")
     s.add_argument("--input", required=True, help="..._cap<N>_chemclass.parquet")
     s.add_argument("--species-mapping", required=True,
                    help="CSV: sample_set_id, species, species_cluster")
     s.add_argument("--families", nargs="+", default=default("covariates", "families"))
     s.add_argument("-o", "--output", help="default: ..._chemclass_rt_prod.csv")
 
-    from rtprep.embed import register as register_embed
 
-    register_embed(sub)
-    try:
-        from rtprep.models.cli import register as register_models
-    except ImportError:  # pragma: no cover - the models package is being written
-        pass
-    else:
-        register_models(sub)
-
+def _add_run(add: Add) -> None:
     s = add("run", cmd_run, "run the whole workflow through Snakemake "
-            "(like ./scripts/run_rt_prod.sh --libs 209 --cap 100 --quick)")
+            "(like the original ./scripts/run_rt_prod.sh --libs 209 --cap 100 --quick)")
     s.add_argument("--libs", nargs="+", type=_lib_type,
                    help="lib ids (default: the config's libs)")
     s.add_argument("--cap", nargs="+", type=_cap_type,
@@ -324,6 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--dry-run", action="store_true", help="show the jobs, run nothing")
     s.add_argument("snakemake_args", nargs=argparse.REMAINDER,
                    help="after --: passed to snakemake as they are")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rtprep.models.cli import register as register_models
+
+    p = argparse.ArgumentParser(
+        prog="rtprep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    p.add_argument("--threads", type=int, default=None, help="limit threads (default: all cores)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = _subcommands(sub)
+    _add_demo(add)
+    _add_export_stages(add)
+    _add_embed(add)
+    _add_chem_stages(add)
+    register_models(sub)
+    _add_run(add)
     return p
 
 
@@ -331,11 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
-        from rtprep.threads import limit_threads
+        from rtprep.core.threads import limit_threads
 
         limit_threads(args.threads)
-    from rtprep.errors import RtprepError
-    from rtprep.logs import setup_logging
+    from rtprep.core.errors import RtprepError
+    from rtprep.core.logs import setup_logging
 
     setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     if getattr(args, "snakemake_args", None) and args.snakemake_args[0] == "--":

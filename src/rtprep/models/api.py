@@ -13,15 +13,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import (
+from rtprep.core.artifacts import (
     RowAccount,
     atomic_output,
     file_checksum,
     write_sidecars,
     write_text_atomic,
 )
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns, write_parquet_atomic
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import require_columns, write_parquet_atomic
+from rtprep.core.paths import MODEL_KINDS, MODEL_MANIFEST, MODEL_ROWS
 from rtprep.models.algebra import GroupAlgebra
 from rtprep.models.data import (
     Covariates,
@@ -36,7 +37,6 @@ from rtprep.models.options import ModelOptions
 from rtprep.models.pooled import Embeddings, fit_pooled
 from rtprep.models.ridge import fit_ridge, ridge_algebra
 from rtprep.models.robust import misassignment
-from rtprep.paths import MODEL_KINDS, MODEL_MANIFEST, MODEL_ROWS
 
 log = logging.getLogger(__name__)
 

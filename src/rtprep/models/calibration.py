@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import require_columns
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import require_columns
 
 log = logging.getLogger(__name__)
 

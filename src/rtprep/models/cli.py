@@ -8,8 +8,8 @@ from typing import Any
 
 
 def _options(args: argparse.Namespace) -> Any:
+    from rtprep.core.settings import load_files
     from rtprep.models.options import ModelOptions
-    from rtprep.settings import load_files
 
     config = load_files(args.config) if getattr(args, "config", None) else {}
     opts = ModelOptions.from_config(config)
@@ -78,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``rtprep predict``: RT and 95% interval per (injection, compound)."""
-    from rtprep.artifacts import read_meta
+    from rtprep.core.artifacts import read_meta
     from rtprep.models.api import predict
 
     predict(args.model, args.injections, args.out, model=args.kind)

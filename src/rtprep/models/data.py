@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.artifacts import RowAccount
-from rtprep.errors import RtprepError, input_error
-from rtprep.frames import covariate_columns, require_columns
+from rtprep.core.artifacts import RowAccount
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import covariate_columns, require_columns
 
 log = logging.getLogger(__name__)
 

@@ -25,19 +25,16 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from rtprep.artifacts import (
+from rtprep.core.artifacts import (
     RowAccount,
     atomic_output,
     file_checksum,
     write_sidecars,
     write_text_atomic,
 )
-from rtprep.errors import RtprepError
-from rtprep.frames import write_csv_atomic, write_parquet_atomic
-from rtprep.models.api import load_models, train
-from rtprep.models.data import read_rows
-from rtprep.models.options import ModelOptions
-from rtprep.paths import (
+from rtprep.core.errors import RtprepError
+from rtprep.core.frames import write_csv_atomic, write_parquet_atomic
+from rtprep.core.paths import (
     EVAL_FILES,
     EVAL_METRICS,
     EVAL_METRICS_CSV,
@@ -49,6 +46,9 @@ from rtprep.paths import (
     EVAL_TRUTH_JSON,
     MODEL_ROWS,
 )
+from rtprep.models.api import load_models, train
+from rtprep.models.data import read_rows
+from rtprep.models.options import ModelOptions
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from rtprep.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
-from rtprep.errors import RtprepError
+from rtprep.core.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
+from rtprep.core.errors import RtprepError
+from rtprep.core.paths import MODEL_EFFECTS, MODEL_GROUPS, MODEL_MANIFEST
 from rtprep.models.data import Covariates, unit_column
-from rtprep.paths import MODEL_EFFECTS, MODEL_GROUPS, MODEL_MANIFEST
 
 log = logging.getLogger(__name__)
 

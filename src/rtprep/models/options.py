@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from rtprep import settings
-from rtprep.errors import RtprepError
-from rtprep.frames import DEFAULT_COVARIATE_FAMILIES
+from rtprep.core import settings
+from rtprep.core.errors import RtprepError
+from rtprep.core.frames import DEFAULT_COVARIATE_FAMILIES
 
 
 def _model(*key: str) -> Any:

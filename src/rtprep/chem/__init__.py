@@ -1,0 +1,1 @@
+"""Chemistry: embeddings from structures (RDKit, ChemBERTa) and compound classes."""

@@ -1,0 +1,1 @@
+"""The report: figures (plots) and HTML tables (tables) for `snakemake --report`."""

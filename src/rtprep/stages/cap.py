@@ -1,0 +1,538 @@
+"""Stage 4: cap the rows per ``(species_matrix_type, comp_id)`` pair, and sample-set folds.
+
+The cap keeps, within each pair, the ``min(n, cap_per_pair)`` rows with the smallest portable row
+hash (:func:`~.hashing.with_row_hash`, splitmix64 over the peak identity and the seed), ties
+broken by identity ``(sample_set_id, task_id, comp_id, apex_rt)``, then by the other columns. As
+the choice depends only on each row's own hash, the sample is
+
+- exact (``min(n, cap)`` rows per pair, every pair kept),
+- nested across caps (the cap-5 rows of a seed are among its cap-10 rows),
+- independent of row order, sharding and thread count,
+
+and any engine can reproduce it (the tests do, in DuckDB, with ``QUALIFY row_number() OVER
+(PARTITION BY species_matrix_type, comp_id ORDER BY hash, identity) <= cap``).
+
+Memory: ``over()`` in polars' streaming engine holds its whole input, so the cap is computed in
+streamed passes. Pass 1 reads only the pair and identity columns and finds, per pair, the cap-th
+smallest hash (the threshold): a table with one row per pair, read off a few candidate rows per
+pair drawn under a hash bound, so it grows with pairs × cap, not with the input rows. Pass 2
+streams the full rows through a join with that table and keeps ``hash <= threshold``: at least
+``min(n, cap)`` rows per pair, more only if hashes tie exactly. Exact ties are resolved, and the
+output sorted, on that small set.
+
+Folds are whole sample sets, drawn by one of two splits (``eval.splits``): ``random``, the
+``round(test_fraction * n)`` sample sets with the smallest ``id_hash("sample_set_id", fold_seed)``
+are ``test``, the others ``train``; ``time``, the latest ``round(test_fraction * n)`` of the n
+worksheets in the order of ``eval.time_column`` are held out whole, with every sample set on them
+(a model is trained on the past and scored on what came after).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import read_csv_checked, require_columns
+from rtprep.core.hashing import (
+    IDENTITY_COLUMNS,
+    MASK64,
+    id_hash,
+    with_row_hash,
+)
+from rtprep.core.settings import choices
+
+log = logging.getLogger(__name__)
+
+#: The pair within which rows are capped.
+PAIR_COLUMNS: tuple[str, ...] = ("species_matrix_type", "comp_id")
+#: Fold labels of the folds CSV.
+FOLDS: tuple[str, ...] = ("train", "test")
+#: How the folds are drawn (``eval.splits``, as the schema allows): whole sample sets at random,
+#: or the latest worksheets in time order.
+SPLITS: tuple[str, ...] = choices("eval", "splits")
+
+_HASH = "_row_hash"
+_ORDER = "_time"
+#: Text the time split reads as a date or time (ISO 8601, without a time zone).
+_ISO_FORMATS: tuple[str, ...] = tuple(
+    f"%Y-%m-%d{t}" for t in ("", "T%H:%M", " %H:%M", "T%H:%M:%S", " %H:%M:%S", "T%H:%M:%S%.f",
+                             " %H:%M:%S%.f")
+)
+_THRESHOLD = "_threshold"
+_KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_COLUMNS)))
+
+PathLike = str | Path
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _margin(cap: int) -> float:
+    """Expected number of candidate rows drawn per pair in pass 1 (λ of a Poisson count).
+
+    Hashes are uniform on [0, 2**64): keeping ``hash <= λ/n * 2**64`` of a pair's n rows draws
+    about λ of them. With λ = 2·cap + 10·√cap + 30 the chance of drawing fewer than ``cap`` is
+    below 1e-15 per pair; such a pair is rescanned in full anyway, so λ only trades memory for
+    speed, never correctness.
+    """
+    return 2.0 * cap + 10.0 * math.sqrt(cap) + 30.0
+
+
+def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> pl.DataFrame:
+    """Per pair: ``n`` (rows) and ``_threshold`` (its cap-th smallest hash, or the largest hash
+    when ``n <= cap``), from the key columns alone, in memory bounded by pairs × cap.
+
+    A per-pair ``bottom_k`` in one group-by would hold every key row; instead (a) a streamed
+    group-by counts rows per pair, (b) a streamed join keeps only the rows under a per-pair hash
+    bound chosen to draw about ``_margin(cap)`` of them, and (c) the exact threshold is read off
+    those few candidates. A pair that drew fewer than ``min(n, cap)`` is rescanned in full.
+    """
+    counts = (
+        keys.group_by(PAIR_COLUMNS)
+        .agg(
+            pl.len().alias("n"),
+            pl.any_horizontal(pl.col(IDENTITY_COLUMNS).is_null()).sum().alias("n_null"),
+        )
+        .collect(engine="streaming")
+    )
+    n_null = int(counts["n_null"].sum())
+    if n_null:
+        nulls = keys.select(pl.col(IDENTITY_COLUMNS).null_count()).collect(engine="streaming")
+        col = next(c for c in IDENTITY_COLUMNS if nulls[c].item())
+        raise input_error(
+            label, f"{n_null} row(s) have an empty peak identity (sample_set_id, task_id, "
+            "comp_id, apex_rt); such rows cannot be sampled reproducibly", column=col,
+        )
+    lam = _margin(cap)
+    bounds = counts.select(
+        *PAIR_COLUMNS,
+        "n",
+        # Small pairs (n <= 2λ) take every row; otherwise λ/n < 1/2 of the hash range.
+        pl.when(pl.col("n") <= 2.0 * lam)
+        .then(pl.lit(MASK64, dtype=pl.UInt64))
+        .otherwise((lam / pl.col("n") * 2.0**64).cast(pl.UInt64))
+        .alias("_bound"),
+    )
+
+    def thresholds(bounds: pl.DataFrame) -> pl.DataFrame:
+        cand = (
+            with_row_hash(keys, seed)
+            .select(*PAIR_COLUMNS, _HASH)
+            .join(bounds.lazy().select(*PAIR_COLUMNS, "_bound"), on=PAIR_COLUMNS, how="inner",
+                  nulls_equal=True, build_side="force_right")
+            .filter(pl.col(_HASH) <= pl.col("_bound"))
+            .select(*PAIR_COLUMNS, _HASH)
+            .collect(engine="streaming")
+        )
+        got = cand.group_by(PAIR_COLUMNS).agg(
+            pl.len().alias("n_cand"), pl.col(_HASH).bottom_k(cap).max().alias(_THRESHOLD)
+        )
+        return bounds.join(got, on=PAIR_COLUMNS, how="left", nulls_equal=True).with_columns(
+            pl.col("n_cand").fill_null(0)
+        )
+
+    stats = thresholds(bounds)
+    short = stats.filter(pl.col("n_cand") < pl.min_horizontal("n", pl.lit(cap)))
+    if short.height:
+        # Unlucky pairs (or a tiny margin): rescan them with no bound, i.e. all their rows.
+        log.info("cap: %d pair(s) drew too few candidates; rescanning them", short.height)
+        redo = thresholds(
+            short.select(*PAIR_COLUMNS, "n", pl.lit(MASK64, dtype=pl.UInt64).alias("_bound"))
+        )
+        stats = pl.concat([stats.join(short, on=PAIR_COLUMNS, how="anti", nulls_equal=True),
+                           redo.select(stats.columns)])
+    return stats.select(*PAIR_COLUMNS, "n", _THRESHOLD)
+
+
+# --- input helpers ----------------------------------------------------------------------------
+def _as_paths(input: PathLike | Sequence[PathLike]) -> list[Path]:
+    paths = [Path(input)] if isinstance(input, str | Path) else [Path(p) for p in input]
+    if not paths:
+        raise RtprepError("no input Parquet file given")
+    for p in paths:
+        if not p.is_file():
+            raise RtprepError(f"{p}: file not found")
+    return paths
+
+
+def _scan(paths: list[Path]) -> tuple[pl.LazyFrame, pl.Schema]:
+    """Scan one or several Parquet shards of the same lib; the schema is checked up front."""
+    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    try:
+        lf = pl.scan_parquet(paths)
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(label, f"cannot be read as Parquet: {exc}") from exc
+    require_columns(schema, _KEY_COLUMNS, label, "needed to cap rows per pair")
+    # The hash reads ids as integers and apex_rt as float bits: anything else is not a split output.
+    for c in _KEY_COLUMNS:
+        dtype = schema[c]
+        if c == "apex_rt":
+            ok, want = dtype.is_float(), "a float"
+        elif c == "species_matrix_type":
+            ok, want = dtype == pl.String, "a string"
+        else:
+            ok, want = dtype.is_integer(), "an integer"
+        if not ok:
+            raise input_error(label, f"has type {dtype}, expected {want}", column=c)
+    return lf, schema
+
+
+def _check_cap(cap_per_pair: int) -> int:
+    if isinstance(cap_per_pair, bool) or not isinstance(cap_per_pair, int) or cap_per_pair < 1:
+        raise RtprepError(
+            f"cap_per_pair must be a whole number >= 1 (rows kept per species_matrix_type × "
+            f"comp_id pair), got {cap_per_pair!r}"
+        )
+    return cap_per_pair
+
+
+def _first_ids(values: pl.Series, k: int = 5) -> str:
+    shown = ", ".join(str(v) for v in values.head(k).to_list())
+    return shown + (", ..." if values.len() > k else "")
+
+
+def read_folds(folds_csv: PathLike) -> pl.DataFrame:
+    """Read and validate a folds CSV (``sample_set_id, fold``; one row per sample set)."""
+    df = read_csv_checked(
+        folds_csv, ["sample_set_id", "fold"],
+        schema_overrides={"sample_set_id": pl.Int64, "fold": pl.String},
+    ).select("sample_set_id", "fold")
+    for column in ("sample_set_id", "fold"):
+        if df[column].null_count():
+            raise input_error(folds_csv, "has empty values; re-run the folds step", column=column)
+    bad = df.filter(~pl.col("fold").is_in(FOLDS))["fold"].unique(maintain_order=True)
+    if bad.len():
+        raise input_error(
+            folds_csv, f"unknown fold(s) {_first_ids(bad)}; expected one of {', '.join(FOLDS)}",
+            column="fold",
+        )
+    dup = df.filter(pl.col("sample_set_id").is_duplicated())["sample_set_id"].unique().sort()
+    if dup.len():
+        raise input_error(
+            folds_csv, f"sample set(s) listed more than once: {_first_ids(dup)}",
+            column="sample_set_id",
+        )
+    return df
+
+
+def _identity_keys() -> list[pl.Expr]:
+    """Sort keys of the peak identity. polars sorts ``-0.0`` and ``0.0`` as equal, so the bits of
+    ``apex_rt`` follow it: rows that differ only in the sign of a zero still have a fixed order."""
+    return [
+        *(pl.col(c) for c in IDENTITY_COLUMNS),
+        pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits"),
+    ]
+
+
+def _full_keys(schema: pl.Schema) -> list[pl.Expr]:
+    """Identity, then every other column (floats followed by their bits): a total order."""
+    keys = _identity_keys()
+    for c, dtype in schema.items():
+        if c in IDENTITY_COLUMNS or c == _HASH:
+            continue
+        keys.append(pl.col(c))
+        if dtype == pl.Float64:
+            keys.append(pl.col(c).reinterpret(dtype=pl.UInt64).alias(f"_bits_{c}"))
+        elif dtype == pl.Float32:
+            keys.append(pl.col(c).reinterpret(dtype=pl.UInt32).alias(f"_bits_{c}"))
+    return keys
+
+
+def _resolve_ties_and_sort(selected: pl.DataFrame, cap: int) -> pl.DataFrame:
+    """From the rows under each pair's threshold, keep the first ``cap`` by (hash, identity,
+    other columns) and sort them by identity (then the other columns).
+
+    A pair has more than ``cap`` rows here only if hashes tie exactly at its threshold (the same
+    identity twice): rare, so the full-width ranking runs only then. Sorting by the identity keys
+    alone is enough unless identities repeat, which is checked on those few key columns.
+    """
+    full = _full_keys(selected.schema)
+    sizes = selected.group_by(PAIR_COLUMNS).len()
+    if int(sizes["len"].max() or 0) > cap:
+        selected = selected.sort([*PAIR_COLUMNS, _HASH, *full], nulls_last=True).filter(
+            pl.int_range(pl.len()).over(PAIR_COLUMNS) < cap
+        )
+    selected = selected.drop(_HASH)
+    repeated = bool(selected.select(_identity_keys()).is_duplicated().any())
+    return selected.sort(full if repeated else _identity_keys(), nulls_last=True)
+
+
+# --- the cap ----------------------------------------------------------------------------------
+def sample_per_species_compound(
+    input: PathLike | Sequence[PathLike],
+    output: PathLike,
+    *,
+    cap_per_pair: int,
+    seed: int,
+    folds_csv: PathLike | None = None,
+    fold: str | None = None,
+) -> RowAccount:
+    """Keep at most ``cap_per_pair`` rows per ``(species_matrix_type, comp_id)`` pair.
+
+    ``input`` is a per-lib Parquet (or a list of shards of one). Within each pair the
+    ``min(n, cap_per_pair)`` rows with the smallest identity hash under ``seed`` are kept (ties by
+    identity, then by the other columns). With ``folds_csv`` and ``fold`` only the sample sets of
+    that fold are considered (the others are dropped as ``other_fold``). Rows beyond the cap are
+    dropped as ``over_cap``. The output has the input's columns, rows sorted by identity, a fixed
+    row-group size (byte-identical across runs), and a ``.meta.json`` sidecar; it is written
+    atomically.
+    """
+    t0 = time.perf_counter()
+    cap = _check_cap(cap_per_pair)
+    if (folds_csv is None) != (fold is None):
+        raise RtprepError(
+            "folds_csv and fold go together: give both (e.g. fold='train') or neither"
+        )
+    if fold is not None and fold not in FOLDS:
+        raise RtprepError(f"fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+    paths = _as_paths(input)
+    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    lf, schema = _scan(paths)
+    log.info("cap: %s -> %s (cap_per_pair=%d, seed=%d%s)", label, output, cap, seed,
+             f", fold={fold}" if fold else "")
+
+    account = RowAccount("cap")
+    account.rows_in = int(lf.select(pl.len()).collect().item())
+
+    # Fold filter: a semi-join on the (small, collected) sample sets of the fold.
+    fold_ids: pl.LazyFrame | None = None
+    if folds_csv is not None:
+        folds = read_folds(folds_csv)
+        seen = (
+            lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
+        )
+        missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
+        if missing.len():
+            raise input_error(
+                folds_csv,
+                f"{missing.len()} sample set(s) of {label} have no fold (e.g. "
+                f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
+                column="sample_set_id",
+            )
+        fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
+        other_ids = folds.filter(
+            (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
+        )["sample_set_id"].sort()
+        lf = lf.join(fold_ids, on="sample_set_id", how="semi")
+    # Pass 1: key columns only -> one row per pair: its size and its cap-th smallest hash.
+    keys = lf.select(_KEY_COLUMNS)
+    stats = _pair_thresholds(keys, cap, seed, label)
+    n_considered = int(stats["n"].sum())
+    if folds_csv is not None:
+        account.drop("other_fold", account.rows_in - n_considered,
+                     column="sample_set_id", ids=other_ids.to_list())
+
+    # Pass 2: stream the full rows, keep hash <= the pair's threshold (the small table is the
+    # build side of the join, so memory follows the selected rows, not the input).
+    selected = (
+        with_row_hash(lf, seed)
+        .join(stats.lazy().select(*PAIR_COLUMNS, _THRESHOLD), on=PAIR_COLUMNS, how="inner",
+              nulls_equal=True, build_side="force_right")
+        .filter(pl.col(_HASH) <= pl.col(_THRESHOLD))
+        .drop(_THRESHOLD)
+        .collect(engine="streaming")
+    )
+    out = _resolve_ties_and_sort(selected, cap).select(list(schema))
+    del selected
+    account.drop("over_cap", n_considered - out.height)
+    account.rows_out = out.height
+    account.extra = {
+        "pairs": stats.height,
+        "pairs_over_cap": int((stats["n"] > cap).sum()),
+    }
+
+    config: dict[str, object] = {"cap_per_pair": cap}
+    inputs: list[PathLike] = list(paths)
+    if folds_csv is not None:
+        config.update({"fold": fold, "folds_csv": str(folds_csv)})
+        inputs.append(folds_csv)
+    with atomic_output(output) as tmp:
+        out.write_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+        write_sidecars(output, account, inputs=inputs, config=config, seeds={"cap_seed": seed})
+    log.info("cap: %s; %d pairs (%d over the cap) in %.1fs", account.funnel(), stats.height,
+             account.extra["pairs_over_cap"], time.perf_counter() - t0)
+    return account
+
+
+# --- folds ------------------------------------------------------------------------------------
+def _check_fraction(test_fraction: float) -> float:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not (
+        0.0 <= float(test_fraction) < 1.0
+    ):
+        raise RtprepError(
+            f"test_fraction must be a number in [0, 1) (the share of sample sets, or of "
+            f"worksheets for the time split, held out for evaluation), got {test_fraction!r}"
+        )
+    return float(test_fraction)
+
+
+def _n_test(n: int, test_fraction: float) -> int:
+    # Half up, not Python's half-to-even: easy to state and to reproduce in any engine.
+    return min(n, math.floor(test_fraction * n + 0.5))
+
+
+def _fold_label(is_test: pl.Expr) -> pl.Expr:
+    return pl.when(is_test).then(pl.lit("test")).otherwise(pl.lit("train")).alias("fold")
+
+
+def random_folds(sample_sets: pl.Series, *, test_fraction: float, fold_seed: int) -> pl.DataFrame:
+    """The ``random`` split: ``sample_set_id, fold`` for the distinct ``sample_sets``.
+
+    The sample sets are ordered by ``id_hash("sample_set_id", fold_seed)`` (ties by id); the first
+    ``round(test_fraction * n)`` (halves rounded up) are ``test``, the rest ``train``. Sorted by
+    ``sample_set_id``."""
+    n_test = _n_test(sample_sets.len(), _check_fraction(test_fraction))
+    return (
+        sample_sets.rename("sample_set_id").to_frame()
+        .with_columns(id_hash("sample_set_id", fold_seed).alias("_h"))
+        .sort("_h", "sample_set_id")
+        .with_columns(_fold_label(pl.int_range(pl.len()) < n_test))
+        .select("sample_set_id", "fold")
+        .sort("sample_set_id")
+    )
+
+
+def _worksheets_in_time_order(keys: pl.DataFrame, time_column: str) -> pl.DataFrame:
+    """``worksheet_id, start`` (its earliest ``time_column`` value), by (start, worksheet_id)."""
+    return (keys.group_by("worksheet_id").agg(pl.col(time_column).min().alias("start"))
+            .sort("start", "worksheet_id"))
+
+
+def time_folds(keys: pl.DataFrame, *, test_fraction: float, time_column: str) -> pl.DataFrame:
+    """The ``time`` split: the latest worksheets held out, whole.
+
+    ``keys``: the distinct ``sample_set_id, worksheet_id, <time_column>`` of a lib (no nulls). A
+    worksheet's time is the earliest ``time_column`` value of its rows (when it was run); the
+    worksheets are ordered by (time, ``worksheet_id``) and the last ``round(test_fraction * n)``
+    of the n worksheets (halves rounded up) are held out. A sample set is ``test`` when any of its
+    rows is on a held-out worksheet, so folds stay whole sample sets even where one spans two
+    worksheets (its earlier rows are held out with it). With ``time_column: worksheet_id`` the
+    order is the worksheet ids'. Returns ``sample_set_id, fold`` sorted by ``sample_set_id``.
+    """
+    fraction = _check_fraction(test_fraction)
+    worksheets = _worksheets_in_time_order(keys, time_column)
+    n_test = _n_test(worksheets.height, fraction)
+    held_out = worksheets["worksheet_id"].tail(n_test)
+    return (
+        keys.group_by("sample_set_id")
+        .agg(pl.col("worksheet_id").is_in(held_out.implode()).any().alias("_test"))
+        .select("sample_set_id", _fold_label(pl.col("_test")))
+        .sort("sample_set_id")
+    )
+
+
+def _time_keys(lf: pl.LazyFrame, schema: pl.Schema, path: Path, time_column: str) -> pl.DataFrame:
+    """The distinct ``sample_set_id, worksheet_id`` of a lib file with ``time_column`` as
+    ``_time``, checked: the column exists, is a date, time, number or ISO date text (parsed), and
+    no row lacks a value."""
+    require_columns(schema, [time_column, "worksheet_id"], path,
+                    f"the time split orders worksheets by eval.time_column {time_column!r}")
+    for c in dict.fromkeys(["worksheet_id", time_column]):
+        dtype = schema[c]
+        if c == "worksheet_id" and not dtype.is_integer():
+            raise input_error(path, f"has type {dtype}, expected an integer", column=c)
+        if not (dtype.is_temporal() or dtype.is_numeric() or dtype == pl.String):
+            raise input_error(path, f"has type {dtype}, expected a date, a time or a number "
+                              "(eval.time_column orders the worksheets)", column=c)
+    cols = list(dict.fromkeys(["sample_set_id", "worksheet_id", time_column]))
+    keys = lf.select(pl.col(cols)).unique().collect(engine="streaming")
+    for c in cols:
+        if keys[c].null_count():
+            raise input_error(path, "has rows without a value; the time split needs a time and "
+                              "a worksheet for every row", column=c)
+    order = keys[time_column]
+    if order.dtype == pl.String:
+        parsed = pl.select(pl.coalesce(
+            [pl.lit(order).str.to_datetime(f, strict=False) for f in _ISO_FORMATS]
+        )).to_series()
+        bad = order.filter(parsed.is_null())
+        if bad.len():
+            raise input_error(path, f"{bad.n_unique()} value(s) are not dates or times, e.g. "
+                              f"{bad[0]!r} (eval.time_column orders the worksheets; write "
+                              "ISO dates, 2024-03-01 or 2024-03-01T09:30)", column=time_column)
+        order = parsed
+    return keys.select("sample_set_id", "worksheet_id", order.alias(_ORDER))
+
+
+def assign_folds(
+    lib_parquet: PathLike,
+    folds_csv: PathLike,
+    *,
+    test_fraction: float,
+    fold_seed: int | None = None,
+    split: str = "random",
+    time_column: str = "worksheet_id",
+) -> RowAccount:
+    """Assign whole sample sets of a lib to ``test`` or ``train`` and write ``folds_csv``.
+
+    ``split`` (:data:`SPLITS`): ``random`` holds out ``round(test_fraction * n)`` of the n sample
+    sets, chosen by their hash under ``fold_seed`` (:func:`random_folds`); ``time`` holds out the
+    latest ``test_fraction`` of the worksheets in ``time_column`` order, whole (:func:`time_folds`;
+    ``fold_seed`` plays no part). Writes ``sample_set_id, fold`` sorted by ``sample_set_id``,
+    atomically, with a ``.meta.json`` sidecar holding the count per fold (and, for ``time``,
+    worksheets per fold and the time where the test fold starts).
+    """
+    t0 = time.perf_counter()
+    fraction = _check_fraction(test_fraction)
+    if split not in SPLITS:
+        raise RtprepError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "random" and fold_seed is None:
+        raise RtprepError("the random split needs fold_seed (which sample sets are held out)")
+    paths = _as_paths(lib_parquet)
+    try:
+        lf = pl.scan_parquet(paths[0])
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise input_error(paths[0], f"cannot be read as Parquet: {exc}") from exc
+    require_columns(schema, ["sample_set_id"], paths[0], "needed to assign folds")
+
+    if not schema["sample_set_id"].is_integer():
+        raise input_error(paths[0], f"has type {schema['sample_set_id']}, expected an integer",
+                          column="sample_set_id")
+    lf = lf.with_columns(pl.col("sample_set_id").cast(pl.Int64))
+    config: dict[str, object] = {"split": split, "test_fraction": fraction}
+    seeds: dict[str, int] = {}
+    extra: dict[str, object] = {"split": split}
+    if split == "random":
+        assert fold_seed is not None
+        ids = lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
+        if ids.null_count():
+            raise input_error(paths[0], "has rows without a sample set", column="sample_set_id")
+        folds = random_folds(ids, test_fraction=fraction, fold_seed=fold_seed)
+        seeds["fold_seed"] = fold_seed
+        extra["unit"] = "sample_set_id"
+    else:
+        keys = _time_keys(lf, schema, paths[0], time_column)
+        folds = time_folds(keys, test_fraction=fraction, time_column=_ORDER)
+        config["time_column"] = time_column
+        worksheets = _worksheets_in_time_order(keys, _ORDER)
+        n_ws = worksheets.height
+        n_ws_test = _n_test(n_ws, fraction)
+        test_from = worksheets["start"][n_ws - n_ws_test] if n_ws_test else None
+        spanning = int((keys.group_by("sample_set_id").agg(pl.col("worksheet_id").n_unique())
+                        ["worksheet_id"] > 1).sum())
+        extra.update({"unit": "worksheet_id", "time_column": time_column,
+                      "worksheets": {"test": n_ws_test, "train": n_ws - n_ws_test},
+                      "test_from": None if test_from is None else str(test_from),
+                      "sample_sets_on_several_worksheets": spanning})
+        if spanning:
+            log.warning("folds: %s: %d sample set(s) span several worksheets; each is held out "
+                        "whole when any of its worksheets is", paths[0], spanning)
+    n = folds.height
+    n_test = int((folds["fold"] == "test").sum())
+    account = RowAccount("folds")
+    account.rows_in = n
+    account.rows_out = n
+    account.extra = {**extra, "test": n_test, "train": n - n_test}
+    with atomic_output(folds_csv) as tmp:
+        folds.write_csv(tmp)
+        write_sidecars(folds_csv, account, inputs=paths, config=config, seeds=seeds)
+    log.info("folds (%s split): %s: %d sample sets -> %d test, %d train (%.1fs)", split,
+             lib_parquet, n, n_test, n - n_test, time.perf_counter() - t0)
+    return account

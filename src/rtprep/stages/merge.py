@@ -1,0 +1,633 @@
+"""Stage merge: merge a Pachyderm export's peak and predictor shards into one Parquet.
+
+Input (``docs/internals.md``):
+``<export>/create_training_data/lib_id=<L>/group=<g>/*.parquet`` (one row per peak) and
+``<export>/combine_predictors/lib_id=<L>/species_matrix_type=<smt>/*.parquet`` (one row per
+injection). Hive keys are columns taken from the folder names.
+
+The peaks are processed one hive partition (``lib_id``, ``group``) at a time: a re-processed datum
+repeats rows of its own partition, so exact duplicates are found inside a partition. Inside a
+partition the shards are read one at a time, twice: pass 1 keeps only a 64-bit hash of each row
+(8 bytes a row) to find the hashes seen more than once; pass 2 re-reads each shard, passes the rows
+with a unique hash straight through and resolves the few candidate rows exactly (full-row
+comparison against the candidates kept so far), so memory is one shard plus 8 bytes per row of the
+partition, not the partition's rows (measured: benchmarks/README.md). The predictors (one row per
+injection, small) are read first. Rows are appended in ``lib_id`` order with a ``pyarrow``
+``ParquetWriter`` (on a background thread, overlapping the reading), buffered per lib so that no
+row group spans two libs: split reads only its lib's row groups.
+
+Drop reasons, in the order applied: ``duplicate_row``, ``cpd_status_not_kept``,
+``sample_type_excluded``, ``no_predictor_row``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.frames import covariate_columns, natural_key
+from rtprep.core.settings import default
+
+log = logging.getLogger(__name__)
+
+#: Drop reasons of the merge, in the order they are applied.
+DROP_REASONS: tuple[str, ...] = (
+    "duplicate_row",
+    "cpd_status_not_kept",
+    "sample_type_excluded",
+    "no_predictor_row",
+)
+
+#: Peak columns first in the merged file, in this order (docs/internals.md).
+CORE_PEAK_COLUMNS: tuple[str, ...] = (
+    "lib_id",
+    "sample_set_id",
+    "task_id",
+    "worksheet_id",
+    "sample_type",
+    "cpd_status",
+    "comp_id",
+    "species_matrix_type",
+    "apex_rt",
+)
+
+#: Columns every peak shard must hold (after ``renames``).
+REQUIRED_PEAK_COLUMNS: tuple[str, ...] = (
+    "sample_set_id",
+    "task_id",
+    "comp_id",
+    "species_matrix_type",
+    "apex_rt",
+    "cpd_status",
+    "sample_type",
+    "worksheet_id",
+)
+
+#: Integer ids: Int64 (a float shard is accepted when every value is a whole number).
+ID_COLUMNS: frozenset[str] = frozenset({"lib_id", "sample_set_id", "task_id", "comp_id",
+                                        "worksheet_id"})
+#: Retention times: Float64.
+RT_COLUMNS: frozenset[str] = frozenset({"apex_rt"})
+#: Text columns: String.
+TEXT_COLUMNS: frozenset[str] = frozenset({"species_matrix_type", "sample_type", "cpd_status"})
+
+_SHARD_COLUMN = "__rtprep_shard"
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """The config's ``merge:`` mapping (defaults from the schema)."""
+
+    key: tuple[str, ...] = tuple(default("merge", "key"))
+    cpd_status_keep: tuple[str, ...] = tuple(default("merge", "cpd_status_keep"))
+    sample_type_exclude: tuple[str, ...] = tuple(default("merge", "sample_type_exclude"))
+    renames: Mapping[str, str] = field(default_factory=lambda: default("merge", "renames"))
+    drop_columns: tuple[str, ...] = tuple(default("merge", "drop_columns"))
+    peaks_glob: str = default("merge", "peaks_glob")
+    predictors_glob: str = default("merge", "predictors_glob")
+
+    @classmethod
+    def from_config(cls, merge: Mapping[str, Any] | None) -> MergeOptions:
+        """Build options from the config's ``merge:`` mapping (lists instead of tuples); keys
+        left out keep their defaults."""
+        merge = dict(merge or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merge) - names)
+        if unknown:
+            log.warning("config merge: ignoring unknown key(s) %s", ", ".join(unknown))
+        kwargs: dict[str, Any] = {}
+        for name in names & set(merge):
+            value = merge[name]
+            if value is None:  # an empty YAML entry: nothing to rename / keep / drop
+                value = {} if name == "renames" else []
+            if name == "renames":
+                if not isinstance(value, Mapping):
+                    raise RtprepError(f"config merge.renames: expected a mapping, got {value!r}")
+                kwargs[name] = {str(k): str(v) for k, v in value.items()}
+            elif name in ("peaks_glob", "predictors_glob"):
+                if not isinstance(value, str) or not value:
+                    raise RtprepError(f"config merge.{name}: expected a glob, got {value!r}")
+                kwargs[name] = value
+            else:
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, Sequence):
+                    raise RtprepError(f"config merge.{name}: expected a list, got {value!r}")
+                kwargs[name] = tuple(str(v) for v in value)
+        opts = cls(**kwargs)
+        if not opts.key:
+            raise RtprepError("config merge.key: the join key must name at least one column")
+        return opts
+
+    def as_config(self) -> dict[str, Any]:
+        """Plain values for the sidecar."""
+        return {
+            "key": list(self.key),
+            "cpd_status_keep": list(self.cpd_status_keep),
+            "sample_type_exclude": list(self.sample_type_exclude),
+            "renames": dict(self.renames),
+            "drop_columns": list(self.drop_columns),
+            "peaks_glob": self.peaks_glob,
+            "predictors_glob": self.predictors_glob,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# shard discovery and schema checks
+
+
+@dataclass(frozen=True)
+class _Shard:
+    path: Path
+    hive: tuple[tuple[str, str], ...]  # (key, value) from the folder names, outermost first
+    schema: dict[str, pl.DataType]  # file columns after renames, hive keys removed
+
+    @property
+    def partition(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lib_id(self) -> int:
+        return int(dict(self.hive)["lib_id"])
+
+
+def _hive_of(path: Path, root: Path) -> tuple[tuple[str, str], ...]:
+    parts = path.relative_to(root).parts[:-1]
+    return tuple(
+        (k, unquote(v)) for k, _, v in (p.partition("=") for p in parts if "=" in p)
+    )
+
+
+def _find_shards(export_dir: Path, sub: str, pattern: str,
+                 renames: Mapping[str, str]) -> list[_Shard]:
+    root = export_dir / sub
+    if not root.is_dir():
+        raise input_error(
+            export_dir,
+            f"folder '{sub}/' is missing; a Pachyderm export holds create_training_data/ and "
+            "combine_predictors/: copy the complete export (both folders)",
+        )
+    # Hidden and underscore files are writers' leftovers (temp files, _SUCCESS), as in pyarrow.
+    paths = sorted(
+        p for p in export_dir.glob(pattern)
+        if p.is_file() and not p.name.startswith((".", "_"))
+    )
+    paths = [p for p in paths if root in p.parents]
+    if not paths:
+        raise input_error(root, f"no Parquet shards match '{pattern}'; copy the complete export "
+                                "(or fix merge.peaks_glob / merge.predictors_glob in the config)")
+    shards = []
+    for p in paths:
+        hive = _hive_of(p, root)
+        keys = [k for k, _ in hive]
+        if "lib_id" not in keys:
+            raise input_error(p, "shard is not under a 'lib_id=<L>' folder")
+        lib = dict(hive)["lib_id"]
+        try:
+            int(lib)
+        except ValueError:
+            raise input_error(p, f"folder lib_id={lib!r} is not an integer lib id",
+                              column="lib_id") from None
+        try:
+            raw = pl.read_parquet_schema(p)
+        except Exception as exc:  # any reader error means: not a readable Parquet file
+            raise input_error(p, f"shard is not a readable Parquet file (truncated or not "
+                                 f"Parquet): {exc}; re-export it (or remove it if it does not "
+                                 "belong to the export)") from exc
+        schema: dict[str, pl.DataType] = {}
+        for name, dtype in raw.items():
+            new = renames.get(name, name)
+            if new in schema:
+                raise input_error(p, f"columns '{name}' and '{new}' both become '{new}' after "
+                                     "merge.renames; keep only one", column=new)
+            if new in keys:  # the folder's value wins over a repeated hive column
+                continue
+            schema[new] = dtype
+        shards.append(_Shard(p, hive, schema))
+    return shards
+
+
+def _kind(dtype: pl.DataType) -> str:
+    if dtype == pl.Null:
+        return "null"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float() or isinstance(dtype, pl.Decimal):
+        return "float"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Categorical | pl.Enum):
+        return "string"
+    if dtype == pl.Boolean:
+        return "bool"
+    return "other"
+
+
+def _unify(shards: list[_Shard], *, float_columns: frozenset[str] = frozenset()
+           ) -> dict[str, pl.DataType]:
+    """One schema for all shards: ints → Int64, floats → Float64, strings → String; ids are
+    Int64, RTs and ``float_columns`` Float64. Columns in order of first appearance."""
+    seen: dict[str, list[tuple[pl.DataType, Path]]] = {}
+    for s in shards:
+        for name, dtype in s.schema.items():
+            seen.setdefault(name, []).append((dtype, s.path))
+    out: dict[str, pl.DataType] = {}
+    for name, found in seen.items():
+        kinds = {_kind(d) for d, _ in found} - {"null"}
+        numeric_needed = name in ID_COLUMNS or name in RT_COLUMNS or name in float_columns
+        if numeric_needed:
+            bad = [(d, p) for d, p in found if _kind(d) not in ("int", "float", "null")]
+            if bad:
+                d, p = bad[0]
+                raise input_error(p, f"has type {d}, a number is needed; re-export the shard "
+                                     "with numeric values", column=name)
+            out[name] = pl.Int64 if name in ID_COLUMNS else pl.Float64
+        elif name in TEXT_COLUMNS:
+            bad = [(d, p) for d, p in found if _kind(d) in ("other",)]
+            if bad:
+                d, p = bad[0]
+                raise input_error(p, f"has type {d}, text is needed; re-export the shard with "
+                                     "text values", column=name)
+            out[name] = pl.String
+        elif not kinds:
+            out[name] = pl.Null
+        elif kinds <= {"int"}:
+            out[name] = pl.Int64
+        elif kinds <= {"int", "float"}:
+            out[name] = pl.Float64
+        elif kinds == {"string"}:
+            out[name] = pl.String
+        elif kinds == {"bool"}:
+            out[name] = pl.Boolean
+        else:
+            types = {str(d) for d, _ in found if _kind(d) != "null"}
+            if len(types) > 1:
+                desc = "; ".join(f"{p} has {d}" for d, p in found[:4])
+                raise input_error(found[0][1], f"shards disagree on the column's type ({desc})",
+                                  column=name)
+            out[name] = next(d for d, _ in found if _kind(d) != "null")
+    return out
+
+
+def _check_required(shards: list[_Shard], required: Sequence[str], what: str) -> None:
+    for s in shards:
+        have = set(s.schema) | {k for k, _ in s.hive}
+        missing = [c for c in required if c not in have]
+        if missing:
+            raise input_error(
+                s.path,
+                f"{what} shard is missing required column(s) "
+                f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(s.schema)}. If the "
+                "export names a column differently, map it with merge.renames in the config "
+                "(e.g. correct: comp_id)",
+                column=missing[0],
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_shard(shard: _Shard, schema: Mapping[str, pl.DataType],
+                renames: Mapping[str, str]) -> pl.DataFrame:
+    """One shard in the unified ``schema`` (missing columns as nulls, hive keys from the path)."""
+    try:
+        df = pl.read_parquet(shard.path, hive_partitioning=False)
+    except Exception as exc:
+        raise input_error(shard.path, f"shard cannot be read (truncated or corrupt?): {exc}; "
+                                      "re-export it") from exc
+    hive = dict(shard.hive)
+    df = df.rename({k: v for k, v in renames.items() if k in df.columns})
+    df = df.drop([c for c in df.columns if c in hive])
+    exprs: list[pl.Expr] = []
+    for name, dtype in schema.items():
+        if name in hive:
+            value: Any = int(hive[name]) if name == "lib_id" else hive[name]
+            exprs.append(pl.lit(value, dtype=dtype).alias(name))
+        elif name not in df.columns:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+        else:
+            src = df.schema[name]
+            if dtype == pl.Int64 and _kind(src) == "float":
+                # float ids (pandas writes ints with nulls as floats): only whole numbers pass
+                col = pl.col(name)
+                bad = df.filter(col.is_not_null() & (~col.is_finite() | (col != col.floor())))
+                if bad.height:
+                    raise input_error(shard.path, f"id value {bad[name][0]!r} is not a whole "
+                                                  "number; ids must be integers: fix the shard",
+                                      column=name)
+            exprs.append(pl.col(name).cast(dtype, strict=True).alias(name))
+    try:
+        return df.select(exprs)
+    except pl.exceptions.PolarsError as exc:
+        raise input_error(shard.path, f"cannot convert columns to the merged schema: {exc}"
+                          ) from exc
+
+
+def _read_predictors(shards: list[_Shard], schema: dict[str, pl.DataType], key: Sequence[str],
+                     renames: Mapping[str, str], export_dir: Path
+                     ) -> tuple[pl.DataFrame, int, int]:
+    """All predictor rows, exact duplicates removed; raises on two different rows for one key.
+    Returns (predictors, rows read, duplicate rows)."""
+    frames = [
+        _read_shard(s, schema, renames).with_columns(pl.lit(str(s.path)).alias(_SHARD_COLUMN))
+        for s in shards
+    ]
+    preds = pl.concat(frames, how="vertical")
+    n_read = preds.height
+    preds = preds.unique(subset=list(schema), keep="first", maintain_order=True)
+    n_dup = n_read - preds.height
+    counts = preds.group_by(list(key)).agg(pl.len().alias("n"), pl.col(_SHARD_COLUMN).unique())
+    conflicts = counts.filter(pl.col("n") > 1).sort(list(key), nulls_last=True)
+    if conflicts.height:
+        first = conflicts.row(0, named=True)
+        where = ", ".join(f"{k}={first[k]!r}" for k in key)
+        files = ", ".join(sorted(first[_SHARD_COLUMN]))
+        raise RtprepError(
+            f"{export_dir}: {conflicts.height} key(s) have two or more different predictor rows "
+            f"in combine_predictors/ (key {', '.join(key)}); first: {where} with "
+            f"{first['n']} different rows, in {files}. Fix or remove the conflicting shard."
+        )
+    return preds.drop(_SHARD_COLUMN), n_read, n_dup
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+class _LibBufferedWriter:
+    """Append frames to a Parquet file in full row groups; a lib's rows never share a row group
+    with another lib's (``flush`` at each lib change)."""
+
+    def __init__(self, path: Path, schema: Mapping[str, pl.DataType]) -> None:
+        self._schema = pl.DataFrame(schema=dict(schema)).to_arrow().schema
+        self._writer = pq.ParquetWriter(path, self._schema, compression="zstd",
+                                        write_statistics=True)
+        self._buf: list[pl.DataFrame] = []
+        self._n = 0
+        # pyarrow encodes and compresses without the GIL: one background thread writes while
+        # the caller reads the next shard. One write in flight at most (bounded memory); a
+        # single worker keeps the writes in order, so the bytes are those of a serial writer.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-writer")
+        self._pending: Future[None] | None = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a write error here, in the caller's thread
+
+    def _write(self, df: pl.DataFrame) -> None:
+        table = df.to_arrow()
+        if table.schema != self._schema:
+            table = table.cast(self._schema)
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table,
+                                          row_group_size=ROW_GROUP_SIZE)
+
+    def append(self, df: pl.DataFrame) -> None:
+        if df.height == 0:
+            return
+        self._buf.append(df)
+        self._n += df.height
+        if self._n >= ROW_GROUP_SIZE:
+            whole = pl.concat(self._buf, how="vertical", rechunk=True)
+            n_full = (self._n // ROW_GROUP_SIZE) * ROW_GROUP_SIZE
+            self._write(whole.slice(0, n_full))
+            rest = whole.slice(n_full)
+            self._buf, self._n = ([rest], rest.height) if rest.height else ([], 0)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._write(pl.concat(self._buf, how="vertical", rechunk=True))
+        self._buf, self._n = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self._wait()
+        self._pool.shutdown()
+        self._writer.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # the original error is being raised already
+            self._wait()
+        self._pool.shutdown()
+        self._writer.close()
+
+
+def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
+                 renames: Mapping[str, str]) -> Iterator[tuple[pl.DataFrame, int, int]]:
+    """The rows of one partition's shards (in order) without exact duplicates, shard by shard:
+    yields ``(rows, rows read, duplicate rows dropped)`` per shard.
+
+    The same rows, in the same order, as ``pl.concat(shards).unique(keep="first",
+    maintain_order=True)``, without holding the partition: pass 1 keeps a 64-bit hash per row
+    (``hash_rows``: equal rows hash equally, -0.0/0.0 and NaNs included, as ``unique`` compares
+    them) and finds the hashes seen twice; pass 2 re-reads each shard and decides only the rows
+    with such a hash, by full-row comparison (a hash collision between different rows keeps
+    both). ``hash_rows`` may change between polars versions; that only changes which rows are
+    compared in full, never the result.
+    """
+    hashes = [_read_shard(s, schema, renames).hash_rows() for s in members]
+    seen_twice = pl.concat(hashes) if hashes else pl.Series(dtype=pl.UInt64)
+    seen_twice = seen_twice.filter(seen_twice.is_duplicated()).unique()
+    del hashes
+    kept: pl.DataFrame | None = None  # the candidate rows kept so far (few)
+    for s in members:
+        df = _read_shard(s, schema, renames)
+        n_read = df.height
+        if seen_twice.len():
+            cand = df.hash_rows().is_in(seen_twice.implode())
+            if cand.any():
+                rows = df.filter(cand)
+                both = rows if kept is None else pl.concat([kept, rows], how="vertical")
+                first = both.select(pl.struct(pl.all()).is_first_distinct()).to_series()
+                first = first.slice(both.height - rows.height)
+                kept = rows.filter(first) if kept is None else pl.concat(
+                    [kept, rows.filter(first)], how="vertical")
+                df = df.filter((~cand).scatter(cand.arg_true(), first))
+        yield df, n_read, n_read - df.height
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def _partitions(shards: list[_Shard]) -> Iterator[tuple[Path, list[_Shard]]]:
+    """Hive partitions (shard folders) in lib_id order, then natural order of the other keys."""
+    by_part: dict[Path, list[_Shard]] = {}
+    for s in shards:
+        by_part.setdefault(s.partition, []).append(s)
+
+    def order(item: tuple[Path, list[_Shard]]) -> tuple[Any, ...]:
+        first = item[1][0]
+        rest = tuple(natural_key(f"{k}={v}") for k, v in first.hive if k != "lib_id")
+        return (first.lib_id, rest, natural_key(str(item[0])))
+
+    for part, members in sorted(by_part.items(), key=order):
+        yield part, sorted(members, key=lambda s: s.path.name)
+
+
+def merge_export(export_dir: str | Path, output: str | Path,
+                 options: MergeOptions | None = None) -> RowAccount:
+    """Merge a Pachyderm export into ``output`` (``merged_training_<hash>.parquet``).
+
+    Renames columns (``options.renames``), normalises the shards' schemas, drops exact duplicate
+    rows within each hive partition, keeps ``cpd_status`` in ``options.cpd_status_keep`` and drops
+    ``sample_type`` in ``options.sample_type_exclude``, then inner-joins the peaks with the
+    predictors on ``options.key``. Rows are written in ``lib_id`` order, peak columns first
+    (docs/internals.md), then the predictors (IS, RS, ES_ in natural order, then others); no row
+    group spans two libs. Writes ``output`` atomically with its ``.meta.json`` sidecar and returns
+    the row account (per-lib ``{rows_in, drops: {reason: n}, rows_out}`` in
+    ``extra["per_lib"][lib]``, the libs in ``extra["libs"]``).
+
+    Raises :class:`RtprepError` for a missing or empty export, a missing subfolder, no shards,
+    an unreadable shard, a missing or mistyped required column, or two different predictor rows
+    for one key.
+    """
+    t0 = time.perf_counter()
+    opts = options or MergeOptions()
+    export_dir = Path(export_dir)
+    output = Path(output)
+    if not export_dir.is_dir():
+        raise RtprepError(f"{export_dir}: export folder not found; check the path (rtprep "
+                          "merge -i, or data_dir and exports in the config)")
+    if not any(export_dir.iterdir()):
+        raise RtprepError(f"{export_dir}: export folder is empty; a Pachyderm export holds "
+                          "create_training_data/ and combine_predictors/: copy the complete "
+                          "export")
+    renames = dict(opts.renames)
+    key = list(opts.key)
+    drop = set(opts.drop_columns)
+    log.info("merge: export %s -> %s", export_dir, output)
+
+    peak_shards = _find_shards(export_dir, "create_training_data", opts.peaks_glob, renames)
+    pred_shards = _find_shards(export_dir, "combine_predictors", opts.predictors_glob, renames)
+    _check_required(peak_shards, list(dict.fromkeys([*REQUIRED_PEAK_COLUMNS, *key])), "peak")
+    _check_required(pred_shards, key, "predictor")
+
+    peak_schema = _unify(peak_shards)
+    pred_file_cols = {c for s in pred_shards for c in s.schema}
+    # The standards' RTs are times: Float64 whatever the shard wrote.
+    covs = frozenset(covariate_columns(pred_file_cols - set(key)))
+    pred_schema = _unify(pred_shards, float_columns=covs)
+    for shards, schema in ((peak_shards, peak_schema), (pred_shards, pred_schema)):
+        for hk in dict.fromkeys(k for s in shards for k, _ in s.hive):
+            if hk not in schema:
+                schema[hk] = pl.Int64 if hk in ID_COLUMNS else pl.String
+    # Join keys must agree on type: the peaks' type wins.
+    for k in key:
+        if pred_schema[k] != peak_schema[k]:
+            pred_schema[k] = peak_schema[k]
+
+    # Output columns: core peak columns, other peak columns (natural order: independent of how
+    # the export was sharded), predictors by family, then other predictor columns.
+    other_peak = sorted((c for c in peak_schema if c not in CORE_PEAK_COLUMNS), key=natural_key)
+    peak_out = [c for c in (*CORE_PEAK_COLUMNS, *other_peak) if c in peak_schema and c not in drop]
+    pred_extra = [c for c in pred_schema if c not in key and c not in drop]
+    clashes = [c for c in pred_extra if c in peak_schema]
+    if clashes:
+        log.warning("merge: predictor column(s) %s also exist in the peaks; the peaks' are kept",
+                    ", ".join(clashes))
+    pred_extra = [c for c in pred_extra if c not in clashes]
+    pred_out = covariate_columns(pred_extra)
+    pred_out += sorted((c for c in pred_extra if c not in pred_out), key=natural_key)
+    out_schema = {c: peak_schema[c] for c in peak_out} | {c: pred_schema[c] for c in pred_out}
+    out_columns = list(out_schema)
+
+    preds, n_pred_read, n_pred_dup = _read_predictors(pred_shards, pred_schema, key, renames,
+                                                      export_dir)
+    preds = preds.select([*key, *pred_out])
+    preds_by_lib = {
+        k[0]: v for k, v in preds.partition_by("lib_id", as_dict=True, maintain_order=True).items()
+    } if "lib_id" in key else {}
+    log.info("merge: %d predictor shards, %d rows (%d exact duplicates removed), %d predictor "
+             "columns", len(pred_shards), n_pred_read, n_pred_dup, len(pred_out))
+
+    account = RowAccount("merge")
+    for reason in DROP_REASONS:
+        account.drops[reason] = 0
+    per_lib: dict[int, dict[str, Any]] = {}
+    keep_status = list(opts.cpd_status_keep)
+    exclude_type = list(opts.sample_type_exclude)
+    parts = list(_partitions(peak_shards))
+
+    with atomic_output(output) as tmp:
+        writer = _LibBufferedWriter(tmp, out_schema)
+        try:
+            current_lib: int | None = None
+            for i, (part, members) in enumerate(parts, start=1):
+                lib = members[0].lib_id
+                if lib != current_lib:
+                    writer.flush()
+                    current_lib = lib
+                pred = preds_by_lib.get(lib, preds.clear()) if preds_by_lib else preds
+                counts = dict.fromkeys(("rows_in", *DROP_REASONS, "rows_out"), 0)
+                # Shard by shard: every step below is row-local (the dedupe is resolved by
+                # _unique_rows), so the rows and their order are those of the whole partition.
+                for df, n_read, n_dup in _unique_rows(members, peak_schema, renames):
+                    counts["rows_in"] += n_read
+                    counts["duplicate_row"] += n_dup
+                    n = df.height
+                    df = df.filter(pl.col("cpd_status").is_in(keep_status).fill_null(False))
+                    counts["cpd_status_not_kept"] += n - df.height
+                    n = df.height
+                    df = df.filter(~pl.col("sample_type").is_in(exclude_type).fill_null(False))
+                    counts["sample_type_excluded"] += n - df.height
+                    n = df.height
+                    missing = df.join(pred, on=key, how="anti")
+                    joined = df.join(pred, on=key, how="inner", maintain_order="left")
+                    counts["no_predictor_row"] += n - joined.height
+                    counts["rows_out"] += joined.height
+                    if missing.height:
+                        account.drop("no_predictor_row", 0, column="task_id",
+                                     ids=missing["task_id"].drop_nulls().unique().to_list())
+                    writer.append(joined.select(out_columns))
+
+                account.rows_in += counts["rows_in"]
+                for reason in DROP_REASONS:
+                    account.drop(reason, counts[reason])
+                account.rows_out += counts["rows_out"]
+                # Same shape as a sidecar (rows_in, drops, rows_out): the accounting table
+                # reads one block per lib from it.
+                acc = per_lib.setdefault(
+                    lib, {"rows_in": 0, "drops": dict.fromkeys(DROP_REASONS, 0), "rows_out": 0})
+                acc["rows_in"] += counts["rows_in"]
+                acc["rows_out"] += counts["rows_out"]
+                for reason in DROP_REASONS:
+                    acc["drops"][reason] += counts[reason]
+                log.info("merge: partition %d/%d %s: %s", i, len(parts),
+                         part.relative_to(export_dir),
+                         ", ".join(f"{k2} {v:,}" for k2, v in counts.items()))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        account.extra = {
+            "export": export_dir.name,
+            "libs": sorted(per_lib),
+            "per_lib": {lib: per_lib[lib] for lib in sorted(per_lib)},
+            "peak_shards": len(peak_shards),
+            "partitions": len(parts),
+            "predictor_shards": len(pred_shards),
+            "predictor_rows_in": n_pred_read,
+            "predictor_duplicate_rows": n_pred_dup,
+            "predictor_columns": pred_out,
+        }
+        write_sidecars(output, account, inputs=[export_dir], config=opts.as_config(),
+                       balanced=True)
+    log.info("merge: %s (%.1f s)", account.funnel(), time.perf_counter() - t0)
+    return account
+
+
+__all__ = ["DROP_REASONS", "MergeOptions", "merge_export"]
