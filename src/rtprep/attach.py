@@ -22,7 +22,13 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    hashed_file,
+    write_sidecars,
+)
 from rtprep.errors import RtprepError, input_error
 from rtprep.frames import read_csv_checked, require_columns
 
@@ -257,7 +263,9 @@ def attach_chem_classes(
 
     out = attach_lazy(lf, mapping_df, classes_df)
     with atomic_output(output) as tmp:
-        out.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+        with hashed_file(tmp) as fh:
+            out.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                             statistics=True)
         account.rows_out = parquet_rows(tmp)
         write_sidecars(output, account, inputs=[input_path, lib_mapping, classes],
                        config={"lib_id": lib})

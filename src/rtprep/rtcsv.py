@@ -27,6 +27,7 @@ from rtprep.artifacts import (
     ROW_GROUP_SIZE,
     RowAccount,
     atomic_output,
+    hashed_file,
     scratch_files,
     write_sidecars,
 )
@@ -220,7 +221,8 @@ def make_rt_prod_csv(
     df = plan.collect(engine="streaming")
     account.rows_out = df.height
     with atomic_output(output) as tmp:
-        df.write_csv(tmp)
+        with hashed_file(tmp) as fh:
+            df.write_csv(fh)
         write_sidecars(output, account, inputs=[input_path, species_mapping],
                        config={"families": list(families), "columns": df.columns})
     log.info("rt csv: %s, %d columns (%.1fs)", account.funnel(), df.width,
@@ -429,8 +431,9 @@ def write_test_rows(
             out_columns = [e.meta.output_name() for e in _rt_select(covs)]
             plan = _sorted_chunks(plan.select(*_rt_select(covs), pl.col("comp_id").alias(_COMP)),
                                   chunks, scratch, out_columns)
-        plan.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
-                          statistics=True)
+        with hashed_file(tmp) as fh:
+            plan.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                              statistics=True)
         account.rows_out = parquet_rows(tmp)
         write_sidecars(
             output, account,

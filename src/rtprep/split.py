@@ -18,7 +18,13 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from rtprep.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    hashed_file,
+    write_sidecars,
+)
 from rtprep.errors import RtprepError, input_error
 from rtprep.frames import require_columns
 
@@ -144,8 +150,9 @@ def split_lib(merged: str | Path, lib: int, output: str | Path, *,
     kept = lf.filter(~invalid & ~out_of_range)
 
     with atomic_output(output) as tmp:
-        kept.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
-                          statistics=True, engine="streaming")
+        with hashed_file(tmp) as fh:
+            kept.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                              statistics=True, engine="streaming")
         written = pq.ParquetFile(tmp).metadata.num_rows
         if written != account.rows_out:
             raise RuntimeError(f"internal error in split: counted {account.rows_out} rows to "
