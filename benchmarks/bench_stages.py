@@ -510,6 +510,8 @@ COPY (
 ) TO '@OUT@' (FORMAT parquet, COMPRESSION zstd)"""
         measure("merge", sink_bytes, ours_merge, {
             "floor": ("copy", {"src": peak_files, "out": str(out / "floor.parquet")}),
+            # the same copy of what merge writes (run after ours, which keeps its output)
+            "floor_out": ("copy", {"src": str(merged), "out": str(out / "floor_out.parquet")}),
             "duckdb": ("duckdb", {"sql": join_sql, "out": str(out / "duck.parquet"),
                                   "tmpdir": tmpdir}),
         }, keep=True)
@@ -663,6 +665,11 @@ def table(res: dict[str, Any]) -> str:
             _ratio(o, d, "rss_gb"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+        if "floor_out" in e:
+            p = e["floor_out"]
+            lines.append(f"| ↳ floor: copy of the merged file | | {p['rows']:,} | {p['wall']:.1f} | "
+                         f"{p['cpu']:.1f} | {p['rss_gb']:.2f} | | | | | | | "
+                         f"{_ratio(o, p, 'wall')} (ours ÷ it) | {_ratio(o, p, 'cpu')} | | | |")
         if "pl_part" in e:
             p = e["pl_part"]
             lines.append(f"| ↳ polars PartitionBy | | {p['rows']:,} | {p['wall']:.1f} | "
