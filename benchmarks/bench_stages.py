@@ -667,8 +667,8 @@ def table(res: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
         if "floor_out" in e:
             p = e["floor_out"]
-            lines.append(f"| ↳ floor: copy of the merged file | | {p['rows']:,} | {p['wall']:.1f} | "
-                         f"{p['cpu']:.1f} | {p['rss_gb']:.2f} | | | | | | | "
+            lines.append(f"| ↳ floor: copy of the merged file | | {p['rows']:,} | "
+                         f"{p['wall']:.1f} | {p['cpu']:.1f} | {p['rss_gb']:.2f} | | | | | | | "
                          f"{_ratio(o, p, 'wall')} (ours ÷ it) | {_ratio(o, p, 'cpu')} | | | |")
         if "pl_part" in e:
             p = e["pl_part"]
