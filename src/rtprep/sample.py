@@ -322,6 +322,50 @@ def _write_in_order(rows: pl.DataFrame, order: pl.Series, target: Any) -> None:
         target, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
 
 
+def _fold_filter(lf: pl.LazyFrame, folds_csv: PathLike, fold: str, label: object
+                 ) -> tuple[pl.LazyFrame, pl.Series]:
+    """The rows of ``lf`` in ``fold`` (a semi-join on the fold's sample sets, small and read
+    first) and the sorted ids of the input's sample sets in the other fold. Every sample set of
+    the input must have a fold."""
+    folds = read_folds(folds_csv)
+    seen = lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
+    missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
+    if missing.len():
+        raise input_error(
+            folds_csv,
+            f"{missing.len()} sample set(s) of {label} have no fold (e.g. "
+            f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
+            column="sample_set_id",
+        )
+    fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
+    other_ids = folds.filter(
+        (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
+    )["sample_set_id"].sort()
+    return lf.join(fold_ids, on="sample_set_id", how="semi"), other_ids
+
+
+def _check_fold_args(folds_csv: PathLike | None, fold: str | None) -> None:
+    if (folds_csv is None) != (fold is None):
+        raise RtprepError(
+            "folds_csv and fold go together: give both (e.g. fold='train') or neither"
+        )
+    if fold is not None and fold not in FOLDS:
+        raise RtprepError(f"fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+
+
+def _rows_under_thresholds(lf: pl.LazyFrame, stats: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Pass 2: stream the full rows, keep hash <= the pair's threshold (the small table is the
+    build side of the join, so memory follows the selected rows, not the input)."""
+    return (
+        with_row_hash(lf, seed)
+        .join(stats.lazy().select(*PAIR_COLUMNS, _THRESHOLD), on=PAIR_COLUMNS, how="inner",
+              nulls_equal=True, build_side="force_right")
+        .filter(pl.col(_HASH) <= pl.col(_THRESHOLD))
+        .drop(_THRESHOLD)
+        .collect(engine="streaming")
+    )
+
+
 # --- the cap ----------------------------------------------------------------------------------
 def sample_per_species_compound(
     input: PathLike | Sequence[PathLike],
@@ -344,12 +388,7 @@ def sample_per_species_compound(
     """
     t0 = time.perf_counter()
     cap = _check_cap(cap_per_pair)
-    if (folds_csv is None) != (fold is None):
-        raise RtprepError(
-            "folds_csv and fold go together: give both (e.g. fold='train') or neither"
-        )
-    if fold is not None and fold not in FOLDS:
-        raise RtprepError(f"fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+    _check_fold_args(folds_csv, fold)
     paths = _as_paths(input)
     label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
     lf, schema = _scan(paths)
@@ -359,44 +398,19 @@ def sample_per_species_compound(
     account = RowAccount("cap")
     account.rows_in = int(lf.select(pl.len()).collect().item())
 
-    # Fold filter: a semi-join on the (small, collected) sample sets of the fold.
-    fold_ids: pl.LazyFrame | None = None
+    other_ids: pl.Series | None = None
     if folds_csv is not None:
-        folds = read_folds(folds_csv)
-        seen = (
-            lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
-        )
-        missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
-        if missing.len():
-            raise input_error(
-                folds_csv,
-                f"{missing.len()} sample set(s) of {label} have no fold (e.g. "
-                f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
-                column="sample_set_id",
-            )
-        fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
-        other_ids = folds.filter(
-            (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
-        )["sample_set_id"].sort()
-        lf = lf.join(fold_ids, on="sample_set_id", how="semi")
+        assert fold is not None
+        lf, other_ids = _fold_filter(lf, folds_csv, fold, label)
     # Pass 1: key columns only -> one row per pair: its size and its cap-th smallest hash.
     keys = lf.select(_KEY_COLUMNS)
     stats = _pair_thresholds(keys, cap, seed, label)
     n_considered = int(stats["n"].sum())
-    if folds_csv is not None:
+    if other_ids is not None:
         account.drop("other_fold", account.rows_in - n_considered,
                      column="sample_set_id", ids=other_ids.to_list())
 
-    # Pass 2: stream the full rows, keep hash <= the pair's threshold (the small table is the
-    # build side of the join, so memory follows the selected rows, not the input).
-    selected = (
-        with_row_hash(lf, seed)
-        .join(stats.lazy().select(*PAIR_COLUMNS, _THRESHOLD), on=PAIR_COLUMNS, how="inner",
-              nulls_equal=True, build_side="force_right")
-        .filter(pl.col(_HASH) <= pl.col(_THRESHOLD))
-        .drop(_THRESHOLD)
-        .collect(engine="streaming")
-    )
+    selected = _rows_under_thresholds(lf, stats, seed)
     order = _capped_order(selected, cap, stats)
     rows = selected.select(list(schema))
     del selected
