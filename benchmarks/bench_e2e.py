@@ -88,22 +88,42 @@ def write_config(work: Path, data: Path, models: bool) -> Path:
     return path
 
 
-def per_rule(bench_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per rule: jobs, summed and largest wall s, summed CPU s, largest peak RSS (MB)."""
+def per_rule(log: Path, bench_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per rule, from Snakemake's log (each job's start and finish, to the second): jobs,
+    summed and largest wall s; from the rules' benchmark files where they have one: summed CPU s
+    and the largest peak RSS (MB)."""
+    import re
+    from datetime import datetime
+
     out: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"jobs": 0, "wall": 0.0, "max_wall": 0.0, "cpu": 0.0, "max_rss": 0.0})
-    for f in sorted(bench_dir.rglob("*.tsv")):
-        rule = f.relative_to(bench_dir).parts[0]
+        lambda: {"jobs": 0, "wall": 0.0, "max_wall": 0.0, "cpu": None, "max_rss": None})
+    stamp: datetime | None = None
+    started: dict[str, tuple[str, datetime]] = {}
+    rule: str | None = None
+    for line in log.read_text().splitlines():
+        if m := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line.strip()):
+            stamp = datetime.strptime(m[1], "%a %b %d %H:%M:%S %Y")
+        elif m := re.fullmatch(r"(?:local)?rule (\w+):", line.strip()):
+            rule = m[1]
+        elif (m := re.fullmatch(r"jobid: (\d+)", line.strip())) and rule and stamp:
+            started[m[1]] = (rule, stamp)
+            rule = None
+        elif ((m := re.match(r"Finished jobid: (\d+)", line.strip())) and stamp
+              and m[1] in started):
+            name, t0 = started.pop(m[1])
+            wall = (stamp - t0).total_seconds()
+            e = out[name]
+            e["jobs"] += 1
+            e["wall"] += wall
+            e["max_wall"] = max(e["max_wall"], wall)
+    for f in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
+        e = out[f.relative_to(bench_dir).parts[0]]
         with open(f) as fh:
             row = next(csv.DictReader(fh, delimiter="\t"))
-        e = out[rule]
-        e["jobs"] += 1
-        wall = float(row["s"])
-        e["wall"] += wall
-        e["max_wall"] = max(e["max_wall"], wall)
-        e["cpu"] += float(row.get("cpu_time") or 0.0)
+        e["cpu"] = (e["cpu"] or 0.0) + float(row.get("cpu_time") or 0.0)
         rss = row.get("max_rss", "-")
-        e["max_rss"] = max(e["max_rss"], float(rss) if rss not in ("-", "NA", "") else 0.0)
+        rss_mb = float(rss) if rss not in ("-", "NA", "") else 0.0
+        e["max_rss"] = max(e["max_rss"] or 0.0, rss_mb)
     return dict(out)
 
 
@@ -121,8 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dry = subprocess.run([*base, "-n", "--quiet", "rules"], env=env, capture_output=True,
                          text=True, check=True)
     t_dag = time.perf_counter() - t0
-    jobs = sum(int(line.split()[-1]) for line in dry.stdout.splitlines()
-               if line.split() and line.split()[0] == "total")
+    jobs = max((int(line.split()[-1]) for line in dry.stdout.splitlines()
+                if line.split() and line.split()[0] == "total"), default=0)
     print(f"  dry run (DAG of {jobs} jobs): {t_dag:.1f} s", flush=True)
     log = work / "snakemake.log"
     t0 = time.perf_counter()
@@ -132,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"snakemake failed; see {log}")
-    rules = per_rule(work / "out" / "benchmarks")
+    rules = per_rule(log, work / "out" / "benchmarks")
     return {"rows": args.rows, "models": args.models, "dag_s": t_dag, "jobs": jobs,
             "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rules": rules,
             "disk_gb": sum(f.stat().st_size for f in (work / "out").rglob("*") if f.is_file())
@@ -144,13 +164,15 @@ def table(res: dict[str, Any]) -> str:
              f"{res['jobs']} jobs, wall {res['wall_s']:.0f} s ({res['wall_s'] / 60:.1f} min), "
              f"CPU of every process {res['cpu_s']:.0f} s; DAG (snakemake -n) "
              f"{res['dag_s']:.1f} s; outputs {res['disk_gb']:.2f} GB",
-             "| rule | jobs | wall s (sum) | wall s (largest job) | cpu s (sum) | peak RSS MB "
-             "(largest) |", "|---|---|---|---|---|---|"]
+             "| rule | jobs | wall s (sum; log, to the second) | wall s (largest job) | "
+             "cpu s (sum; benchmark files) | peak RSS MB (largest) |", "|---|---|---|---|---|---|"]
     total = 0.0
     for rule, e in sorted(res["rules"].items(), key=lambda kv: -kv[1]["wall"]):
         total += e["wall"]
-        lines.append(f"| {rule} | {e['jobs']} | {e['wall']:.1f} | {e['max_wall']:.1f} | "
-                     f"{e['cpu']:.1f} | {e['max_rss']:.0f} |")
+        cpu = "—" if e["cpu"] is None else f"{e['cpu']:.1f}"
+        rss = "—" if e["max_rss"] is None else f"{e['max_rss']:.0f}"
+        lines.append(f"| {rule} | {e['jobs']} | {e['wall']:.0f} | {e['max_wall']:.0f} | "
+                     f"{cpu} | {rss} |")
     lines.append(f"| all jobs | {sum(e['jobs'] for e in res['rules'].values())} | {total:.1f} "
                  "| | | |")
     return "\n".join(lines)
