@@ -34,6 +34,7 @@ from rtprep.errors import RtprepError, input_error
 from rtprep.frames import (
     checked_int_column,
     comp_counts_lazy,
+    lib_ids_from_statistics,
     parquet_rows,
     read_csv_checked,
     require_columns,
@@ -102,9 +103,14 @@ def mapping_for_lib(mapping_df: pl.DataFrame, lib: int | None) -> pl.DataFrame:
 
 
 def input_lib(lf: pl.LazyFrame, path: str | Path) -> int | None:
-    """The single ``lib_id`` of a per-lib Parquet (None when it has no rows)."""
-    libs = lf.select(pl.col("lib_id").unique()).collect(engine="streaming")["lib_id"]
-    libs = libs.drop_nulls().sort()
+    """The single ``lib_id`` of a per-lib Parquet (None when it has no rows): from the row-group
+    statistics when they settle it (a split output's), else a streamed ``unique``."""
+    known = lib_ids_from_statistics(path)
+    if known is not None:
+        libs = pl.Series("lib_id", sorted(known), dtype=pl.Int64)
+    else:
+        libs = lf.select(pl.col("lib_id").unique()).collect(engine="streaming")["lib_id"]
+        libs = libs.drop_nulls().sort()
     if libs.len() > 1:
         raise input_error(path, f"expected rows of one lib, found lib_ids {libs.to_list()}; "
                           "split the file by lib first", column="lib_id")

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from rtprep.artifacts import ROW_GROUP_SIZE, atomic_output
 from rtprep.errors import RtprepError, input_error
@@ -149,3 +150,24 @@ def scan_checked(path: str | Path, required: Sequence[str], what: str) -> pl.Laz
 def parquet_rows(path: str | Path) -> int:
     """Number of rows of a Parquet file (from its metadata)."""
     return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+
+
+def lib_ids_from_statistics(path: str | Path) -> set[int] | None:
+    """The ``lib_id`` values of a Parquet file from its row-group statistics (no data read), or
+    None when a row group holds several libs, has nulls or no statistics, and the column must be
+    read."""
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    if "lib_id" not in names:
+        return None
+    idx = names.index("lib_id")
+    libs: set[int] = set()
+    for rg in range(md.num_row_groups):
+        col = md.row_group(rg).column(idx)
+        stats = col.statistics
+        if md.row_group(rg).num_rows == 0:
+            continue
+        if stats is None or not stats.has_min_max or stats.min != stats.max or stats.null_count:
+            return None
+        libs.add(int(stats.min))
+    return libs
