@@ -27,11 +27,11 @@ import dataclasses
 import io
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import polars as pl
@@ -449,6 +449,26 @@ class _LibBufferedWriter:
         self._writer.close()
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _prefetched(items: Sequence[_T], fn: Callable[[_T], _R]) -> Iterator[_R]:
+    """``fn(item)`` for each item, in order, the next one computed on a background thread while
+    the caller works on the current one (polars and pyarrow release the GIL while they read and
+    decode): one result ahead at most."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-reader") as pool:
+        ahead = pool.submit(fn, items[0])
+        for nxt in items[1:]:
+            current = ahead.result()
+            ahead = pool.submit(fn, nxt)
+            yield current
+            del current
+        yield ahead.result()
+
+
 def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
                  renames: Mapping[str, str], checksums: dict[str, str] | None = None
                  ) -> Iterator[tuple[pl.DataFrame, int, int]]:
@@ -463,16 +483,19 @@ def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
     both). ``hash_rows`` may change between polars versions; that only changes which rows are
     compared in full, never the result.
     """
-    hashes = [_read_shard(s, schema, renames, checksums).hash_rows() for s in members]
+    def read(s: _Shard) -> pl.DataFrame:
+        return _read_shard(s, schema, renames)
+
+    # Pass 1's hashes are kept for pass 2 (8 bytes a row of the partition, held either way).
+    hashes = list(_prefetched(
+        members, lambda s: _read_shard(s, schema, renames, checksums).hash_rows()))
     seen_twice = pl.concat(hashes) if hashes else pl.Series(dtype=pl.UInt64)
     seen_twice = seen_twice.filter(seen_twice.is_duplicated()).unique()
-    del hashes
     kept: pl.DataFrame | None = None  # the candidate rows kept so far (few)
-    for s in members:
-        df = _read_shard(s, schema, renames)
+    for i, df in enumerate(_prefetched(members, read)):
         n_read = df.height
         if seen_twice.len():
-            cand = df.hash_rows().is_in(seen_twice.implode())
+            cand = hashes[i].is_in(seen_twice.implode())
             if cand.any():
                 rows = df.filter(cand)
                 both = rows if kept is None else pl.concat([kept, rows], how="vertical")
@@ -481,6 +504,7 @@ def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
                 kept = rows.filter(first) if kept is None else pl.concat(
                     [kept, rows.filter(first)], how="vertical")
                 df = df.filter((~cand).scatter(cand.arg_true(), first))
+        hashes[i] = hashes[i].clear()
         yield df, n_read, n_read - df.height
 
 
