@@ -134,9 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = make_inputs(work, args.rows)
     cfg = write_config(work, data, args.models)
     shutil.rmtree(work / "out", ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    base = ["snakemake", "--cores", "2", "--configfile", str(cfg), "-s", str(REPO / "Snakefile"),
-            "--directory", str(REPO)]
+    repo = args.repo.resolve()
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(repo / "src")}
+    base = ["snakemake", "--cores", "2", "--configfile", str(cfg), "-s", str(repo / "Snakefile"),
+            "--directory", str(repo)]
     t0 = time.perf_counter()
     dry = subprocess.run([*base, "-n", "--quiet", "rules"], env=env, capture_output=True,
                          text=True, check=True)
@@ -184,6 +185,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/rtprep-e2e"))
     p.add_argument("--models", action=argparse.BooleanOptionalAction, default=True,
                    help="train and evaluate the cap-5 models (default on)")
+    p.add_argument("--repo", type=Path, default=REPO,
+                   help="the checkout whose Snakefile runs (default: this one); the code is "
+                        "the one PYTHONPATH names, else <repo>/src")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--clean", action="store_true")
     a = p.parse_args()
