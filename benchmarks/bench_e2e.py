@@ -62,7 +62,10 @@ def make_inputs(work: Path, rows: int, seed: int = 7) -> Path:
     rng = np.random.default_rng(seed)
     keep = rng.uniform(size=chem.size) >= 0.01  # 1% of the chemicals without an embedding
     emb = rng.normal(size=(int(keep.sum()), 20))
-    smiles = [f"C{'C' * (i % 12)}{'O' * (i % 3)}" for i in range(int(keep.sum()))]
+    # One formula per two chemicals (an alcohol and its ether isomer), as isomer groups are
+    # small in a real library; the isomer choice scores each held-out peak against its isomers.
+    smiles = [("C" * (i // 2 + 1) + "O") if i % 2 == 0 or i < 2 else ("C" * (i // 2) + "OC")
+              for i in range(int(keep.sum()))]
     (work / "emb").mkdir(exist_ok=True)
     pl.DataFrame({"chem_id": chem[keep], "smiles": smiles,
                   "embedding20": pl.Series(emb.tolist(), dtype=pl.Array(pl.Float64, 20))}
@@ -72,12 +75,12 @@ def make_inputs(work: Path, rows: int, seed: int = 7) -> Path:
     return data
 
 
-def write_config(work: Path, data: Path, models: bool) -> Path:
+def write_config(work: Path, data: Path, models: bool, libs: str) -> Path:
     cfg = {
         "data_dir": str(data),
         "out_dir": str(work / "out"),
         "exports": [EXPORT],
-        "libs": "all",
+        "libs": "all" if libs == "all" else [int(v) for v in libs.split(",")],
         "caps": CAPS,
         "embeddings": {"source": "file", "path": str(work / "emb" / "embeddings.parquet")},
         "rt_range": {"default": [0.0, 40.0]},
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     print(f"[{args.rows:,} rows] under {work}", flush=True)
     data = make_inputs(work, args.rows)
-    cfg = write_config(work, data, args.models)
+    cfg = write_config(work, data, args.models, args.libs)
     shutil.rmtree(work / "out", ignore_errors=True)
     repo = args.repo.resolve()
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(repo / "src")}
@@ -188,6 +191,7 @@ def main() -> None:
     p.add_argument("--repo", type=Path, default=REPO,
                    help="the checkout whose Snakefile runs (default: this one); the code is "
                         "the one PYTHONPATH names, else <repo>/src")
+    p.add_argument("--libs", default="all", help="all, or comma-separated lib ids (e.g. 501)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--clean", action="store_true")
     a = p.parse_args()
