@@ -264,7 +264,123 @@ def ensure_demo(root: Path, rows: int, log_path: Path) -> Path:
     return root
 
 
-def prepare_side_inputs(root: Path, lib_file: Path, lib: int, log_path: Path) -> dict[str, str]:
+
+# --- the wide shape: an export generated here ------------------------------------------------
+#: The wide shape's libs and their shares of the rows (the largest ~35%, as the original's).
+WIDE_LIBS = {501: 0.35, 502: 0.25, 503: 0.18, 504: 0.12, 505: 0.10}
+WIDE_PEAKS_PER_INJECTION = 600
+WIDE_SMTS = 40
+WIDE_TASKS_PER_SET = 4
+WIDE_COMPOUNDS = 3000
+WIDE_SETS_PER_GROUP = 250
+WIDE_ROWS_PER_SHARD = 200_000
+#: 36 predictors: IS1-20, RS1-10, ES_1-6.
+WIDE_PREDICTORS = [*(f"IS{i}" for i in range(1, 21)), *(f"RS{i}" for i in range(1, 11)),
+                   *(f"ES_{i}" for i in range(1, 7))]
+
+
+def _wide_lib(export: Path, side: Path, lib: int, rows: int, seed: int) -> None:
+    """One lib of the wide shape: peak shards per group, one predictor shard per
+    species_matrix_type, the lib's mapping CSV and species mapping (numpy, vectorised)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng([seed, lib])
+    n_inj = max(1, rows // WIDE_PEAKS_PER_INJECTION)
+    n_sets = max(1, n_inj // WIDE_TASKS_PER_SET)
+    n_inj = n_sets * WIDE_TASKS_PER_SET
+    set_ids = lib * 10_000_000 + np.arange(n_sets)
+    set_smt = rng.integers(0, WIDE_SMTS, n_sets)
+    smt_names = np.array([f"species{i // 4:02d}_matrix{i % 4}" for i in range(WIDE_SMTS)])
+    inj_set = np.repeat(np.arange(n_sets), WIDE_TASKS_PER_SET)
+    task_ids = lib * 100_000_000 + np.arange(n_inj)
+    worksheet = (inj_set // 12).astype(np.int64) + lib * 1_000_000
+    comp_rt = rng.uniform(0.5, 38.0, WIDE_COMPOUNDS)
+    drift = rng.normal(0.0, 0.05, n_inj)
+    std_rt = np.sort(rng.uniform(0.5, 38.0, len(WIDE_PREDICTORS)))
+    # Predictors: one row per injection (0.5% of the injections have none).
+    has_pred = rng.uniform(size=n_inj) >= 0.005
+    preds = {"sample_set_id": set_ids[inj_set], "task_id": task_ids}
+    for j, name in enumerate(WIDE_PREDICTORS):
+        v = std_rt[j] + drift + rng.normal(0.0, 0.01, n_inj)
+        v = np.where(rng.uniform(size=n_inj) < 0.01, np.nan, v)  # a missing standard
+        preds[name] = v
+    pdf = pl.DataFrame(preds).with_columns(
+        pl.Series("_smt", smt_names[set_smt[inj_set]]), pl.Series("_keep", has_pred)
+    ).filter("_keep").drop("_keep").with_columns(
+        pl.when(pl.col(c).is_nan()).then(None).otherwise(pl.col(c)).alias(c)
+        for c in WIDE_PREDICTORS)
+    for (smt,), g in pdf.partition_by("_smt", as_dict=True, maintain_order=True).items():
+        d = export / "combine_predictors" / f"lib_id={lib}" / f"species_matrix_type={smt}"
+        d.mkdir(parents=True, exist_ok=True)
+        g.drop("_smt").sort("task_id").write_parquet(d / "part-0.parquet", compression="zstd")
+    # Peaks, group by group (WIDE_SETS_PER_GROUP sample sets each), in shards.
+    status = np.array(["Complete", "Complete - NFS", "Incomplete", "Not Found"])
+    stype = np.array(["Sample", "QC", "PRCS"])
+    for g0 in range(0, n_sets, WIDE_SETS_PER_GROUP):
+        sets = np.arange(g0, min(n_sets, g0 + WIDE_SETS_PER_GROUP))
+        inj = (sets[:, None] * WIDE_TASKS_PER_SET + np.arange(WIDE_TASKS_PER_SET)).ravel()
+        n = inj.size * WIDE_PEAKS_PER_INJECTION
+        gi = np.repeat(inj, WIDE_PEAKS_PER_INJECTION)
+        comp = rng.integers(0, WIDE_COMPOUNDS, n)
+        rt = np.round(comp_rt[comp] + drift[gi] + rng.normal(0.0, 0.07, n), 4)
+        rt = np.where(rng.uniform(size=n) < 0.001, rt + 45.0, rt)  # out of range
+        ist = rng.choice(3, inj.size, p=[0.96, 0.03, 0.01])[
+            np.repeat(np.arange(inj.size), WIDE_PEAKS_PER_INJECTION)]
+        df = pl.DataFrame({
+            "sample_set_id": set_ids[inj_set[gi]], "task_id": task_ids[gi],
+            "worksheet_id": worksheet[gi], "sample_type": stype[ist],
+            "cpd_status": status[rng.choice(4, n, p=[0.9, 0.06, 0.03, 0.01])],
+            "comp_id": comp.astype(np.int64) + 1, "species_matrix_type": smt_names[
+                set_smt[inj_set[gi]]], "apex_rt": rt,
+            "peak_area": np.round(rng.lognormal(10.0, 2.0, n), 1),
+        })
+        d = export / "create_training_data" / f"lib_id={lib}" / f"group={g0 // WIDE_SETS_PER_GROUP}"
+        d.mkdir(parents=True, exist_ok=True)
+        k = 0
+        for k, lo in enumerate(range(0, n, WIDE_ROWS_PER_SHARD)):
+            df.slice(lo, WIDE_ROWS_PER_SHARD).write_parquet(d / f"part-{k}.parquet",
+                                                            compression="zstd")
+        if g0 == 0:  # a re-processed datum: its last shard written twice
+            df.slice(k * WIDE_ROWS_PER_SHARD, WIDE_ROWS_PER_SHARD).write_parquet(
+                d / f"part-{k + 1}.parquet", compression="zstd")
+    # Side tables of the test rows: mapping (1% unmapped), species.
+    comps = np.arange(1, WIDE_COMPOUNDS + 1)
+    mapped = comps[rng.uniform(size=comps.size) >= 0.01]
+    pl.DataFrame({"lib_id": lib, "comp_id": mapped, "chemical_id": 100_000 + mapped}).write_csv(
+        side / f"lib_comp_chem_mapping_lib{lib}.csv")
+    species = np.array([s.split("_")[0] for s in smt_names])
+    pl.DataFrame({"sample_set_id": set_ids, "species": species[set_smt],
+                  "species_cluster": (set_smt // 8).astype(np.int64)}).write_csv(
+        side / f"species_mapping_lib{lib}.csv")
+
+
+def ensure_wide(root: Path, rows: int, log_path: Path, seed: int = 7) -> Path:
+    """The wide shape of ``rows`` peaks under ``root/export`` (generated unless finished)."""
+    import numpy as np
+    import polars as pl
+
+    export, side = root / "export", root / "side"
+    if (export / ".ready").exists():
+        print(f"  reusing {root}", flush=True)
+        return root
+    print(f"  generating the wide export ({rows:,} rows) ...", flush=True)
+    t0 = time.perf_counter()
+    for d in (export, side):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    for lib, share in WIDE_LIBS.items():
+        _wide_lib(export, side, lib, int(rows * share), seed)
+    chem = 100_000 + np.arange(1, WIDE_COMPOUNDS + 1)
+    keep = np.random.default_rng(seed).uniform(size=chem.size) >= 0.01  # 1% without class
+    pl.DataFrame({"chem_id": chem[keep], "compound_class": (chem[keep] * 7919) % N_CLUSTERS}
+                 ).write_parquet(side / "classes.parquet")
+    (export / ".ready").write_text("ok\n")
+    print(f"  wide export written in {time.perf_counter() - t0:.0f} s", flush=True)
+    return root
+
+
+def prepare_side_inputs(root: Path, lib_file: Path, lib: int, shape: str) -> dict[str, str]:
     """Folds, classes and the side CSVs the test-rows stage needs (not timed)."""
     from rtprep.chem.classes import build_chem_classes
     from rtprep.stages.cap import assign_folds
@@ -274,6 +390,10 @@ def prepare_side_inputs(root: Path, lib_file: Path, lib: int, log_path: Path) ->
     side.mkdir(exist_ok=True)
     folds = side / f"lib{lib}_folds.csv"
     assign_folds(lib_file, folds, test_fraction=TEST_FRACTION, fold_seed=FOLD_SEED)
+    if shape == "wide":
+        return {"folds": str(folds), "classes": str(side / "classes.parquet"),
+                "mapping": str(side / f"lib_comp_chem_mapping_lib{lib}.csv"),
+                "species": str(side / f"species_mapping_lib{lib}.csv")}
     emb = demo / "resources/metabolites/embeddings_chemberta_pca20.parquet"
     classes = side / "classes.parquet"
     if not classes.exists():
@@ -321,11 +441,15 @@ COPY (
 
 
 def bench_size(rows: int, work: Path, stages: list[str], log_path: Path,
-               portable_hash: bool = False, repeat: int = 1) -> dict[str, Any]:
+               portable_hash: bool = False, repeat: int = 1, shape: str = "demo"
+               ) -> dict[str, Any]:
     """Run every stage and reference at one size; return the measurements."""
     import polars as pl
 
-    root = ensure_demo(work / f"rows_{rows}", rows, log_path)
+    if shape == "wide":
+        root = ensure_wide(work / f"wide_{rows}", rows, log_path)
+    else:
+        root = ensure_demo(work / f"rows_{rows}", rows, log_path)
     export = root / "export"
     out = root / "out"
     out.mkdir(exist_ok=True)
@@ -335,24 +459,33 @@ def bench_size(rows: int, work: Path, stages: list[str], log_path: Path,
     n_pred = len([c for c in pl.read_parquet_schema(
         next((export / "combine_predictors").rglob("*.parquet")))
         if c.startswith(("IS", "RS", "ES_"))])
-    res: dict[str, Any] = {"rows": rows, "predictors": n_pred, "stages": {}}
+    res: dict[str, Any] = {"rows": rows, "predictors": n_pred, "stages": {}, "shape": shape}
+    has_correct = any("correct" in pl.read_parquet_schema(f) for f in peak_files[:50])
+    comp_sql = "coalesce(pk.comp_id, pk.correct)" if has_correct else "pk.comp_id"
+    area_sql = "pk.peak_area, " if "peak_area" in pl.read_parquet_schema(peak_files[0]) else ""
 
     def measure(stage: str, input_gib: float, ours: tuple[str, dict[str, Any]],
                 refs: dict[str, tuple[str, dict[str, Any]]], keep: bool = False) -> None:
         entry: dict[str, Any] = {"input_gib": input_gib}
-        for name, (job, args) in {"ours": ours, **refs}.items():
-            print(f"  {stage:<10} {name:<8} ...", end=" ", flush=True)
-            runs = [run_child(job, args, log_path) for _ in range(repeat)]
-            # Fastest run's times; the median peak RSS (the streaming engine's peak moves a
-            # little with scheduling on a busy machine).
-            r = dict(min(runs, key=lambda x: x["wall"]))
-            r["cpu"] = min(x["cpu"] for x in runs)
-            r["rss_gb"] = sorted(x["rss_gb"] for x in runs)[len(runs) // 2]
-            print(f"{r['wall']:6.1f} s {r['cpu']:6.1f} cpu-s {r['rss_gb']:5.2f} GB "
-                  f"{r['rows']:>12,} rows", flush=True)
-            entry[name] = r
-            if not (keep and name == "ours"):
-                _remove(Path(args["out"]))
+        jobs = {"ours": ours, **refs}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in jobs}
+        # Interleaved: ours, each reference, then again, so that a change of the machine's load
+        # touches every job alike; the median of each job's runs (wall, cpu and peak RSS alike).
+        for i in range(repeat):
+            for name, (job, args) in jobs.items():
+                print(f"  {stage:<10} {name:<8} run {i + 1}/{repeat} ...", end=" ", flush=True)
+                r = run_child(job, args, log_path)
+                print(f"{r['wall']:6.1f} s {r['cpu']:6.1f} cpu-s {r['rss_gb']:5.2f} GB "
+                      f"{r['rows']:>12,} rows", flush=True)
+                runs[name].append(r)
+                if not (keep and name == "ours"):
+                    _remove(Path(args["out"]))
+        for name, rs in runs.items():
+            med = dict(rs[0])
+            for k in ("wall", "cpu", "rss_gb"):
+                med[k] = sorted(x[k] for x in rs)[len(rs) // 2]
+            med["runs"] = [{k: x[k] for k in ("wall", "cpu", "rss_gb")} for x in rs]
+            entry[name] = med
         res["stages"][stage] = entry
 
     sink_bytes = _gib([Path(p) for p in peak_files])
@@ -368,8 +501,8 @@ COPY (
     SELECT DISTINCT * FROM read_parquet('{export}/combine_predictors/**/*.parquet',
                                         hive_partitioning = true, union_by_name = true))
   SELECT pk.lib_id, pk.sample_set_id, pk.task_id, pk.worksheet_id, pk.sample_type,
-         pk.cpd_status, coalesce(pk.comp_id, pk.correct) AS comp_id, pk.species_matrix_type,
-         pk.apex_rt, pk.peak_area, pr.* EXCLUDE (lib_id, sample_set_id, task_id,
+         pk.cpd_status, {comp_sql} AS comp_id, pk.species_matrix_type,
+         pk.apex_rt, {area_sql}pr.* EXCLUDE (lib_id, sample_set_id, task_id,
                                                  species_matrix_type)
   FROM pk JOIN pr USING (lib_id, sample_set_id, task_id, species_matrix_type)
   WHERE pk.cpd_status IN ('Complete', 'Complete - NFS') AND pk.sample_type <> 'PRCS'
@@ -377,6 +510,8 @@ COPY (
 ) TO '@OUT@' (FORMAT parquet, COMPRESSION zstd)"""
         measure("merge", sink_bytes, ours_merge, {
             "floor": ("copy", {"src": peak_files, "out": str(out / "floor.parquet")}),
+            # the same copy of what merge writes (run after ours, which keeps its output)
+            "floor_out": ("copy", {"src": str(merged), "out": str(out / "floor_out.parquet")}),
             "duckdb": ("duckdb", {"sql": join_sql, "out": str(out / "duck.parquet"),
                                   "tmpdir": tmpdir}),
         }, keep=True)
@@ -417,19 +552,12 @@ COPY (
     res["libs"] = libs
 
     lib_gib = _gib(lib_file)
-    floor_lib: dict[str, Any] | None = None
-    if {"coverage", "cap", "test_rows"} & set(stages):
-        print("  lib copy   floor    ...", end=" ", flush=True)
-        floor_lib = run_child("copy", {"src": str(lib_file), "out": str(out / "floor.parquet")},
-                              log_path)
-        _remove(out / "floor.parquet")
-        print(f"{floor_lib['wall']:6.1f} s {floor_lib['rss_gb']:5.2f} GB", flush=True)
-
     def with_floor(stage: str, ours: tuple[str, dict[str, Any]], duck_sql: str,
                    macros: bool = False) -> None:
-        measure(stage, lib_gib, ours, {"duckdb": ("duckdb", {
-            "sql": duck_sql, "out": str(out / "duck.out"), "tmpdir": tmpdir, "macros": macros})})
-        res["stages"][stage]["floor"] = floor_lib
+        measure(stage, lib_gib, ours, {
+            "floor": ("copy", {"src": str(lib_file), "out": str(out / "floor.parquet")}),
+            "duckdb": ("duckdb", {"sql": duck_sql, "out": str(out / "duck.out"),
+                                  "tmpdir": tmpdir, "macros": macros})})
 
     if "coverage" in stages:
         with_floor("coverage", ("coverage", {"lib_file": str(lib_file),
@@ -449,7 +577,7 @@ COPY (
                    f"ORDER BY {IDENTITY}) TO '@OUT@' (FORMAT parquet, COMPRESSION zstd)",
                    macros=portable_hash)
     if "test_rows" in stages:
-        side = prepare_side_inputs(root, lib_file, lib, log_path)
+        side = prepare_side_inputs(root, lib_file, lib, shape)
         with_floor("test_rows", ("test_rows", {"lib_file": str(lib_file), **side,
                                                "out": str(out / "test_rows.parquet")}),
                    _sql_test_rows(lib_file, side, lib))
@@ -518,29 +646,36 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
 
 def table(res: dict[str, Any]) -> str:
     head = ("stage", "in GiB", "rows out", "ours s", "ours cpu-s", "ours GB", "floor s",
-            "floor GB", "duck s", "duck cpu-s", "duck GB", "duck rows", "÷floor", "÷duck",
-            "cpu÷duck", "mem÷duck")
-    lines = [f"{res['rows']:,} demo rows; merged: {res.get('merged_columns', '?')} columns, "
-             f"{res['predictors']} predictors; largest lib {res.get('lib')}",
+            "floor cpu-s", "duck s", "duck cpu-s", "duck GB", "duck rows", "÷floor",
+            "cpu÷floor", "÷duck", "cpu÷duck", "mem÷duck")
+    n_runs = len(next(iter(res["stages"].values()))["ours"].get("runs", [0]))
+    lines = [f"{res['rows']:,} rows, {res.get('shape', 'demo')} shape; merged: "
+             f"{res.get('merged_columns', '?')} columns, {res['predictors']} predictors; largest "
+             f"lib {res.get('lib')}; medians of {n_runs} interleaved runs",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stage, e in res["stages"].items():
         o, f, d = e.get("ours"), e.get("floor"), e.get("duckdb")
         cells = [
             stage, f"{e['input_gib']:.2f}", f"{o['rows']:,}", f"{o['wall']:.1f}",
             f"{o['cpu']:.1f}", f"{o['rss_gb']:.2f}",
-            f"{f['wall']:.1f}" if f else "—", f"{f['rss_gb']:.2f}" if f else "—",
+            f"{f['wall']:.1f}" if f else "—", f"{f['cpu']:.1f}" if f else "—",
             f"{d['wall']:.1f}" if d else "—", f"{d['cpu']:.1f}" if d else "—",
             f"{d['rss_gb']:.2f}" if d else "—", f"{d['rows']:,}" if d else "—",
-            _ratio(o, f, "wall"), _ratio(o, d, "wall"), _ratio(o, d, "cpu"),
+            _ratio(o, f, "wall"), _ratio(o, f, "cpu"), _ratio(o, d, "wall"), _ratio(o, d, "cpu"),
             _ratio(o, d, "rss_gb"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+        if "floor_out" in e:
+            p = e["floor_out"]
+            lines.append(f"| ↳ floor: copy of the merged file | | {p['rows']:,} | "
+                         f"{p['wall']:.1f} | {p['cpu']:.1f} | {p['rss_gb']:.2f} | | | | | | | "
+                         f"{_ratio(o, p, 'wall')} (ours ÷ it) | {_ratio(o, p, 'cpu')} | | | |")
         if "pl_part" in e:
             p = e["pl_part"]
             lines.append(f"| ↳ polars PartitionBy | | {p['rows']:,} | {p['wall']:.1f} | "
                          f"{p['cpu']:.1f} | {p['rss_gb']:.2f} | | | | | | | "
-                         f"{_ratio(p, f, 'wall')} | {_ratio(p, d, 'wall')} | "
-                         f"{_ratio(p, d, 'cpu')} | |")
+                         f"{_ratio(p, f, 'wall')} | {_ratio(p, f, 'cpu')} | "
+                         f"{_ratio(p, d, 'wall')} | {_ratio(p, d, 'cpu')} | |")
     return "\n".join(lines)
 
 
@@ -591,8 +726,12 @@ def main() -> None:
                    help="work folder when not --reuse (default /tmp/rtprep-bench)")
     p.add_argument("--stages", default="merge,split,split_all,coverage,cap,test_rows",
                    help="comma-separated subset")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run each measurement N times: fastest time, median peak RSS")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="run each measurement N times, interleaved: medians (default 3)")
+    p.add_argument("--shape", choices=("demo", "wide"), default="demo",
+                   help="demo: the scaled demo, widened to 30 predictors; wide: an export "
+                        "generated here (36 predictors, 600 peaks an injection, 40 "
+                        "species-matrix types)")
     p.add_argument("--duckdb-portable-hash", action="store_true",
                    help="DuckDB's cap with rtprep's splitmix64 in SQL (same rows as ours; slow)")
     p.add_argument("--clean", action="store_true", help="delete the demos and outputs at the end")
@@ -615,7 +754,7 @@ def main() -> None:
     for n in sizes:
         print(f"\n[{n:,} rows]", flush=True)
         results.append(bench_size(n, work, stages, log_path, a.duckdb_portable_hash,
-                                  max(1, a.repeat)))
+                                  max(1, a.repeat), a.shape))
     print()
     for r in results:
         print(table(r) + "\n")
@@ -627,12 +766,13 @@ def main() -> None:
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
+    prefix = "wide" if a.shape == "wide" else "rows"
     if a.clean:
         for n in sizes:
-            shutil.rmtree(work / f"rows_{n}", ignore_errors=True)
+            shutil.rmtree(work / f"{prefix}_{n}", ignore_errors=True)
     else:
         for n in sizes:
-            shutil.rmtree(work / f"rows_{n}" / "out", ignore_errors=True)
+            shutil.rmtree(work / f"{prefix}_{n}" / "out", ignore_errors=True)
         print(f"demos kept under {work} (reuse with --reuse {work}; delete when done)")
 
 

@@ -5,9 +5,18 @@ Every output is written under a temporary name in its own folder and renamed whe
 file that a user (or Snakemake) could take for finished is ever half-written. Beside each output:
 
 - ``<output>.meta.json``: stage, rows in, each drop reason with its count, rows out, input
-  checksums, the config values and seeds used, package versions;
+  checksums, the config values and seeds used, package versions, and the output's own size and
+  checksum (``bytes``, ``checksum``);
 - ``<output>.dropped.csv`` (when anything was dropped by id): ``reason, column, id`` so a user can
   see *which* comp_ids were unmapped, which sample sets had no species, ...
+
+Checksums (blake2b-128 over every byte) without re-reading files only to hash them: an output is
+hashed while it is written (:func:`hashed_file`, a file object every writer here accepts) or,
+when its writer takes only a path, right after, from the page cache; its sidecar records it. An
+input that has a sidecar recording its size and checksum, and was not modified after that
+sidecar was written, takes the checksum from there (:func:`describe_inputs`); a file without a
+sidecar (an export's shard, a mapping CSV) is hashed, by a stage that streams it while it reads
+it (``known=``), else on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import csv
 import errno
 import glob
 import hashlib
+import io
 import json
 import os
 import platform
@@ -162,14 +172,105 @@ def file_checksum(path: str | Path, chunk: int = 1 << 22) -> str:
     return "blake2b:" + h.hexdigest()
 
 
-def describe_inputs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Path, size and checksum of each input file; a directory is described file by file."""
+def bytes_checksum(data: bytes | memoryview) -> str:
+    """:func:`file_checksum` of a file holding ``data``."""
+    return "blake2b:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only binary file that hashes (blake2b-128) every byte on its way to ``raw``."""
+
+    def __init__(self, raw: io.BufferedWriter) -> None:
+        super().__init__()
+        self._raw = raw
+        self._hash = hashlib.blake2b(digest_size=16)
+        self.bytes_written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # bytes-like
+        view = memoryview(data).cast("B")
+        self._hash.update(view)
+        self._raw.write(view)
+        self.bytes_written += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.bytes_written
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def checksum(self) -> str:
+        return "blake2b:" + self._hash.hexdigest()
+
+
+#: Checksums of files this process wrote through :func:`hashed_file`: path -> (bytes, checksum).
+_WRITTEN: dict[str, tuple[int, str]] = {}
+
+
+@contextlib.contextmanager
+def hashed_file(path: str | Path) -> Iterator[HashingWriter]:
+    """Open ``path`` (usually an :func:`atomic_output` temporary) for writing through a
+    :class:`HashingWriter`; on success its size and checksum are kept for the sidecar, which
+    :func:`write_sidecars` then records without reading the file again."""
+    with open(path, "wb") as raw:
+        writer = HashingWriter(raw)
+        yield writer
+        if not writer.closed:
+            writer.flush()
+    _WRITTEN[str(path)] = (writer.bytes_written, writer.checksum)
+
+
+def _own_record(output: Path) -> dict[str, Any]:
+    """``bytes`` and ``checksum`` of the output being finished: the temporary of this process
+    (inside :func:`atomic_output`) or the output itself."""
+    tmp = tmp_path_for(output)
+    written = tmp if tmp.is_file() else output
+    if not written.is_file():
+        return {}
+    size = written.stat().st_size
+    known = _WRITTEN.pop(str(written), None)
+    checksum = known[1] if known and known[0] == size else file_checksum(written)
+    return {"bytes": size, "checksum": checksum}
+
+
+def recorded_checksum(path: str | Path) -> str | None:
+    """The checksum that ``path``'s sidecar records for it, when the sidecar holds one for a file
+    of this size and ``path`` was not modified after the sidecar was written; else None."""
+    mpath = meta_path(path)
+    try:
+        f_stat = Path(path).stat()
+        m_stat = mpath.stat()
+        if f_stat.st_mtime_ns > m_stat.st_mtime_ns:
+            return None
+        meta = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    checksum = meta.get("checksum") if isinstance(meta, dict) else None
+    if not isinstance(checksum, str) or meta.get("bytes") != f_stat.st_size:
+        return None
+    return checksum
+
+
+def describe_inputs(paths: Iterable[str | Path],
+                    known: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Path, size and checksum of each input file; a directory is described file by file.
+
+    The checksum of a file comes from ``known`` (``str(path) -> checksum``: files the stage
+    hashed while it read them), else from the file's own sidecar (:func:`recorded_checksum`),
+    else from reading the file.
+    """
+    known = known or {}
     out: list[dict[str, Any]] = []
     for p in paths:
         p = Path(p)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            out.append({"path": str(f), "bytes": f.stat().st_size, "checksum": file_checksum(f)})
+            checksum = known.get(str(f)) or recorded_checksum(f) or file_checksum(f)
+            out.append({"path": str(f), "bytes": f.stat().st_size, "checksum": checksum})
     return out
 
 
@@ -245,12 +346,16 @@ def write_sidecars(
     config: Mapping[str, Any] | None = None,
     seeds: Mapping[str, int] | None = None,
     balanced: bool = True,
+    known: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``<output>.meta.json`` (and ``<output>.dropped.csv`` when ids were dropped).
 
     Call it *before* renaming the main output into place, so that a finished output always has
-    its sidecars. ``balanced=False`` for stages whose rows out are not rows in minus drops
-    (merge's join, coverage tables).
+    its sidecars, and the sidecar records the output's size and checksum (from
+    :func:`hashed_file` when it was written through one, else read back once). ``known``: the
+    checksums of inputs hashed while they were read (:func:`describe_inputs`).
+    ``balanced=False`` for stages whose rows out are not rows in minus drops (merge's join,
+    coverage tables).
     """
     if balanced:
         account.check_balanced()
@@ -274,11 +379,12 @@ def write_sidecars(
         "rows_out": account.rows_out,
         "funnel": account.funnel(),
         "dropped_ids_file": dpath.name if account.dropped_ids else None,
-        "inputs": describe_inputs(inputs),
+        "inputs": describe_inputs(inputs, known),
         "config": dict(config or {}),
         "seeds": dict(seeds or {}),
         "versions": package_versions(),
         **({"extra": account.extra} if account.extra else {}),
+        **_own_record(output),
     }
     mpath = meta_path(output)
     write_text_atomic(mpath, json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")

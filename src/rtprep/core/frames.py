@@ -7,10 +7,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from rtprep.core.artifacts import ROW_GROUP_SIZE, atomic_output
 from rtprep.core.errors import RtprepError, input_error
 from rtprep.core.settings import default
+
+#: Integer id columns of the peak tables and side tables: read as Int64 (:func:`scan_checked`).
+_ID_COLUMNS = ("lib_id", "comp_id", "sample_set_id", "task_id", "worksheet_id", "chemical_id",
+               "compound_class")
 
 #: Covariate families in the order the RT CSV lists them (``covariates.families``).
 DEFAULT_COVARIATE_FAMILIES: tuple[str, ...] = tuple(default("covariates", "families"))
@@ -87,3 +92,82 @@ def read_csv_checked(path: str | Path, required: Sequence[str],
         raise input_error(path, f"cannot be read as CSV: {exc}") from exc
     require_columns(df.schema, required, path)
     return df
+
+
+def checked_int_column(df: pl.DataFrame, column: str, path: str | Path, *,
+                       allow_null: bool = False) -> pl.Series:
+    """Parse a CSV column read as strings into Int64, or raise naming the file, column, line and
+    value that is not an integer (or is empty, unless ``allow_null``)."""
+    raw = df[column].cast(pl.String).str.strip_chars()
+    parsed = raw.cast(pl.Int64, strict=False)
+    line = pl.int_range(2, df.height + 2, eager=True)  # header is line 1
+    bad = (parsed.is_null() & raw.is_not_null() & (raw != "")).arg_true()
+    if bad.len():
+        i = bad[0]
+        raise input_error(
+            path,
+            f"value {raw[i]!r} on line {line[i]} is not an integer"
+            + (f" ({bad.len()} such values)" if bad.len() > 1 else ""),
+            column=column,
+        )
+    if not allow_null:
+        empty = parsed.is_null().arg_true()
+        if empty.len():
+            raise input_error(
+                path, f"empty value on line {line[empty[0]]}; every row needs a value",
+                column=column,
+            )
+    return parsed.alias(column)
+
+
+def comp_counts_lazy(lf: pl.LazyFrame, keys: Sequence[str] = ("comp_id",)) -> pl.LazyFrame:
+    """Rows per key combination (column ``n``): a small aggregation over the key columns only."""
+    return lf.select(list(keys)).group_by(list(keys)).agg(pl.len().cast(pl.Int64).alias("n"))
+
+
+def scan_checked(path: str | Path, required: Sequence[str], what: str) -> pl.LazyFrame:
+    """Scan a Parquet input, checking that it exists, is Parquet and has ``required`` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise RtprepError(f"{path}: file not found")
+    try:
+        lf = pl.scan_parquet(path)
+        schema = lf.collect_schema()
+    except Exception as exc:  # several error types for a non-Parquet file
+        raise input_error(path, f"cannot be read as Parquet: {exc}") from exc
+    require_columns(schema, required, path, what)
+    casts = []
+    for c in required:
+        if c in _ID_COLUMNS:
+            if not schema[c].is_integer():
+                raise input_error(path, f"must be integer, found {schema[c]}", column=c)
+            if schema[c] != pl.Int64:
+                # Join keys must match the side tables' Int64 (the contract's type).
+                casts.append(pl.col(c).cast(pl.Int64))
+    return lf.with_columns(casts) if casts else lf
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Number of rows of a Parquet file (from its metadata)."""
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+
+
+def lib_ids_from_statistics(path: str | Path) -> set[int] | None:
+    """The ``lib_id`` values of a Parquet file from its row-group statistics (no data read), or
+    None when a row group holds several libs, has nulls or no statistics, and the column must be
+    read."""
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    if "lib_id" not in names:
+        return None
+    idx = names.index("lib_id")
+    libs: set[int] = set()
+    for rg in range(md.num_row_groups):
+        col = md.row_group(rg).column(idx)
+        stats = col.statistics
+        if md.row_group(rg).num_rows == 0:
+            continue
+        if stats is None or not stats.has_min_max or stats.min != stats.max or stats.null_count:
+            return None
+        libs.add(int(stats.min))
+    return libs

@@ -8,23 +8,39 @@ step 5. Rows are dropped, and counted in this order:
 2. ``comp_id_ambiguous``: the mapping gives the comp_id two different chemical_ids;
 3. ``chem_id_no_class``: the chemical_id has no class (CHEM_ID 0, chemicals without embedding).
 
-The transform itself is :func:`attach_lazy` (a lazy frame in, a lazy frame out, streaming-safe),
-reused by :func:`.rt_csv.write_test_rows` on the streamed test rows; the counts come from a
-small aggregation over ``comp_id`` alone (:func:`count_attach_drops`).
+The step is :class:`ChemAttach` (side tables read and checked once; the transform
+:func:`attach_lazy`, a lazy frame in, a lazy frame out, streaming-safe; the counts from a small
+aggregation over ``comp_id`` alone, :func:`count_attach_drops`), shared by
+:func:`attach_chem_classes` and :func:`rtprep.stages.rt_csv.write_test_rows` on the streamed
+test rows.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    hashed_file,
+    write_sidecars,
+)
 from rtprep.core.errors import RtprepError, input_error
-from rtprep.core.frames import read_csv_checked, require_columns
+from rtprep.core.frames import (
+    checked_int_column,
+    comp_counts_lazy,
+    lib_ids_from_statistics,
+    parquet_rows,
+    read_csv_checked,
+    require_columns,
+    scan_checked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +48,9 @@ MAPPING_COLUMNS: tuple[str, ...] = ("lib_id", "comp_id", "chemical_id")
 CLASSES_COLUMNS: tuple[str, ...] = ("chem_id", "compound_class")
 #: Drop reasons of the attach step, in the order they are applied.
 ATTACH_REASONS: tuple[str, ...] = ("comp_id_unmapped", "comp_id_ambiguous", "chem_id_no_class")
-_ID_COLUMNS = ("lib_id", "comp_id", "sample_set_id", "task_id", "worksheet_id", "chemical_id",
-               "compound_class")
 
 
 # --- reading the side tables ------------------------------------------------------------------
-def checked_int_column(df: pl.DataFrame, column: str, path: str | Path, *,
-                       allow_null: bool = False) -> pl.Series:
-    """Parse a CSV column read as strings into Int64, or raise naming the file, column, line and
-    value that is not an integer (or is empty, unless ``allow_null``)."""
-    raw = df[column].cast(pl.String).str.strip_chars()
-    parsed = raw.cast(pl.Int64, strict=False)
-    line = pl.int_range(2, df.height + 2, eager=True)  # header is line 1
-    bad = (parsed.is_null() & raw.is_not_null() & (raw != "")).arg_true()
-    if bad.len():
-        i = bad[0]
-        raise input_error(
-            path,
-            f"value {raw[i]!r} on line {line[i]} is not an integer"
-            + (f" ({bad.len()} such values)" if bad.len() > 1 else ""),
-            column=column,
-        )
-    if not allow_null:
-        empty = parsed.is_null().arg_true()
-        if empty.len():
-            raise input_error(
-                path, f"empty value on line {line[empty[0]]}; every row needs a value",
-                column=column,
-            )
-    return parsed.alias(column)
-
-
 def read_lib_mapping(path: str | Path) -> pl.DataFrame:
     """Read and validate a ``lib_comp_chem_mapping_lib<lib>.csv``.
 
@@ -116,9 +104,14 @@ def mapping_for_lib(mapping_df: pl.DataFrame, lib: int | None) -> pl.DataFrame:
 
 
 def input_lib(lf: pl.LazyFrame, path: str | Path) -> int | None:
-    """The single ``lib_id`` of a per-lib Parquet (None when it has no rows)."""
-    libs = lf.select(pl.col("lib_id").unique()).collect(engine="streaming")["lib_id"]
-    libs = libs.drop_nulls().sort()
+    """The single ``lib_id`` of a per-lib Parquet (None when it has no rows): from the row-group
+    statistics when they settle it (a split output's), else a streamed ``unique``."""
+    known = lib_ids_from_statistics(path)
+    if known is not None:
+        libs = pl.Series("lib_id", sorted(known), dtype=pl.Int64)
+    else:
+        libs = lf.select(pl.col("lib_id").unique()).collect(engine="streaming")["lib_id"]
+        libs = libs.drop_nulls().sort()
     if libs.len() > 1:
         raise input_error(path, f"expected rows of one lib, found lib_ids {libs.to_list()}; "
                           "split the file by lib first", column="lib_id")
@@ -187,37 +180,45 @@ def count_attach_drops(comp_counts: pl.DataFrame, mapping_df: pl.DataFrame,
         account.drop(reason, int(frame["n"].sum()), column=column, ids=ids or None)
 
 
-def comp_counts_lazy(lf: pl.LazyFrame, keys: Sequence[str] = ("comp_id",)) -> pl.LazyFrame:
-    """Rows per key combination (column ``n``): a small aggregation over the key columns only."""
-    return lf.select(list(keys)).group_by(list(keys)).agg(pl.len().cast(pl.Int64).alias("n"))
-
-
 # --- the stage --------------------------------------------------------------------------------
-def scan_checked(path: str | Path, required: Sequence[str], what: str) -> pl.LazyFrame:
-    """Scan a Parquet input, checking that it exists, is Parquet and has ``required`` columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise RtprepError(f"{path}: file not found")
-    try:
-        lf = pl.scan_parquet(path)
-        schema = lf.collect_schema()
-    except Exception as exc:  # several error types for a non-Parquet file
-        raise input_error(path, f"cannot be read as Parquet: {exc}") from exc
-    require_columns(schema, required, path, what)
-    casts = []
-    for c in required:
-        if c in _ID_COLUMNS:
-            if not schema[c].is_integer():
-                raise input_error(path, f"must be integer, found {schema[c]}", column=c)
-            if schema[c] != pl.Int64:
-                # Join keys must match the side tables' Int64 (the contract's type).
-                casts.append(pl.col(c).cast(pl.Int64))
-    return lf.with_columns(casts) if casts else lf
+@dataclass(frozen=True)
+class ChemAttach:
+    """The attach step for one lib's rows: its side tables, the transform and its counts.
 
+    :func:`attach_chem_classes` applies it to capped rows,
+    :func:`rtprep.stages.rt_csv.write_test_rows` to the streamed test rows: one definition of which rows are kept and why the others are
+    dropped.
+    """
 
-def parquet_rows(path: str | Path) -> int:
-    """Number of rows of a Parquet file (from its metadata)."""
-    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    lib: int | None  # the input's lib (None: no rows)
+    mapping: pl.DataFrame  # comp_id, chemical_id of the lib (mapping_for_lib)
+    classes: pl.DataFrame  # chem_id, compound_class
+
+    @classmethod
+    def load(cls, lf: pl.LazyFrame, input_path: str | Path, lib_mapping: str | Path,
+             classes: str | Path) -> ChemAttach:
+        """Read and check the side tables for the rows of ``lf`` (a per-lib peak table at
+        ``input_path``). A mapping without rows for the input's lib is an error: every row
+        would be dropped as unmapped, so it is another lib's mapping."""
+        mapping_all = read_lib_mapping(lib_mapping)
+        classes_df = read_classes(classes)
+        lib = input_lib(lf, input_path)
+        mapping_df = mapping_for_lib(mapping_all, lib)
+        if lib is not None and mapping_df.height == 0:
+            listed = ", ".join(map(str, mapping_all["lib_id"].unique().sort().to_list()))
+            raise input_error(lib_mapping, f"has no rows for lib {lib} (the lib of "
+                              f"{input_path}); it lists lib_id {listed}: give the mapping of "
+                              f"lib {lib}", column="lib_id")
+        return cls(lib, mapping_df, classes_df)
+
+    def count_drops(self, comp_counts: pl.DataFrame, account: RowAccount) -> None:
+        """Record the attach drops (:func:`count_attach_drops`) of rows counted per comp_id."""
+        count_attach_drops(comp_counts, self.mapping, self.classes, account)
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        """``lf`` with ``chemical_id`` and ``compound_class``, mappable rows only
+        (:func:`attach_lazy`)."""
+        return attach_lazy(lf, self.mapping, self.classes)
 
 
 def attach_chem_classes(
@@ -240,26 +241,18 @@ def attach_chem_classes(
         if c in lf.collect_schema():
             raise input_error(input_path, "already present; is this file already attached?",
                               column=c)
-    mapping_all = read_lib_mapping(lib_mapping)
-    classes_df = read_classes(classes)
-    lib = input_lib(lf, input_path)
-    mapping_df = mapping_for_lib(mapping_all, lib)
-    if lib is not None and mapping_df.height == 0:
-        # Every row would be dropped as unmapped: the file is another lib's mapping.
-        listed = ", ".join(map(str, mapping_all["lib_id"].unique().sort().to_list()))
-        raise input_error(lib_mapping, f"has no rows for lib {lib} (the lib of {input_path}); it "
-                          f"lists lib_id {listed}: give the mapping of lib {lib}",
-                          column="lib_id")
-
+    step = ChemAttach.load(lf, input_path, lib_mapping, classes)
     comp_counts = comp_counts_lazy(lf).collect(engine="streaming")
     account = RowAccount("attach", rows_in=int(comp_counts["n"].sum()))
-    count_attach_drops(comp_counts, mapping_df, classes_df, account)
+    step.count_drops(comp_counts, account)
 
-    out = attach_lazy(lf, mapping_df, classes_df)
+    out = step.apply(lf)
     with atomic_output(output) as tmp:
-        out.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+        with hashed_file(tmp) as fh:
+            out.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                             statistics=True)
         account.rows_out = parquet_rows(tmp)
         write_sidecars(output, account, inputs=[input_path, lib_mapping, classes],
-                       config={"lib_id": lib})
+                       config={"lib_id": step.lib})
     log.info("attach: %s (%.1fs)", account.funnel(), time.perf_counter() - t0)
     return account

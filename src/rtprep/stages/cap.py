@@ -32,12 +32,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
-from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    hashed_file,
+    write_sidecars,
+)
 from rtprep.core.errors import RtprepError, input_error
 from rtprep.core.frames import read_csv_checked, require_columns
 from rtprep.core.hashing import (
@@ -66,6 +74,7 @@ _ISO_FORMATS: tuple[str, ...] = tuple(
                              " %H:%M:%S%.f")
 )
 _THRESHOLD = "_threshold"
+_UNDER = "_under"
 _KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_COLUMNS)))
 
 PathLike = str | Path
@@ -76,16 +85,18 @@ def _margin(cap: int) -> float:
     """Expected number of candidate rows drawn per pair in pass 1 (λ of a Poisson count).
 
     Hashes are uniform on [0, 2**64): keeping ``hash <= λ/n * 2**64`` of a pair's n rows draws
-    about λ of them. With λ = 2·cap + 10·√cap + 30 the chance of drawing fewer than ``cap`` is
-    below 1e-15 per pair; such a pair is rescanned in full anyway, so λ only trades memory for
+    about λ of them. With λ = cap + 6·√cap + 12 the chance of drawing fewer than ``cap`` is
+    below 1e-8 per pair (cap 5: 2.5e-9, cap 10: 1.8e-9, cap 100: 1.0e-9); such a pair is
+    rescanned in full anyway, so λ only trades memory (candidates: pairs × 2λ at most) for
     speed, never correctness.
     """
-    return 2.0 * cap + 10.0 * math.sqrt(cap) + 30.0
+    return cap + 6.0 * math.sqrt(cap) + 12.0
 
 
 def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> pl.DataFrame:
-    """Per pair: ``n`` (rows) and ``_threshold`` (its cap-th smallest hash, or the largest hash
-    when ``n <= cap``), from the key columns alone, in memory bounded by pairs × cap.
+    """Per pair: ``n`` (rows), ``_threshold`` (its cap-th smallest hash, or the largest hash
+    when ``n <= cap``) and ``_under`` (its rows with a hash at or under the threshold: the rows
+    pass 2 selects), from the key columns alone, in memory bounded by pairs × cap.
 
     A per-pair ``bottom_k`` in one group-by would hold every key row; instead (a) a streamed
     group-by counts rows per pair, (b) a streamed join keeps only the rows under a per-pair hash
@@ -129,8 +140,11 @@ def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> 
             .select(*PAIR_COLUMNS, _HASH)
             .collect(engine="streaming")
         )
+        threshold = pl.col(_HASH).bottom_k(cap).max()
         got = cand.group_by(PAIR_COLUMNS).agg(
-            pl.len().alias("n_cand"), pl.col(_HASH).bottom_k(cap).max().alias(_THRESHOLD)
+            pl.len().alias("n_cand"), threshold.alias(_THRESHOLD),
+            # rows at or under the threshold: more than cap only when hashes tie at it
+            (pl.col(_HASH) <= threshold).sum().alias(_UNDER),
         )
         return bounds.join(got, on=PAIR_COLUMNS, how="left", nulls_equal=True).with_columns(
             pl.col("n_cand").fill_null(0)
@@ -146,7 +160,7 @@ def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> 
         )
         stats = pl.concat([stats.join(short, on=PAIR_COLUMNS, how="anti", nulls_equal=True),
                            redo.select(stats.columns)])
-    return stats.select(*PAIR_COLUMNS, "n", _THRESHOLD)
+    return stats.select(*PAIR_COLUMNS, "n", _THRESHOLD, _UNDER)
 
 
 # --- input helpers ----------------------------------------------------------------------------
@@ -244,23 +258,113 @@ def _full_keys(schema: pl.Schema) -> list[pl.Expr]:
     return keys
 
 
-def _resolve_ties_and_sort(selected: pl.DataFrame, cap: int) -> pl.DataFrame:
-    """From the rows under each pair's threshold, keep the first ``cap`` by (hash, identity,
-    other columns) and sort them by identity (then the other columns).
+def _identity_order(selected: pl.DataFrame) -> pl.Series:
+    """The positions of ``selected``'s rows sorted by identity, then by the other columns.
+
+    One index sort on the identity keys; rows whose identity repeats (rare: neighbours in that
+    order) are then ranked by all their columns (:func:`_full_keys`) and put back into the
+    places their identities hold: the order of a sort on every column, at the cost of a sort on
+    five keys."""
+    ident = _identity_keys()
+    order = selected.select(pl.arg_sort_by(ident, nulls_last=True)).to_series()
+    keys = selected.select(ident).select(pl.all().gather(order))
+    same_as_next = pl.all_horizontal(pl.col(c).eq_missing(pl.col(c).shift(-1))
+                                     for c in keys.columns)
+    repeated = keys.select(same_as_next.fill_null(False) | same_as_next.shift(1).fill_null(False)
+                           ).to_series()
+    if repeated.any():
+        slots = repeated.arg_true()
+        few = selected.with_row_index("_pos").select(pl.all().gather(order.gather(slots)))
+        ranked = few.sort(_full_keys(selected.schema), nulls_last=True)["_pos"]
+        order = order.scatter(slots, ranked)
+    return order
+
+
+def _capped_order(selected: pl.DataFrame, cap: int, stats: pl.DataFrame) -> pl.Series:
+    """From the rows under each pair's threshold, the positions of the first ``cap`` of each pair
+    by (hash, identity, other columns), in the output's order: by identity, then the other
+    columns.
 
     A pair has more than ``cap`` rows here only if hashes tie exactly at its threshold (the same
-    identity twice): rare, so the full-width ranking runs only then. Sorting by the identity keys
-    alone is enough unless identities repeat, which is checked on those few key columns.
+    identity twice): rare, so the full-width ranking runs only on those pairs' rows, and the
+    rows it leaves out are taken out of the order (positions, no copy of the rows). The sort is
+    an index sort on the identity keys (:func:`_identity_order`). ``stats``: the pairs' rows
+    under their thresholds (:func:`_pair_thresholds`), which say which pairs tie.
     """
-    full = _full_keys(selected.schema)
-    sizes = selected.group_by(PAIR_COLUMNS).len()
-    if int(sizes["len"].max() or 0) > cap:
-        selected = selected.sort([*PAIR_COLUMNS, _HASH, *full], nulls_last=True).filter(
-            pl.int_range(pl.len()).over(PAIR_COLUMNS) < cap
+    over = stats.filter(pl.col(_UNDER) > cap).select(PAIR_COLUMNS)
+    rows = selected.drop(_HASH)
+    order = _identity_order(rows)
+    if over.height:
+        pos = (selected.select(PAIR_COLUMNS).with_row_index("_pos")
+               .join(over, on=PAIR_COLUMNS, how="semi", nulls_equal=True)["_pos"])
+        tied = (
+            selected.select(pl.all().gather(pos)).with_columns(pos)
+            .sort([*PAIR_COLUMNS, _HASH, *_full_keys(rows.schema)], nulls_last=True)
+            .filter(pl.int_range(pl.len()).over(PAIR_COLUMNS) >= cap)["_pos"]
         )
-    selected = selected.drop(_HASH)
-    repeated = bool(selected.select(_identity_keys()).is_duplicated().any())
-    return selected.sort(full if repeated else _identity_keys(), nulls_last=True)
+        order = order.filter(~order.is_in(tied.implode()))
+    return order
+
+
+def _write_in_order(rows: pl.DataFrame, order: pl.Series, target: Any) -> None:
+    """Write ``rows`` gathered in ``order`` to Parquet, one row group at a time (the bytes of
+    ``rows[order].write_parquet(...)``, without a sorted copy of the rows in memory)."""
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        stop = order.len() if n_rows is None else min(n_rows, order.len())
+        for lo in range(0, stop, ROW_GROUP_SIZE):
+            df = rows.select(pl.all().gather(order.slice(lo, min(ROW_GROUP_SIZE, stop - lo))))
+            if predicate is not None:
+                df = df.filter(predicate)
+            yield df if with_columns is None else df.select(with_columns)
+
+    register_io_source(source, schema=rows.schema).sink_parquet(
+        target, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+
+
+def _fold_filter(lf: pl.LazyFrame, folds_csv: PathLike, fold: str, label: object
+                 ) -> tuple[pl.LazyFrame, pl.Series]:
+    """The rows of ``lf`` in ``fold`` (a semi-join on the fold's sample sets, small and read
+    first) and the sorted ids of the input's sample sets in the other fold. Every sample set of
+    the input must have a fold."""
+    folds = read_folds(folds_csv)
+    seen = lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
+    missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
+    if missing.len():
+        raise input_error(
+            folds_csv,
+            f"{missing.len()} sample set(s) of {label} have no fold (e.g. "
+            f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
+            column="sample_set_id",
+        )
+    fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
+    other_ids = folds.filter(
+        (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
+    )["sample_set_id"].sort()
+    return lf.join(fold_ids, on="sample_set_id", how="semi"), other_ids
+
+
+def _check_fold_args(folds_csv: PathLike | None, fold: str | None) -> None:
+    if (folds_csv is None) != (fold is None):
+        raise RtprepError(
+            "folds_csv and fold go together: give both (e.g. fold='train') or neither"
+        )
+    if fold is not None and fold not in FOLDS:
+        raise RtprepError(f"fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+
+
+def _rows_under_thresholds(lf: pl.LazyFrame, stats: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Pass 2: stream the full rows, keep hash <= the pair's threshold (the small table is the
+    build side of the join, so memory follows the selected rows, not the input)."""
+    return (
+        with_row_hash(lf, seed)
+        .join(stats.lazy().select(*PAIR_COLUMNS, _THRESHOLD), on=PAIR_COLUMNS, how="inner",
+              nulls_equal=True, build_side="force_right")
+        .filter(pl.col(_HASH) <= pl.col(_THRESHOLD))
+        .drop(_THRESHOLD)
+        .collect(engine="streaming")
+    )
 
 
 # --- the cap ----------------------------------------------------------------------------------
@@ -285,12 +389,7 @@ def sample_per_species_compound(
     """
     t0 = time.perf_counter()
     cap = _check_cap(cap_per_pair)
-    if (folds_csv is None) != (fold is None):
-        raise RtprepError(
-            "folds_csv and fold go together: give both (e.g. fold='train') or neither"
-        )
-    if fold is not None and fold not in FOLDS:
-        raise RtprepError(f"fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+    _check_fold_args(folds_csv, fold)
     paths = _as_paths(input)
     label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
     lf, schema = _scan(paths)
@@ -300,48 +399,24 @@ def sample_per_species_compound(
     account = RowAccount("cap")
     account.rows_in = int(lf.select(pl.len()).collect().item())
 
-    # Fold filter: a semi-join on the (small, collected) sample sets of the fold.
-    fold_ids: pl.LazyFrame | None = None
+    other_ids: pl.Series | None = None
     if folds_csv is not None:
-        folds = read_folds(folds_csv)
-        seen = (
-            lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
-        )
-        missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
-        if missing.len():
-            raise input_error(
-                folds_csv,
-                f"{missing.len()} sample set(s) of {label} have no fold (e.g. "
-                f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
-                column="sample_set_id",
-            )
-        fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
-        other_ids = folds.filter(
-            (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
-        )["sample_set_id"].sort()
-        lf = lf.join(fold_ids, on="sample_set_id", how="semi")
+        assert fold is not None
+        lf, other_ids = _fold_filter(lf, folds_csv, fold, label)
     # Pass 1: key columns only -> one row per pair: its size and its cap-th smallest hash.
     keys = lf.select(_KEY_COLUMNS)
     stats = _pair_thresholds(keys, cap, seed, label)
     n_considered = int(stats["n"].sum())
-    if folds_csv is not None:
+    if other_ids is not None:
         account.drop("other_fold", account.rows_in - n_considered,
                      column="sample_set_id", ids=other_ids.to_list())
 
-    # Pass 2: stream the full rows, keep hash <= the pair's threshold (the small table is the
-    # build side of the join, so memory follows the selected rows, not the input).
-    selected = (
-        with_row_hash(lf, seed)
-        .join(stats.lazy().select(*PAIR_COLUMNS, _THRESHOLD), on=PAIR_COLUMNS, how="inner",
-              nulls_equal=True, build_side="force_right")
-        .filter(pl.col(_HASH) <= pl.col(_THRESHOLD))
-        .drop(_THRESHOLD)
-        .collect(engine="streaming")
-    )
-    out = _resolve_ties_and_sort(selected, cap).select(list(schema))
+    selected = _rows_under_thresholds(lf, stats, seed)
+    order = _capped_order(selected, cap, stats)
+    rows = selected.select(list(schema))
     del selected
-    account.drop("over_cap", n_considered - out.height)
-    account.rows_out = out.height
+    account.drop("over_cap", n_considered - order.len())
+    account.rows_out = order.len()
     account.extra = {
         "pairs": stats.height,
         "pairs_over_cap": int((stats["n"] > cap).sum()),
@@ -353,7 +428,8 @@ def sample_per_species_compound(
         config.update({"fold": fold, "folds_csv": str(folds_csv)})
         inputs.append(folds_csv)
     with atomic_output(output) as tmp:
-        out.write_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+        with hashed_file(tmp) as fh:
+            _write_in_order(rows, order, fh)
         write_sidecars(output, account, inputs=inputs, config=config, seeds={"cap_seed": seed})
     log.info("cap: %s; %d pairs (%d over the cap) in %.1fs", account.funnel(), stats.height,
              account.extra["pairs_over_cap"], time.perf_counter() - t0)
@@ -531,7 +607,8 @@ def assign_folds(
     account.rows_out = n
     account.extra = {**extra, "test": n_test, "train": n - n_test}
     with atomic_output(folds_csv) as tmp:
-        folds.write_csv(tmp)
+        with hashed_file(tmp) as fh:
+            folds.write_csv(fh)
         write_sidecars(folds_csv, account, inputs=paths, config=config, seeds=seeds)
     log.info("folds (%s split): %s: %d sample sets -> %d test, %d train (%.1fs)", split,
              lib_parquet, n, n_test, n - n_test, time.perf_counter() - t0)

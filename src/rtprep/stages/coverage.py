@@ -14,7 +14,13 @@ from pathlib import Path
 
 import polars as pl
 
-from rtprep.core.artifacts import RowAccount, atomic_output, write_sidecars, write_text_atomic
+from rtprep.core.artifacts import (
+    RowAccount,
+    atomic_output,
+    hashed_file,
+    write_sidecars,
+    write_text_atomic,
+)
 from rtprep.core.errors import RtprepError, input_error
 from rtprep.core.frames import require_columns
 
@@ -106,7 +112,8 @@ def summarize_species_compounds(lib_parquet: str | Path, csv_out: str | Path, *,
         "retained_if_capped": {str(c): v for c, v in retained.items()},
     }
     with atomic_output(csv_out) as tmp:
-        pairs.write_csv(tmp)
+        with hashed_file(tmp) as fh:
+            pairs.write_csv(fh)
         write_sidecars(csv_out, account, inputs=[lib_parquet], config={"caps": cap_list},
                        balanced=False)
     if summary_out is not None:

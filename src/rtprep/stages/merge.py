@@ -24,19 +24,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import polars as pl
 import pyarrow.parquet as pq
 
-from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    bytes_checksum,
+    hashed_file,
+    write_sidecars,
+)
 from rtprep.core.errors import RtprepError, input_error
 from rtprep.core.frames import covariate_columns, natural_key
 from rtprep.core.settings import default
@@ -300,10 +308,20 @@ def _check_required(shards: list[_Shard], required: Sequence[str], what: str) ->
 
 
 def _read_shard(shard: _Shard, schema: Mapping[str, pl.DataType],
-                renames: Mapping[str, str]) -> pl.DataFrame:
-    """One shard in the unified ``schema`` (missing columns as nulls, hive keys from the path)."""
+                renames: Mapping[str, str], checksums: dict[str, str] | None = None
+                ) -> pl.DataFrame:
+    """One shard in the unified ``schema`` (missing columns as nulls, hive keys from the path).
+
+    With ``checksums``, a shard not yet in it is read as bytes, hashed for the sidecar
+    (``str(path) -> checksum``) and parsed from memory: hashed while it is streamed."""
     try:
-        df = pl.read_parquet(shard.path, hive_partitioning=False)
+        if checksums is not None and str(shard.path) not in checksums:
+            data = shard.path.read_bytes()
+            checksums[str(shard.path)] = bytes_checksum(data)
+            df = pl.read_parquet(io.BytesIO(data), hive_partitioning=False)
+            del data
+        else:
+            df = pl.read_parquet(shard.path, hive_partitioning=False)
     except Exception as exc:
         raise input_error(shard.path, f"shard cannot be read (truncated or corrupt?): {exc}; "
                                       "re-export it") from exc
@@ -336,12 +354,14 @@ def _read_shard(shard: _Shard, schema: Mapping[str, pl.DataType],
 
 
 def _read_predictors(shards: list[_Shard], schema: dict[str, pl.DataType], key: Sequence[str],
-                     renames: Mapping[str, str], export_dir: Path
+                     renames: Mapping[str, str], export_dir: Path,
+                     checksums: dict[str, str] | None = None
                      ) -> tuple[pl.DataFrame, int, int]:
     """All predictor rows, exact duplicates removed; raises on two different rows for one key.
     Returns (predictors, rows read, duplicate rows)."""
     frames = [
-        _read_shard(s, schema, renames).with_columns(pl.lit(str(s.path)).alias(_SHARD_COLUMN))
+        _read_shard(s, schema, renames, checksums)
+        .with_columns(pl.lit(str(s.path)).alias(_SHARD_COLUMN))
         for s in shards
     ]
     preds = pl.concat(frames, how="vertical")
@@ -370,7 +390,7 @@ class _LibBufferedWriter:
     """Append frames to a Parquet file in full row groups; a lib's rows never share a row group
     with another lib's (``flush`` at each lib change)."""
 
-    def __init__(self, path: Path, schema: Mapping[str, pl.DataType]) -> None:
+    def __init__(self, path: Path | io.RawIOBase, schema: Mapping[str, pl.DataType]) -> None:
         self._schema = pl.DataFrame(schema=dict(schema)).to_arrow().schema
         self._writer = pq.ParquetWriter(path, self._schema, compression="zstd",
                                         write_statistics=True)
@@ -387,21 +407,25 @@ class _LibBufferedWriter:
             pending, self._pending = self._pending, None
             pending.result()  # re-raises a write error here, in the caller's thread
 
-    def _write(self, df: pl.DataFrame) -> None:
+    def _write_now(self, df: pl.DataFrame) -> None:
         table = df.to_arrow()
         if table.schema != self._schema:
             table = table.cast(self._schema)
+        self._writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+
+    def _write(self, df: pl.DataFrame) -> None:
         self._wait()
-        self._pending = self._pool.submit(self._writer.write_table, table,
-                                          row_group_size=ROW_GROUP_SIZE)
+        self._pending = self._pool.submit(self._write_now, df)
 
     def append(self, df: pl.DataFrame) -> None:
+        # Frames are concatenated without a copy (rechunk=False): pyarrow writes a row group
+        # from several chunks in the bytes it writes from one (cmp on the benchmark's exports).
         if df.height == 0:
             return
         self._buf.append(df)
         self._n += df.height
         if self._n >= ROW_GROUP_SIZE:
-            whole = pl.concat(self._buf, how="vertical", rechunk=True)
+            whole = pl.concat(self._buf, how="vertical", rechunk=False)
             n_full = (self._n // ROW_GROUP_SIZE) * ROW_GROUP_SIZE
             self._write(whole.slice(0, n_full))
             rest = whole.slice(n_full)
@@ -409,7 +433,7 @@ class _LibBufferedWriter:
 
     def flush(self) -> None:
         if self._buf:
-            self._write(pl.concat(self._buf, how="vertical", rechunk=True))
+            self._write(pl.concat(self._buf, how="vertical", rechunk=False))
         self._buf, self._n = [], 0
 
     def close(self) -> None:
@@ -425,8 +449,29 @@ class _LibBufferedWriter:
         self._writer.close()
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _prefetched(items: Sequence[_T], fn: Callable[[_T], _R]) -> Iterator[_R]:
+    """``fn(item)`` for each item, in order, the next one computed on a background thread while
+    the caller works on the current one (polars and pyarrow release the GIL while they read and
+    decode): one result ahead at most."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-reader") as pool:
+        ahead = pool.submit(fn, items[0])
+        for nxt in items[1:]:
+            current = ahead.result()
+            ahead = pool.submit(fn, nxt)
+            yield current
+            del current
+        yield ahead.result()
+
+
 def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
-                 renames: Mapping[str, str]) -> Iterator[tuple[pl.DataFrame, int, int]]:
+                 renames: Mapping[str, str], checksums: dict[str, str] | None = None
+                 ) -> Iterator[tuple[pl.DataFrame, int, int]]:
     """The rows of one partition's shards (in order) without exact duplicates, shard by shard:
     yields ``(rows, rows read, duplicate rows dropped)`` per shard.
 
@@ -438,16 +483,19 @@ def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
     both). ``hash_rows`` may change between polars versions; that only changes which rows are
     compared in full, never the result.
     """
-    hashes = [_read_shard(s, schema, renames).hash_rows() for s in members]
+    def read(s: _Shard) -> pl.DataFrame:
+        return _read_shard(s, schema, renames)
+
+    # Pass 1's hashes are kept for pass 2 (8 bytes a row of the partition, held either way).
+    hashes = list(_prefetched(
+        members, lambda s: _read_shard(s, schema, renames, checksums).hash_rows()))
     seen_twice = pl.concat(hashes) if hashes else pl.Series(dtype=pl.UInt64)
     seen_twice = seen_twice.filter(seen_twice.is_duplicated()).unique()
-    del hashes
     kept: pl.DataFrame | None = None  # the candidate rows kept so far (few)
-    for s in members:
-        df = _read_shard(s, schema, renames)
+    for i, df in enumerate(_prefetched(members, read)):
         n_read = df.height
         if seen_twice.len():
-            cand = df.hash_rows().is_in(seen_twice.implode())
+            cand = hashes[i].is_in(seen_twice.implode())
             if cand.any():
                 rows = df.filter(cand)
                 both = rows if kept is None else pl.concat([kept, rows], how="vertical")
@@ -456,6 +504,7 @@ def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
                 kept = rows.filter(first) if kept is None else pl.concat(
                     [kept, rows.filter(first)], how="vertical")
                 df = df.filter((~cand).scatter(cand.arg_true(), first))
+        hashes[i] = hashes[i].clear()
         yield df, n_read, n_read - df.height
 
 
@@ -478,27 +527,7 @@ def _partitions(shards: list[_Shard]) -> Iterator[tuple[Path, list[_Shard]]]:
         yield part, sorted(members, key=lambda s: s.path.name)
 
 
-def merge_export(export_dir: str | Path, output: str | Path,
-                 options: MergeOptions | None = None) -> RowAccount:
-    """Merge a Pachyderm export into ``output`` (``merged_training_<hash>.parquet``).
-
-    Renames columns (``options.renames``), normalises the shards' schemas, drops exact duplicate
-    rows within each hive partition, keeps ``cpd_status`` in ``options.cpd_status_keep`` and drops
-    ``sample_type`` in ``options.sample_type_exclude``, then inner-joins the peaks with the
-    predictors on ``options.key``. Rows are written in ``lib_id`` order, peak columns first
-    (docs/internals.md), then the predictors (IS, RS, ES_ in natural order, then others); no row
-    group spans two libs. Writes ``output`` atomically with its ``.meta.json`` sidecar and returns
-    the row account (per-lib ``{rows_in, drops: {reason: n}, rows_out}`` in
-    ``extra["per_lib"][lib]``, the libs in ``extra["libs"]``).
-
-    Raises :class:`RtprepError` for a missing or empty export, a missing subfolder, no shards,
-    an unreadable shard, a missing or mistyped required column, or two different predictor rows
-    for one key.
-    """
-    t0 = time.perf_counter()
-    opts = options or MergeOptions()
-    export_dir = Path(export_dir)
-    output = Path(output)
+def _check_export_dir(export_dir: Path) -> None:
     if not export_dir.is_dir():
         raise RtprepError(f"{export_dir}: export folder not found; check the path (rtprep "
                           "merge -i, or data_dir and exports in the config)")
@@ -506,11 +535,25 @@ def merge_export(export_dir: str | Path, output: str | Path,
         raise RtprepError(f"{export_dir}: export folder is empty; a Pachyderm export holds "
                           "create_training_data/ and combine_predictors/: copy the complete "
                           "export")
-    renames = dict(opts.renames)
-    key = list(opts.key)
-    drop = set(opts.drop_columns)
-    log.info("merge: export %s -> %s", export_dir, output)
 
+
+@dataclass
+class _Plan:
+    """The export's shards, their unified schemas and the merged file's columns."""
+
+    peak_shards: list[_Shard]
+    pred_shards: list[_Shard]
+    peak_schema: dict[str, pl.DataType]
+    pred_schema: dict[str, pl.DataType]
+    pred_out: list[str]  # predictor columns of the output, in order
+    out_schema: dict[str, pl.DataType]
+
+
+def _plan(export_dir: Path, opts: MergeOptions) -> _Plan:
+    """Find and check the shards, unify their schemas, order the output's columns: core peak
+    columns, other peak columns (natural order: independent of how the export was sharded),
+    predictors by family, then other predictor columns."""
+    renames, key, drop = dict(opts.renames), list(opts.key), set(opts.drop_columns)
     peak_shards = _find_shards(export_dir, "create_training_data", opts.peaks_glob, renames)
     pred_shards = _find_shards(export_dir, "combine_predictors", opts.predictors_glob, renames)
     _check_required(peak_shards, list(dict.fromkeys([*REQUIRED_PEAK_COLUMNS, *key])), "peak")
@@ -530,8 +573,6 @@ def merge_export(export_dir: str | Path, output: str | Path,
         if pred_schema[k] != peak_schema[k]:
             pred_schema[k] = peak_schema[k]
 
-    # Output columns: core peak columns, other peak columns (natural order: independent of how
-    # the export was sharded), predictors by family, then other predictor columns.
     other_peak = sorted((c for c in peak_schema if c not in CORE_PEAK_COLUMNS), key=natural_key)
     peak_out = [c for c in (*CORE_PEAK_COLUMNS, *other_peak) if c in peak_schema and c not in drop]
     pred_extra = [c for c in pred_schema if c not in key and c not in drop]
@@ -543,89 +584,133 @@ def merge_export(export_dir: str | Path, output: str | Path,
     pred_out = covariate_columns(pred_extra)
     pred_out += sorted((c for c in pred_extra if c not in pred_out), key=natural_key)
     out_schema = {c: peak_schema[c] for c in peak_out} | {c: pred_schema[c] for c in pred_out}
-    out_columns = list(out_schema)
+    return _Plan(peak_shards, pred_shards, peak_schema, pred_schema, pred_out, out_schema)
 
-    preds, n_pred_read, n_pred_dup = _read_predictors(pred_shards, pred_schema, key, renames,
-                                                      export_dir)
-    preds = preds.select([*key, *pred_out])
+
+def _counted_filter(df: pl.DataFrame, keep: pl.Expr, reason: str, counts: dict[str, int]
+                    ) -> pl.DataFrame:
+    """``df.filter(keep)``, adding the rows it drops to ``counts[reason]``."""
+    kept = df.filter(keep)
+    counts[reason] += df.height - kept.height
+    return kept
+
+
+def _merge_partition(members: list[_Shard], pred: pl.DataFrame, plan: _Plan,
+                     opts: MergeOptions, account: RowAccount, writer: _LibBufferedWriter,
+                     checksums: dict[str, str]) -> dict[str, int]:
+    """Dedupe, filter and join one hive partition's shards, shard by shard, appending the rows
+    to ``writer``; returns its counts (rows in, each drop reason, rows out). Every step is
+    row-local (the dedupe is resolved by :func:`_unique_rows`), so the rows and their order are
+    those of the whole partition."""
+    key = list(opts.key)
+    keep_status = pl.col("cpd_status").is_in(list(opts.cpd_status_keep)).fill_null(False)
+    keep_type = ~pl.col("sample_type").is_in(list(opts.sample_type_exclude)).fill_null(False)
+    out_columns = list(plan.out_schema)
+    counts = dict.fromkeys(("rows_in", *DROP_REASONS, "rows_out"), 0)
+    for df, n_read, n_dup in _unique_rows(members, plan.peak_schema, opts.renames, checksums):
+        counts["rows_in"] += n_read
+        counts["duplicate_row"] += n_dup
+        df = _counted_filter(df, keep_status, "cpd_status_not_kept", counts)
+        df = _counted_filter(df, keep_type, "sample_type_excluded", counts)
+        joined = df.join(pred, on=key, how="inner", maintain_order="left")
+        counts["no_predictor_row"] += df.height - joined.height
+        counts["rows_out"] += joined.height
+        if df.height != joined.height:
+            missing = df.join(pred, on=key, how="anti")
+            account.drop("no_predictor_row", 0, column="task_id",
+                         ids=missing["task_id"].drop_nulls().unique().to_list())
+        writer.append(joined.select(out_columns))
+    return counts
+
+
+def _add_counts(account: RowAccount, per_lib: dict[int, dict[str, Any]], lib: int,
+                counts: dict[str, int]) -> None:
+    """Add one partition's counts to the account and to its lib's block (the shape of a sidecar:
+    rows_in, drops, rows_out; the accounting table reads one block per lib)."""
+    account.rows_in += counts["rows_in"]
+    for reason in DROP_REASONS:
+        account.drop(reason, counts[reason])
+    account.rows_out += counts["rows_out"]
+    acc = per_lib.setdefault(
+        lib, {"rows_in": 0, "drops": dict.fromkeys(DROP_REASONS, 0), "rows_out": 0})
+    acc["rows_in"] += counts["rows_in"]
+    acc["rows_out"] += counts["rows_out"]
+    for reason in DROP_REASONS:
+        acc["drops"][reason] += counts[reason]
+
+
+def merge_export(export_dir: str | Path, output: str | Path,
+                 options: MergeOptions | None = None) -> RowAccount:
+    """Merge a Pachyderm export into ``output`` (``merged_training_<hash>.parquet``).
+
+    Renames columns (``options.renames``), normalises the shards' schemas, drops exact duplicate
+    rows within each hive partition, keeps ``cpd_status`` in ``options.cpd_status_keep`` and drops
+    ``sample_type`` in ``options.sample_type_exclude``, then inner-joins the peaks with the
+    predictors on ``options.key``. Rows are written in ``lib_id`` order, peak columns first
+    (docs/internals.md), then the predictors (IS, RS, ES_ in natural order, then others); no row
+    group spans two libs. Writes ``output`` atomically with its ``.meta.json`` sidecar and returns
+    the row account (per-lib ``{rows_in, drops: {reason: n}, rows_out}`` in
+    ``extra["per_lib"][lib]``, the libs in ``extra["libs"]``). Every shard is hashed for the
+    sidecar while it is read, the output while it is written.
+
+    Raises :class:`RtprepError` for a missing or empty export, a missing subfolder, no shards,
+    an unreadable shard, a missing or mistyped required column, or two different predictor rows
+    for one key.
+    """
+    t0 = time.perf_counter()
+    opts = options or MergeOptions()
+    export_dir, output = Path(export_dir), Path(output)
+    _check_export_dir(export_dir)
+    log.info("merge: export %s -> %s", export_dir, output)
+    plan = _plan(export_dir, opts)
+    key = list(opts.key)
+    checksums: dict[str, str] = {}
+    preds, n_pred_read, n_pred_dup = _read_predictors(
+        plan.pred_shards, plan.pred_schema, key, dict(opts.renames), export_dir, checksums)
+    preds = preds.select([*key, *plan.pred_out])
     preds_by_lib = {
         k[0]: v for k, v in preds.partition_by("lib_id", as_dict=True, maintain_order=True).items()
     } if "lib_id" in key else {}
     log.info("merge: %d predictor shards, %d rows (%d exact duplicates removed), %d predictor "
-             "columns", len(pred_shards), n_pred_read, n_pred_dup, len(pred_out))
+             "columns", len(plan.pred_shards), n_pred_read, n_pred_dup, len(plan.pred_out))
 
-    account = RowAccount("merge")
-    for reason in DROP_REASONS:
-        account.drops[reason] = 0
+    account = RowAccount("merge", drops=dict.fromkeys(DROP_REASONS, 0))
     per_lib: dict[int, dict[str, Any]] = {}
-    keep_status = list(opts.cpd_status_keep)
-    exclude_type = list(opts.sample_type_exclude)
-    parts = list(_partitions(peak_shards))
-
+    parts = list(_partitions(plan.peak_shards))
     with atomic_output(output) as tmp:
-        writer = _LibBufferedWriter(tmp, out_schema)
-        try:
-            current_lib: int | None = None
-            for i, (part, members) in enumerate(parts, start=1):
-                lib = members[0].lib_id
-                if lib != current_lib:
-                    writer.flush()
-                    current_lib = lib
-                pred = preds_by_lib.get(lib, preds.clear()) if preds_by_lib else preds
-                counts = dict.fromkeys(("rows_in", *DROP_REASONS, "rows_out"), 0)
-                # Shard by shard: every step below is row-local (the dedupe is resolved by
-                # _unique_rows), so the rows and their order are those of the whole partition.
-                for df, n_read, n_dup in _unique_rows(members, peak_schema, renames):
-                    counts["rows_in"] += n_read
-                    counts["duplicate_row"] += n_dup
-                    n = df.height
-                    df = df.filter(pl.col("cpd_status").is_in(keep_status).fill_null(False))
-                    counts["cpd_status_not_kept"] += n - df.height
-                    n = df.height
-                    df = df.filter(~pl.col("sample_type").is_in(exclude_type).fill_null(False))
-                    counts["sample_type_excluded"] += n - df.height
-                    n = df.height
-                    missing = df.join(pred, on=key, how="anti")
-                    joined = df.join(pred, on=key, how="inner", maintain_order="left")
-                    counts["no_predictor_row"] += n - joined.height
-                    counts["rows_out"] += joined.height
-                    if missing.height:
-                        account.drop("no_predictor_row", 0, column="task_id",
-                                     ids=missing["task_id"].drop_nulls().unique().to_list())
-                    writer.append(joined.select(out_columns))
-
-                account.rows_in += counts["rows_in"]
-                for reason in DROP_REASONS:
-                    account.drop(reason, counts[reason])
-                account.rows_out += counts["rows_out"]
-                # Same shape as a sidecar (rows_in, drops, rows_out): the accounting table
-                # reads one block per lib from it.
-                acc = per_lib.setdefault(
-                    lib, {"rows_in": 0, "drops": dict.fromkeys(DROP_REASONS, 0), "rows_out": 0})
-                acc["rows_in"] += counts["rows_in"]
-                acc["rows_out"] += counts["rows_out"]
-                for reason in DROP_REASONS:
-                    acc["drops"][reason] += counts[reason]
-                log.info("merge: partition %d/%d %s: %s", i, len(parts),
-                         part.relative_to(export_dir),
-                         ", ".join(f"{k2} {v:,}" for k2, v in counts.items()))
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+        with hashed_file(tmp) as fh:
+            writer = _LibBufferedWriter(fh, plan.out_schema)
+            try:
+                current_lib: int | None = None
+                for i, (part, members) in enumerate(parts, start=1):
+                    lib = members[0].lib_id
+                    if lib != current_lib:
+                        writer.flush()
+                        current_lib = lib
+                    pred = preds_by_lib.get(lib, preds.clear()) if preds_by_lib else preds
+                    counts = _merge_partition(members, pred, plan, opts, account, writer,
+                                              checksums)
+                    _add_counts(account, per_lib, lib, counts)
+                    log.info("merge: partition %d/%d %s: %s", i, len(parts),
+                             part.relative_to(export_dir),
+                             ", ".join(f"{k2} {v:,}" for k2, v in counts.items()))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
         account.extra = {
             "export": export_dir.name,
             "libs": sorted(per_lib),
             "per_lib": {lib: per_lib[lib] for lib in sorted(per_lib)},
-            "peak_shards": len(peak_shards),
+            "peak_shards": len(plan.peak_shards),
             "partitions": len(parts),
-            "predictor_shards": len(pred_shards),
+            "predictor_shards": len(plan.pred_shards),
             "predictor_rows_in": n_pred_read,
             "predictor_duplicate_rows": n_pred_dup,
-            "predictor_columns": pred_out,
+            "predictor_columns": plan.pred_out,
         }
         write_sidecars(output, account, inputs=[export_dir], config=opts.as_config(),
-                       balanced=True)
+                       balanced=True, known=checksums)
     log.info("merge: %s (%.1f s)", account.funnel(), time.perf_counter() - t0)
     return account
 

@@ -27,24 +27,22 @@ from rtprep.core.artifacts import (
     ROW_GROUP_SIZE,
     RowAccount,
     atomic_output,
+    hashed_file,
     scratch_files,
     write_sidecars,
 )
 from rtprep.core.errors import input_error
-from rtprep.core.frames import DEFAULT_COVARIATE_FAMILIES, covariate_columns, read_csv_checked
-from rtprep.core.hashing import IDENTITY_COLUMNS
-from rtprep.stages.attach import (
-    attach_lazy,
+from rtprep.core.frames import (
+    DEFAULT_COVARIATE_FAMILIES,
     checked_int_column,
     comp_counts_lazy,
-    count_attach_drops,
-    input_lib,
-    mapping_for_lib,
+    covariate_columns,
     parquet_rows,
-    read_classes,
-    read_lib_mapping,
+    read_csv_checked,
     scan_checked,
 )
+from rtprep.core.hashing import IDENTITY_COLUMNS
+from rtprep.stages.attach import ChemAttach
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +218,8 @@ def make_rt_prod_csv(
     df = plan.collect(engine="streaming")
     account.rows_out = df.height
     with atomic_output(output) as tmp:
-        df.write_csv(tmp)
+        with hashed_file(tmp) as fh:
+            df.write_csv(fh)
         write_sidecars(output, account, inputs=[input_path, species_mapping],
                        config={"families": list(families), "columns": df.columns})
     log.info("rt csv: %s, %d columns (%.1fs)", account.funnel(), df.width,
@@ -339,6 +338,55 @@ def _sorted_chunks(plan: pl.LazyFrame, chunks: pl.DataFrame, scratch: Callable[[
     return register_io_source(source, schema=schema)
 
 
+def _count_test_rows(lf: pl.LazyFrame, in_test: pl.Expr, folds: pl.DataFrame,
+                     step: ChemAttach, species_df: pl.DataFrame,
+                     paths: tuple[str | Path, str | Path]) -> tuple[RowAccount, pl.DataFrame]:
+    """The test rows' account (``other_fold``, the attach reasons, ``sample_set_no_species``)
+    and the output rows per test sample set (``sample_set_id, n``), from counting passes over
+    the key columns only (the test filter is pushed into the scan)."""
+    lib_path, folds_csv = paths
+    rows_in = int(lf.select(pl.len()).collect().item())
+    lib_sets = lf.select(pl.col("sample_set_id").unique()).collect(engine="streaming")
+    no_fold = lib_sets.join(folds, on="sample_set_id", how="anti")["sample_set_id"]
+    if no_fold.len():
+        log.warning("%s: %d sample set(s) of %s are not in the folds file (counted as "
+                    "other_fold): %s", folds_csv, no_fold.len(), lib_path,
+                    _show(no_fold.sort().to_list()))
+    test_counts = (
+        comp_counts_lazy(lf.filter(in_test), ["sample_set_id", "comp_id"])
+        .collect(engine="streaming")
+    )
+    account = RowAccount("test_rows", rows_in=rows_in)
+    account.drop("other_fold", rows_in - int(test_counts["n"].sum()))
+    step.count_drops(test_counts.group_by("comp_id").agg(pl.col("n").sum()), account)
+    attached = step.apply(test_counts.lazy()).collect()
+    _count_no_species(attached.group_by("sample_set_id").agg(pl.col("n").sum()), species_df,
+                      account)
+    # Output rows per test sample set (after the attach and species drops): the sort's chunks.
+    per_set = (
+        attached.join(species_df.select("sample_set_id"), on="sample_set_id", how="semi")
+        .group_by("sample_set_id").agg(pl.col("n").sum())
+    )
+    return account, per_set
+
+
+def _sorted_by_identity(plan: pl.LazyFrame, covs: Sequence[str], per_set: pl.DataFrame,
+                        chunk_rows: int, scratch: Callable[[str], Path]) -> pl.LazyFrame:
+    """The RT CSV columns of ``plan``'s rows (attached, species joined) sorted by identity,
+    stable: in the streaming plan when they fit in one chunk, else chunk by chunk
+    (:func:`_sorted_chunks`; ``per_set``: the output rows per sample set)."""
+    chunks = assign_chunks(per_set, chunk_rows)
+    n_chunks = int(chunks["chunk"].max() or 0) + 1 if chunks.height else 0
+    if n_chunks <= 1:
+        # Stable sort: rows with equal identity keep the file's order, so the bytes are fixed.
+        return plan.sort(list(IDENTITY_COLUMNS), maintain_order=True).select(_rt_select(covs))
+    log.info("test rows: %d rows to sort in %d chunks of at most %d rows",
+             int(per_set["n"].sum()), n_chunks, chunk_rows)
+    out_columns = [e.meta.output_name() for e in _rt_select(covs)]
+    return _sorted_chunks(plan.select(*_rt_select(covs), pl.col("comp_id").alias(_COMP)),
+                          chunks, scratch, out_columns)
+
+
 def write_test_rows(
     lib_parquet: str | Path,
     folds_csv: str | Path,
@@ -379,63 +427,24 @@ def write_test_rows(
     # Small side tables first (one plan that scans the big file twice would buffer it).
     folds = read_folds(folds_csv)
     species_df = read_species_mapping(species_mapping)
-    classes_df = read_classes(classes)
-    mapping_all = read_lib_mapping(lib_mapping)
-    lib = input_lib(lf, lib_path)
-    mapping_df = mapping_for_lib(mapping_all, lib)
-    test_ids = folds.filter(pl.col("fold") == "test").select("sample_set_id")
-
-    # Counting passes over the key columns only (the test filter is pushed into the scan).
-    in_test = pl.col("sample_set_id").is_in(test_ids["sample_set_id"].implode())
-    rows_in = int(lf.select(pl.len()).collect().item())
-    lib_sets = lf.select(pl.col("sample_set_id").unique()).collect(engine="streaming")
-    no_fold = lib_sets.join(folds, on="sample_set_id", how="anti")["sample_set_id"]
-    if no_fold.len():
-        log.warning("%s: %d sample set(s) of %s are not in the folds file (counted as "
-                    "other_fold): %s", folds_csv, no_fold.len(), lib_path,
-                    _show(no_fold.sort().to_list()))
-    test_counts = (
-        comp_counts_lazy(lf.filter(in_test), ["sample_set_id", "comp_id"])
-        .collect(engine="streaming")
-    )
-    account = RowAccount("test_rows", rows_in=rows_in)
-    account.drop("other_fold", rows_in - int(test_counts["n"].sum()))
-    count_attach_drops(
-        test_counts.group_by("comp_id").agg(pl.col("n").sum()), mapping_df, classes_df, account
-    )
-    attached = attach_lazy(test_counts.lazy(), mapping_df, classes_df).collect()
-    _count_no_species(attached.group_by("sample_set_id").agg(pl.col("n").sum()), species_df,
-                      account)
-
-    # Output rows per test sample set (after the attach and species drops): the sort's chunks.
-    per_set = (
-        attached.join(species_df.select("sample_set_id"), on="sample_set_id", how="semi")
-        .group_by("sample_set_id").agg(pl.col("n").sum())
-    )
-    chunks = assign_chunks(per_set, chunk_rows)
-    n_chunks = int(chunks["chunk"].max() or 0) + 1 if chunks.height else 0
-
+    step = ChemAttach.load(lf, lib_path, lib_mapping, classes)
+    test_ids = folds.filter(pl.col("fold") == "test")["sample_set_id"]
     # A filter (not a semi-join) so that polars pushes it into the Parquet scan: the rows of
     # other folds are never materialised.
-    plan = lf.select(*base, *covs).filter(in_test)
-    plan = _join_species(attach_lazy(plan, mapping_df, classes_df), species_df)
+    in_test = pl.col("sample_set_id").is_in(test_ids.implode())
+    account, per_set = _count_test_rows(lf, in_test, folds, step, species_df,
+                                        (lib_path, folds_csv))
+    plan = _join_species(step.apply(lf.select(*base, *covs).filter(in_test)), species_df)
     with atomic_output(output) as tmp, scratch_files(output) as scratch:
-        if n_chunks <= 1:
-            # Stable sort: rows with equal identity keep the file's order, so the bytes are fixed.
-            plan = plan.sort(list(IDENTITY_COLUMNS), maintain_order=True).select(_rt_select(covs))
-        else:
-            log.info("test rows: %d rows to sort in %d chunks of at most %d rows",
-                     int(per_set["n"].sum()), n_chunks, chunk_rows)
-            out_columns = [e.meta.output_name() for e in _rt_select(covs)]
-            plan = _sorted_chunks(plan.select(*_rt_select(covs), pl.col("comp_id").alias(_COMP)),
-                                  chunks, scratch, out_columns)
-        plan.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
-                          statistics=True)
+        plan = _sorted_by_identity(plan, covs, per_set, chunk_rows, scratch)
+        with hashed_file(tmp) as fh:
+            plan.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                              statistics=True)
         account.rows_out = parquet_rows(tmp)
         write_sidecars(
             output, account,
             inputs=[lib_path, folds_csv, lib_mapping, classes, species_mapping],
-            config={"lib_id": lib, "families": list(families),
+            config={"lib_id": step.lib, "families": list(families),
                     "columns": rt_columns(lf.collect_schema().names(), families)},
         )
     log.info("test rows: %s (%.1fs)", account.funnel(), time.perf_counter() - t0)

@@ -18,9 +18,15 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from rtprep.core.artifacts import ROW_GROUP_SIZE, RowAccount, atomic_output, write_sidecars
+from rtprep.core.artifacts import (
+    ROW_GROUP_SIZE,
+    RowAccount,
+    atomic_output,
+    hashed_file,
+    write_sidecars,
+)
 from rtprep.core.errors import RtprepError, input_error
-from rtprep.core.frames import require_columns
+from rtprep.core.frames import lib_ids_from_statistics, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +44,6 @@ def _merged_schema(merged: Path) -> pl.Schema:
     return pl.Schema(schema)
 
 
-def _lib_ids_from_statistics(merged: Path) -> set[int] | None:
-    """The libs from row-group statistics, or None when a row group holds several libs (or has
-    no statistics) and the column must be read."""
-    md = pq.ParquetFile(merged).metadata
-    names = [md.schema.column(i).name for i in range(md.num_columns)]
-    if "lib_id" not in names:
-        return None
-    idx = names.index("lib_id")
-    libs: set[int] = set()
-    for rg in range(md.num_row_groups):
-        col = md.row_group(rg).column(idx)
-        stats = col.statistics
-        if md.row_group(rg).num_rows == 0:
-            continue
-        if stats is None or not stats.has_min_max or stats.min != stats.max or stats.null_count:
-            return None
-        libs.add(int(stats.min))
-    return libs
-
-
 def libs_in_merged(merged: str | Path) -> list[int]:
     """The distinct ``lib_id`` values of a merged Parquet, sorted.
 
@@ -70,7 +56,7 @@ def libs_in_merged(merged: str | Path) -> list[int]:
     if not schema["lib_id"].is_integer():
         raise input_error(merged, f"has type {schema['lib_id']}, an integer lib id is needed",
                           column="lib_id")
-    libs = _lib_ids_from_statistics(merged)
+    libs = lib_ids_from_statistics(merged)
     if libs is None:
         values = (
             pl.scan_parquet(merged)
@@ -144,8 +130,9 @@ def split_lib(merged: str | Path, lib: int, output: str | Path, *,
     kept = lf.filter(~invalid & ~out_of_range)
 
     with atomic_output(output) as tmp:
-        kept.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
-                          statistics=True, engine="streaming")
+        with hashed_file(tmp) as fh:
+            kept.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                              statistics=True, engine="streaming")
         written = pq.ParquetFile(tmp).metadata.num_rows
         if written != account.rows_out:
             raise RuntimeError(f"internal error in split: counted {account.rows_out} rows to "
