@@ -186,8 +186,8 @@ class ChemAttach:
     """The attach step for one lib's rows: its side tables, the transform and its counts.
 
     :func:`attach_chem_classes` applies it to capped rows,
-    :func:`rtprep.stages.rt_csv.write_test_rows` to the streamed test rows: one definition of which rows are kept and why the others are
-    dropped.
+    :func:`rtprep.stages.rt_csv.write_test_rows` to the streamed test rows: one definition of
+    which rows are kept and why the others are dropped.
     """
 
     lib: int | None  # the input's lib (None: no rows)
