@@ -17,8 +17,8 @@ process's own peak RSS:
   DuckDB: ``COPY (SELECT`` the lib's valid rows``)``.
 - split_all: ``split_lib`` for every lib; floor: copy of the merged file (and polars'
   ``sink_parquet(pl.PartitionBy(...))``); DuckDB: ``COPY ... (PARTITION_BY (lib_id))``.
-- coverage: ``summarize_species_compounds``; floor: copy of the lib file; DuckDB: GROUP BY pair.
-- cap: ``sample_per_species_compound`` (cap 5); floor: copy of the lib file; DuckDB: ``QUALIFY
+- coverage: ``species_compound_coverage``; floor: copy of the lib file; DuckDB: GROUP BY pair.
+- cap: ``cap_species_compounds`` (cap 5); floor: copy of the lib file; DuckDB: ``QUALIFY
   row_number() OVER (PARTITION BY species_matrix_type, comp_id ORDER BY hash(identity, seed))
   <= 5`` with DuckDB's native ``hash`` (``--duckdb-portable-hash``: rtprep's splitmix64 in SQL,
   the identical rows, but 64-bit modular arithmetic through HUGEINT is ~20x slower).
@@ -145,14 +145,14 @@ def child(job: str, a: dict[str, Any]) -> dict[str, Any]:
             rows += split_lib(a["merged"], lib, out / f"lib{lib}.parquet",
                               rt_range=RT_RANGE).rows_out
     elif job == "coverage":
-        from rtprep.stages.coverage import summarize_species_compounds
+        from rtprep.stages.coverage import species_compound_coverage
 
-        summarize_species_compounds(a["lib_file"], out)
+        species_compound_coverage(a["lib_file"], out)
         rows = pl.read_csv(out).height
     elif job == "cap":
-        from rtprep.stages.cap import sample_per_species_compound
+        from rtprep.stages.cap import cap_species_compounds
 
-        rows = sample_per_species_compound(a["lib_file"], out, cap_per_pair=CAP,
+        rows = cap_species_compounds(a["lib_file"], out, cap_per_pair=CAP,
                                            seed=CAP_SEED).rows_out
     elif job == "test_rows":
         from rtprep.stages.rt_csv import write_test_rows

@@ -21,7 +21,7 @@ from rtprep.core.artifacts import read_meta
 from rtprep.core.errors import RtprepError
 from rtprep.core.hashing import MASK64, row_hash_int, splitmix64_int
 from rtprep.stages import cap as sample_mod
-from rtprep.stages.cap import assign_folds, sample_per_species_compound
+from rtprep.stages.cap import assign_folds, cap_species_compounds
 
 IDENT = ["sample_set_id", "task_id", "comp_id", "apex_rt"]
 PAIR = ["species_matrix_type", "comp_id"]
@@ -67,7 +67,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_hand_made_frame_cap2(tmp_path: Path) -> None:
     src = _write(HAND, tmp_path / "merged_training_ab12_lib209.parquet")
     out = tmp_path / "merged_training_ab12_lib209_cap2.parquet"
-    acc = sample_per_species_compound(src, out, cap_per_pair=2, seed=42)
+    acc = cap_species_compounds(src, out, cap_per_pair=2, seed=42)
     got = pl.read_parquet(out)
     # Smallest two hashes per pair, then sorted by identity.
     assert got["task_id"].to_list() == [11, 12, 32, 41, 42]
@@ -89,10 +89,10 @@ def test_hand_made_frame_cap2(tmp_path: Path) -> None:
 
 def test_hand_made_frame_cap3_and_a_large_cap(tmp_path: Path) -> None:
     src = _write(HAND, tmp_path / "lib.parquet")
-    sample_per_species_compound(src, tmp_path / "cap3.parquet", cap_per_pair=3, seed=42)
+    cap_species_compounds(src, tmp_path / "cap3.parquet", cap_per_pair=3, seed=42)
     assert pl.read_parquet(tmp_path / "cap3.parquet")["task_id"].to_list() == [
         11, 12, 22, 31, 32, 41, 42]
-    acc = sample_per_species_compound(src, tmp_path / "cap99.parquet", cap_per_pair=99, seed=42)
+    acc = cap_species_compounds(src, tmp_path / "cap99.parquet", cap_per_pair=99, seed=42)
     assert acc.drops == {"over_cap": 0}
     assert pl.read_parquet(tmp_path / "cap99.parquet").equals(HAND.sort(IDENT))
 
@@ -110,7 +110,7 @@ def test_hash_ties_broken_by_identity_then_other_columns(tmp_path: Path) -> None
         for i, perm in enumerate(([0, 1, 2, 3, 4], [4, 2, 3, 0, 1], [3, 0, 4, 1, 2])):
             src = _write(df[perm], tmp_path / f"in{i}.parquet")
             out = tmp_path / f"cap{cap}_{i}.parquet"
-            sample_per_species_compound(src, out, cap_per_pair=cap, seed=0)
+            cap_species_compounds(src, out, cap_per_pair=cap, seed=0)
             outs.append(out.read_bytes())
         assert outs[0] == outs[1] == outs[2]
         got = pl.read_parquet(tmp_path / f"cap{cap}_0.parquet")
@@ -164,7 +164,7 @@ def test_exact_counts_all_pairs_and_the_definition(rows: list[tuple], cap: int, 
     with tempfile.TemporaryDirectory() as d:
         src = _write(df, Path(d) / "lib.parquet")
         out = Path(d) / "cap.parquet"
-        acc = sample_per_species_compound(src, out, cap_per_pair=cap, seed=seed)
+        acc = cap_species_compounds(src, out, cap_per_pair=cap, seed=seed)
         got = pl.read_parquet(out)
     n_in = df.group_by(PAIR).len()
     n_out = got.group_by(PAIR).len()
@@ -183,8 +183,8 @@ def test_nested_across_caps(rows: list[tuple], caps: tuple[int, int], seed: int)
     small, big = caps[0], caps[0] + caps[1]
     with tempfile.TemporaryDirectory() as d:
         src = _write(_frame(rows), Path(d) / "lib.parquet")
-        sample_per_species_compound(src, Path(d) / "a.parquet", cap_per_pair=small, seed=seed)
-        sample_per_species_compound(src, Path(d) / "b.parquet", cap_per_pair=big, seed=seed)
+        cap_species_compounds(src, Path(d) / "a.parquet", cap_per_pair=small, seed=seed)
+        cap_species_compounds(src, Path(d) / "b.parquet", cap_per_pair=big, seed=seed)
         a = pl.read_parquet(Path(d) / "a.parquet")
         b = pl.read_parquet(Path(d) / "b.parquet")
     # Multiset inclusion: every row of cap `small` is among the rows of cap `big`.
@@ -205,12 +205,12 @@ def test_invariant_to_row_order_and_shards_byte_identical(
     with tempfile.TemporaryDirectory() as d:
         dd = Path(d)
         src = _write(df, dd / "lib.parquet")
-        sample_per_species_compound(src, dd / "one.parquet", cap_per_pair=cap, seed=seed)
-        sample_per_species_compound(src, dd / "two.parquet", cap_per_pair=cap, seed=seed)
+        cap_species_compounds(src, dd / "one.parquet", cap_per_pair=cap, seed=seed)
+        cap_species_compounds(src, dd / "two.parquet", cap_per_pair=cap, seed=seed)
         bounds = np.linspace(0, shuffled.height, n_shards + 1).astype(int)
         shards = [_write(shuffled[int(lo):int(hi)], dd / f"shard{i}.parquet")
                   for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
-        sample_per_species_compound(shards, dd / "sharded.parquet", cap_per_pair=cap, seed=seed)
+        cap_species_compounds(shards, dd / "sharded.parquet", cap_per_pair=cap, seed=seed)
         one = (dd / "one.parquet").read_bytes()
         assert (dd / "two.parquet").read_bytes() == one
         assert (dd / "sharded.parquet").read_bytes() == one
@@ -221,9 +221,9 @@ def test_fallback_rescan_when_candidates_fall_short(tmp_path: Path, monkeypatch)
     df = _frame([(s, t, c, smt, 1.0 + t / 10) for s in range(3) for t in range(8)
                  for c in (1, 2) for smt in ("plasma", "urine")])
     src = _write(df, tmp_path / "lib.parquet")
-    sample_per_species_compound(src, tmp_path / "normal.parquet", cap_per_pair=3, seed=5)
+    cap_species_compounds(src, tmp_path / "normal.parquet", cap_per_pair=3, seed=5)
     monkeypatch.setattr(sample_mod, "_margin", lambda cap: 0.01)
-    sample_per_species_compound(src, tmp_path / "forced.parquet", cap_per_pair=3, seed=5)
+    cap_species_compounds(src, tmp_path / "forced.parquet", cap_per_pair=3, seed=5)
     assert (tmp_path / "forced.parquet").read_bytes() == (tmp_path / "normal.parquet").read_bytes()
     assert pl.read_parquet(tmp_path / "forced.parquet").equals(_reference(df, 3, 5))
 
@@ -233,7 +233,7 @@ def test_seed_changes_the_sample(tmp_path: Path) -> None:
     src = _write(df, tmp_path / "lib.parquet")
     picks = []
     for seed in (1, 2):
-        sample_per_species_compound(src, tmp_path / f"s{seed}.parquet", cap_per_pair=5, seed=seed)
+        cap_species_compounds(src, tmp_path / f"s{seed}.parquet", cap_per_pair=5, seed=seed)
         picks.append(pl.read_parquet(tmp_path / f"s{seed}.parquet").select(IDENT).rows())
     assert len(picks[0]) == len(picks[1]) == 5 and picks[0] != picks[1]
 
@@ -285,7 +285,7 @@ def test_train_cap_excludes_test_sample_sets(tmp_path: Path) -> None:
     folds = pl.read_csv(folds_csv)
     test_ids = folds.filter(pl.col("fold") == "test")["sample_set_id"].to_list()
     out = tmp_path / "lib_train_cap2.parquet"
-    acc = sample_per_species_compound(tmp_path / "lib.parquet", out, cap_per_pair=2, seed=42,
+    acc = cap_species_compounds(tmp_path / "lib.parquet", out, cap_per_pair=2, seed=42,
                                       folds_csv=folds_csv, fold="train")
     got = pl.read_parquet(out)
     assert not set(got["sample_set_id"].to_list()) & set(test_ids)
@@ -296,7 +296,7 @@ def test_train_cap_excludes_test_sample_sets(tmp_path: Path) -> None:
     # The same as capping a file that holds only the train sample sets.
     train_only = _write(df.filter(~pl.col("sample_set_id").is_in(test_ids)),
                         tmp_path / "train_only.parquet")
-    sample_per_species_compound(train_only, tmp_path / "ref.parquet", cap_per_pair=2, seed=42)
+    cap_species_compounds(train_only, tmp_path / "ref.parquet", cap_per_pair=2, seed=42)
     assert out.read_bytes() == (tmp_path / "ref.parquet").read_bytes()
     meta = read_meta(out)
     assert meta["config"]["fold"] == "train" and meta["drops"]["other_fold"] == n_test_rows
@@ -311,7 +311,7 @@ def test_stale_folds_file_is_an_error(tmp_path: Path) -> None:
         tmp_path / "folds.csv")
     out = tmp_path / "train_cap2.parquet"
     with pytest.raises(RtprepError, match=r"folds.csv, column 'sample_set_id'.*103"):
-        sample_per_species_compound(tmp_path / "lib.parquet", out, cap_per_pair=2, seed=1,
+        cap_species_compounds(tmp_path / "lib.parquet", out, cap_per_pair=2, seed=1,
                                     folds_csv=tmp_path / "folds.csv", fold="train")
     assert not out.exists() and not Path(str(out) + ".meta.json").exists()
 
@@ -321,15 +321,15 @@ def test_bad_folds_values_are_errors(tmp_path: Path) -> None:
     pl.DataFrame({"sample_set_id": [100, 101], "fold": ["train", "holdout"]}).write_csv(
         tmp_path / "folds.csv")
     with pytest.raises(RtprepError, match=r"column 'fold'.*holdout"):
-        sample_per_species_compound(tmp_path / "lib.parquet", tmp_path / "o.parquet",
+        cap_species_compounds(tmp_path / "lib.parquet", tmp_path / "o.parquet",
                                     cap_per_pair=2, seed=1, folds_csv=tmp_path / "folds.csv",
                                     fold="train")
     with pytest.raises(RtprepError, match="fold must be one of"):
-        sample_per_species_compound(tmp_path / "lib.parquet", tmp_path / "o.parquet",
+        cap_species_compounds(tmp_path / "lib.parquet", tmp_path / "o.parquet",
                                     cap_per_pair=2, seed=1, folds_csv=tmp_path / "folds.csv",
                                     fold="validation")
     with pytest.raises(RtprepError, match="go together"):
-        sample_per_species_compound(tmp_path / "lib.parquet", tmp_path / "o.parquet",
+        cap_species_compounds(tmp_path / "lib.parquet", tmp_path / "o.parquet",
                                     cap_per_pair=2, seed=1, folds_csv=tmp_path / "folds.csv")
     assert not (tmp_path / "o.parquet").exists()
 
@@ -491,7 +491,7 @@ def test_bad_cap_is_an_error_and_writes_nothing(tmp_path: Path, cap: object) -> 
     src = _write(HAND, tmp_path / "lib.parquet")
     out = tmp_path / "cap.parquet"
     with pytest.raises(RtprepError, match="cap_per_pair must be a whole number >= 1"):
-        sample_per_species_compound(src, out, cap_per_pair=cap, seed=1)  # type: ignore[arg-type]
+        cap_species_compounds(src, out, cap_per_pair=cap, seed=1)  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.parquet"]
 
 
@@ -508,21 +508,21 @@ def test_bad_test_fraction_is_an_error_and_writes_nothing(tmp_path: Path,
 def test_missing_column_and_null_identity_are_errors(tmp_path: Path) -> None:
     src = _write(HAND.drop("species_matrix_type"), tmp_path / "nosmt.parquet")
     with pytest.raises(RtprepError, match=r"nosmt.parquet: missing required column.*species_m"):
-        sample_per_species_compound(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
+        cap_species_compounds(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
     src = _write(HAND.with_columns(pl.when(pl.col("task_id") == 21).then(None)
                                    .otherwise(pl.col("apex_rt")).alias("apex_rt")),
                  tmp_path / "nullrt.parquet")
     with pytest.raises(RtprepError, match=r"nullrt.parquet, column 'apex_rt': 1 row"):
-        sample_per_species_compound(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
+        cap_species_compounds(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
     with pytest.raises(RtprepError, match="file not found"):
-        sample_per_species_compound(tmp_path / "absent.parquet", tmp_path / "o.parquet",
+        cap_species_compounds(tmp_path / "absent.parquet", tmp_path / "o.parquet",
                                     cap_per_pair=2, seed=1)
     assert not (tmp_path / "o.parquet").exists() and _leftovers(tmp_path) == []
 
 
 def test_empty_input_gives_an_empty_output(tmp_path: Path) -> None:
     src = _write(HAND.head(0), tmp_path / "lib.parquet")
-    acc = sample_per_species_compound(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
+    acc = cap_species_compounds(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
     got = pl.read_parquet(tmp_path / "o.parquet")
     assert got.height == 0 and got.schema == HAND.schema and acc.rows_out == 0
     assert json.loads((tmp_path / "o.parquet.meta.json").read_text())["rows_in"] == 0
@@ -533,8 +533,8 @@ def test_independent_of_thread_count(tmp_path: Path) -> None:
     df = _frame([(s, t, c, smt, 1.0 + t / 7 + c / 3) for s in range(-2, 6) for t in range(9)
                  for c in range(1, 6) for smt in SMT])
     src = _write(df, tmp_path / "lib.parquet")
-    sample_per_species_compound(src, tmp_path / "many.parquet", cap_per_pair=3, seed=11)
-    code = ("from rtprep.stages.cap import sample_per_species_compound as f; "
+    cap_species_compounds(src, tmp_path / "many.parquet", cap_per_pair=3, seed=11)
+    code = ("from rtprep.stages.cap import cap_species_compounds as f; "
             f"f({str(src)!r}, {str(tmp_path / 'one.parquet')!r}, cap_per_pair=3, seed=11)")
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
@@ -546,7 +546,7 @@ def test_null_species_matrix_type_is_a_pair_of_its_own(tmp_path: Path) -> None:
         _frame([(2, t, 3, "plasma", 1.0 + t) for t in range(4)])
         .with_columns(pl.lit(None, dtype=pl.String).alias("species_matrix_type")))
     src = _write(df, tmp_path / "lib.parquet")
-    sample_per_species_compound(src, tmp_path / "o.parquet", cap_per_pair=2, seed=3)
+    cap_species_compounds(src, tmp_path / "o.parquet", cap_per_pair=2, seed=3)
     got = pl.read_parquet(tmp_path / "o.parquet")
     assert got.group_by("species_matrix_type").len().sort("species_matrix_type")["len"].to_list() \
         == [2, 2]
@@ -555,7 +555,7 @@ def test_null_species_matrix_type_is_a_pair_of_its_own(tmp_path: Path) -> None:
 def test_wrong_column_types_are_errors(tmp_path: Path) -> None:
     src = _write(HAND.with_columns(pl.col("apex_rt").cast(pl.String)), tmp_path / "s.parquet")
     with pytest.raises(RtprepError, match=r"s.parquet, column 'apex_rt': has type String"):
-        sample_per_species_compound(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
+        cap_species_compounds(src, tmp_path / "o.parquet", cap_per_pair=2, seed=1)
     src = _write(HAND.with_columns(pl.col("sample_set_id").cast(pl.String)), tmp_path / "t.parquet")
     with pytest.raises(RtprepError, match=r"t.parquet, column 'sample_set_id': has type String"):
         assign_folds(src, tmp_path / "folds.csv", test_fraction=0.2, fold_seed=1)

@@ -10,7 +10,7 @@ import pytest
 
 from rtprep.core.artifacts import read_meta
 from rtprep.core.errors import RtprepError
-from rtprep.stages.coverage import summarize_species_compounds
+from rtprep.stages.coverage import species_compound_coverage
 
 # (species_matrix_type, comp_id, n_rows)
 PAIRS = [
@@ -42,7 +42,7 @@ def lib_file(tmp_path: Path) -> Path:
 def test_table_pairs_and_retained_totals(lib_file: Path, tmp_path: Path) -> None:
     csv_out = tmp_path / "merged_training_abc_lib208_species_compounds.csv"
     summary_out = tmp_path / "summary.txt"
-    text = summarize_species_compounds(lib_file, csv_out, summary_out=summary_out)
+    text = species_compound_coverage(lib_file, csv_out, summary_out=summary_out)
 
     got = pl.read_csv(csv_out)
     assert got.columns == ["species_matrix_type", "comp_id", "n_rows"]
@@ -76,7 +76,7 @@ def test_table_pairs_and_retained_totals(lib_file: Path, tmp_path: Path) -> None
 
 def test_custom_caps_and_no_summary_file(lib_file: Path, tmp_path: Path) -> None:
     csv_out = tmp_path / "cov.csv"
-    text = summarize_species_compounds(lib_file, csv_out, caps=[1, 5])
+    text = species_compound_coverage(lib_file, csv_out, caps=[1, 5])
     assert read_meta(csv_out)["extra"]["retained_if_capped"] == {"1": 6, "5": 3 + 5 + 1 + 5 + 5
                                                                  + 5}
     assert "cap 5 per pair: 24" in text
@@ -89,7 +89,7 @@ def test_nulls_are_their_own_group(tmp_path: Path) -> None:
     pl.DataFrame({"species_matrix_type": ["a", None, None, "a"], "comp_id": [1, 1, 1, None]},
                  schema={"species_matrix_type": pl.String, "comp_id": pl.Int64}
                  ).write_parquet(path)
-    summarize_species_compounds(path, tmp_path / "c.csv", caps=[1])
+    species_compound_coverage(path, tmp_path / "c.csv", caps=[1])
     assert pl.read_csv(tmp_path / "c.csv").rows() == [("a", 1, 1), ("a", None, 1),
                                                       (None, 1, 2)]
 
@@ -97,7 +97,7 @@ def test_nulls_are_their_own_group(tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "lib.parquet"
     _lib_frame().clear().write_parquet(path)
-    text = summarize_species_compounds(path, tmp_path / "c.csv")
+    text = species_compound_coverage(path, tmp_path / "c.csv")
     assert "pairs: 0" in text
     assert read_meta(tmp_path / "c.csv")["extra"]["retained_if_capped"]["10"] == 0
 
@@ -105,19 +105,19 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_bad_inputs(tmp_path: Path) -> None:
     out = tmp_path / "c.csv"
     with pytest.raises(RtprepError, match="not found"):
-        summarize_species_compounds(tmp_path / "none.parquet", out)
+        species_compound_coverage(tmp_path / "none.parquet", out)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 not really")
     with pytest.raises(RtprepError, match="not a readable Parquet"):
-        summarize_species_compounds(bad, out)
+        species_compound_coverage(bad, out)
     nocomp = tmp_path / "nocomp.parquet"
     pl.DataFrame({"species_matrix_type": ["a"]}).write_parquet(nocomp)
     with pytest.raises(RtprepError, match="comp_id"):
-        summarize_species_compounds(nocomp, out)
+        species_compound_coverage(nocomp, out)
     good = tmp_path / "good.parquet"
     _lib_frame().write_parquet(good)
     with pytest.raises(RtprepError, match="caps"):
-        summarize_species_compounds(good, out, caps=[0, 10])
+        species_compound_coverage(good, out, caps=[0, 10])
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -134,7 +134,7 @@ def test_equals_eager_reference(tmp_path: Path, seed: int) -> None:
     path = tmp_path / "lib.parquet"
     df.write_parquet(path, row_group_size=1000)
     caps = (10, 20, 50, 100)
-    summarize_species_compounds(path, tmp_path / "c.csv", caps=caps)
+    species_compound_coverage(path, tmp_path / "c.csv", caps=caps)
     got = pl.read_csv(tmp_path / "c.csv")
     ref = df.group_by("species_matrix_type", "comp_id").len("n_rows").sort(
         "species_matrix_type", "comp_id")

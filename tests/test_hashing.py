@@ -21,7 +21,7 @@ from rtprep.core.hashing import (
     splitmix64_np,
     with_row_hash,
 )
-from rtprep.stages.cap import sample_per_species_compound
+from rtprep.stages.cap import cap_species_compounds
 
 # --- splitmix64 test vectors ------------------------------------------------------------------
 # The published splitmix64 sequence from state 1234567: each step adds the golden gamma to the
@@ -236,7 +236,7 @@ def test_duckdb_qualify_picks_the_same_rows(
     src = tmp_path / "lib.parquet"
     df.write_parquet(src)
     out = tmp_path / f"cap{cap}.parquet"
-    sample_per_species_compound(src, out, cap_per_pair=cap, seed=seed)
+    cap_species_compounds(src, out, cap_per_pair=cap, seed=seed)
     ours = pl.read_parquet(out)
 
     peaks = pl.read_parquet(src)  # noqa: F841 (read by DuckDB)

@@ -41,9 +41,9 @@ from rtprep.models import ModelOptions, evaluate
 from rtprep.models.calibration import calibration_report, flag_report, read_truth_table
 from rtprep.models.truth import LOW_SUPPORT_BINS, truth_report
 from rtprep.stages.attach import attach_chem_classes
-from rtprep.stages.cap import assign_folds, sample_per_species_compound
+from rtprep.stages.cap import assign_folds, cap_species_compounds
 from rtprep.stages.merge import MergeOptions, merge_export
-from rtprep.stages.rt_csv import make_rt_prod_csv, write_test_rows
+from rtprep.stages.rt_csv import write_rt_csv, write_test_rows
 from rtprep.stages.split import split_lib
 
 LIB = 209
@@ -67,7 +67,7 @@ def demo_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folds = work / "folds.csv"
     assign_folds(lib_pq, folds, test_fraction=0.25, fold_seed=1)
     capped = work / "train_cap5.parquet"
-    sample_per_species_compound(lib_pq, capped, cap_per_pair=5, seed=42, folds_csv=folds,
+    cap_species_compounds(lib_pq, capped, cap_per_pair=5, seed=42, folds_csv=folds,
                                 fold="train")
     emb = demo / "resources" / "metabolites" / "embeddings_chemberta_pca20.parquet"
     classes = work / "chem_classes_k8.parquet"
@@ -78,7 +78,7 @@ def demo_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     attached = work / "train_cap5_chemclass.parquet"
     attach_chem_classes(capped, lib_map, classes, attached)
     train_csv = work / "train_rt_prod.csv"
-    make_rt_prod_csv(attached, species_map, train_csv)
+    write_rt_csv(attached, species_map, train_csv)
     test_rows = work / "test_rows.parquet"
     write_test_rows(lib_pq, folds, lib_map, classes, species_map, test_rows,
                     families=("IS", "RS", "ES_"))

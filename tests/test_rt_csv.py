@@ -17,7 +17,7 @@ import pytest
 from rtprep.core.artifacts import read_meta
 from rtprep.core.errors import RtprepError
 from rtprep.stages import rt_csv as rtcsv
-from rtprep.stages.rt_csv import assign_chunks, make_rt_prod_csv, rt_columns, write_test_rows
+from rtprep.stages.rt_csv import assign_chunks, rt_columns, write_rt_csv, write_test_rows
 
 RT_COLUMNS = ["sampleset_id", "worksheet_id", "task_id", "species", "species_cluster",
               "compound", "compound_class", "IS2", "IS10", "RS1", "ES_a", "ES_b", "rt"]
@@ -87,7 +87,7 @@ def test_rt_columns_order() -> None:
 def test_rt_csv_exact_content(tmp_path: Path) -> None:
     inp, sp = _setup(tmp_path)
     out = tmp_path / "merged_training_abc_lib208_cap5_chemclass_rt_prod.csv"
-    acc = make_rt_prod_csv(inp, sp, out)
+    acc = write_rt_csv(inp, sp, out)
     assert out.read_text() == EXPECTED_CSV
     assert acc.rows_in == 5 and acc.rows_out == 4
     assert acc.drops == {"sample_set_no_species": 1}
@@ -98,14 +98,14 @@ def test_rt_csv_exact_content(tmp_path: Path) -> None:
         "reason,column,id", "sample_set_no_species,sample_set_id,3"]
     # Rerun: identical bytes.
     out2 = tmp_path / "again.csv"
-    make_rt_prod_csv(inp, sp, out2)
+    write_rt_csv(inp, sp, out2)
     assert out2.read_bytes() == out.read_bytes()
 
 
 def test_rt_csv_families_subset(tmp_path: Path) -> None:
     inp, sp = _setup(tmp_path)
     out = tmp_path / "is_only.csv"
-    make_rt_prod_csv(inp, sp, out, families=("IS",))
+    write_rt_csv(inp, sp, out, families=("IS",))
     header = out.read_text().splitlines()[0].split(",")
     assert header == [*RT_COLUMNS[:7], "IS2", "IS10", "rt"]
 
@@ -128,7 +128,7 @@ def test_species_mapping_errors(tmp_path: Path, species: str, message: str) -> N
     inp, sp = _setup(tmp_path, species)
     before = _files(tmp_path)
     with pytest.raises(RtprepError, match=message) as err:
-        make_rt_prod_csv(inp, sp, tmp_path / "out.csv")
+        write_rt_csv(inp, sp, tmp_path / "out.csv")
     assert str(sp) in str(err.value)
     assert _files(tmp_path) == before
 
@@ -137,10 +137,10 @@ def test_rt_csv_needs_attached_input(tmp_path: Path) -> None:
     inp, sp = _setup(tmp_path)
     chemclass_frame().drop("compound_class").write_parquet(inp)
     with pytest.raises(RtprepError, match=r"missing required column.*'compound_class'"):
-        make_rt_prod_csv(inp, sp, tmp_path / "out.csv")
+        write_rt_csv(inp, sp, tmp_path / "out.csv")
     chemclass_frame().with_columns(pl.lit("x").alias("IS3")).write_parquet(inp)
     with pytest.raises(RtprepError, match="column 'IS3': covariate must be numeric"):
-        make_rt_prod_csv(inp, sp, tmp_path / "out.csv")
+        write_rt_csv(inp, sp, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -284,7 +284,7 @@ def test_test_rows_equal_the_training_path(tmp_path: Path) -> None:
     chemclass = tmp_path / "capped_chemclass.parquet"
     attach_chem_classes(capped, paths["lib_mapping"], paths["classes"], chemclass)
     csv = tmp_path / "capped_chemclass_rt_prod.csv"
-    make_rt_prod_csv(chemclass, paths["species_mapping"], csv)
+    write_rt_csv(chemclass, paths["species_mapping"], csv)
 
     got = pl.read_parquet(test_out)
     assert pl.read_csv(csv, schema=got.schema).equals(got)

@@ -20,8 +20,8 @@ import pytest
 import rtprep.stages.merge as merge_mod
 import rtprep.stages.rt_csv as rtcsv
 from rtprep.core.hashing import IDENTITY_COLUMNS, id_hash, with_row_hash
-from rtprep.stages.cap import assign_folds, sample_per_species_compound
-from rtprep.stages.coverage import summarize_species_compounds
+from rtprep.stages.cap import assign_folds, cap_species_compounds
+from rtprep.stages.coverage import species_compound_coverage
 from rtprep.stages.merge import merge_export
 from rtprep.stages.rt_csv import write_test_rows
 from rtprep.stages.split import split_lib
@@ -246,7 +246,7 @@ def test_split_and_coverage_equal_eager_reference(chain: dict, tmp_path: Path, l
     assert acc.rows_out == ref.height and acc.drops["apex_rt_out_of_range"] > 0
 
     csv = tmp_path / "coverage.csv"
-    summarize_species_compounds(out, csv)
+    species_compound_coverage(out, csv)
     assert pl.read_csv(csv).equals(coverage_reference(ref))
 
 
@@ -256,7 +256,7 @@ def test_cap_equals_eager_reference(chain: dict, tmp_path: Path, cap: int, seed:
     split_lib(chain["merged"], 209, lib_file, rt_range=RT_RANGE)
     lib_df = pl.read_parquet(lib_file)
     out = tmp_path / "cap.parquet"
-    sample_per_species_compound(lib_file, out, cap_per_pair=cap, seed=seed)
+    cap_species_compounds(lib_file, out, cap_per_pair=cap, seed=seed)
     got = pl.read_parquet(out)
     assert got.equals(cap_reference(lib_df, cap, seed))
     assert got.group_by(PAIR).len()["len"].max() == cap
@@ -268,7 +268,7 @@ def test_cap_equals_eager_reference(chain: dict, tmp_path: Path, cap: int, seed:
     assert fold_df.equals(folds_reference(lib_df, 0.25, seed))
     train = fold_df.filter(pl.col("fold") == "train")["sample_set_id"]
     out_train = tmp_path / "cap_train.parquet"
-    sample_per_species_compound(lib_file, out_train, cap_per_pair=cap, seed=seed,
+    cap_species_compounds(lib_file, out_train, cap_per_pair=cap, seed=seed,
                                 folds_csv=folds, fold="train")
     ref = cap_reference(lib_df.filter(pl.col("sample_set_id").is_in(train.implode())), cap,
                         seed)

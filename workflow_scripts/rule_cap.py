@@ -3,10 +3,10 @@
 from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.stages.cap import sample_per_species_compound
+from rtprep.stages.cap import cap_species_compounds
 
 folds = snakemake.input.get("folds")
-sample_per_species_compound(
+cap_species_compounds(
     snakemake.input[0],
     snakemake.output[0],
     cap_per_pair=snakemake.params.cap,

@@ -3,9 +3,9 @@
 from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.stages.coverage import summarize_species_compounds
+from rtprep.stages.coverage import species_compound_coverage
 
-summarize_species_compounds(
+species_compound_coverage(
     snakemake.input[0],
     snakemake.output.csv,
     caps=tuple(snakemake.params.caps),

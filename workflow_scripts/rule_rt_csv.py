@@ -3,9 +3,9 @@
 from rtprep.workflow.script import start
 
 start(snakemake)
-from rtprep.stages.rt_csv import make_rt_prod_csv
+from rtprep.stages.rt_csv import write_rt_csv
 
-make_rt_prod_csv(
+write_rt_csv(
     snakemake.input.parquet,
     snakemake.input.species_mapping,
     snakemake.output[0],

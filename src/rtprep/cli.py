@@ -104,11 +104,11 @@ def cmd_split(a: argparse.Namespace) -> None:
 
 
 def cmd_coverage(a: argparse.Namespace) -> None:
-    from rtprep.stages.coverage import summarize_species_compounds
+    from rtprep.stages.coverage import species_compound_coverage
 
     for f in a.files:
         f = _p(f)
-        text = summarize_species_compounds(
+        text = species_compound_coverage(
             f,
             beside(f, "_species_compounds.csv"),
             caps=tuple(a.caps),
@@ -118,11 +118,11 @@ def cmd_coverage(a: argparse.Namespace) -> None:
 
 
 def cmd_cap(a: argparse.Namespace) -> None:
-    from rtprep.stages.cap import sample_per_species_compound
+    from rtprep.stages.cap import cap_species_compounds
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, f"_cap{a.cap_per_pair}.parquet")
-    acc = sample_per_species_compound(f, out, cap_per_pair=a.cap_per_pair, seed=a.seed)
+    acc = cap_species_compounds(f, out, cap_per_pair=a.cap_per_pair, seed=a.seed)
     print(f"{out}: {acc.funnel()}")
 
 
@@ -155,11 +155,11 @@ def cmd_attach(a: argparse.Namespace) -> None:
 
 
 def cmd_rt_csv(a: argparse.Namespace) -> None:
-    from rtprep.stages.rt_csv import make_rt_prod_csv
+    from rtprep.stages.rt_csv import write_rt_csv
 
     f = _p(a.input)
     out = _p(a.output) if a.output else beside(f, "_rt_prod.csv")
-    acc = make_rt_prod_csv(f, _p(a.species_mapping), out, families=tuple(a.families))
+    acc = write_rt_csv(f, _p(a.species_mapping), out, families=tuple(a.families))
     print(f"{out}: {acc.funnel()}")
 
 

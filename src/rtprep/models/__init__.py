@@ -1,4 +1,5 @@
-"""Stage 8: ridge and partial-pooling (PyMC) RT models, leak-free evaluation, prediction.
+"""The train, evaluate and predict stages: ridge and partial-pooling (PyMC) RT models,
+leak-free evaluation, prediction.
 
 Public API: :func:`train`, :func:`evaluate`, :func:`predict`, :class:`ModelOptions`,
 :class:`FittedModel` (the saved/loaded fitted state of one model). Heavy imports (PyMC) happen

@@ -1,4 +1,4 @@
-"""Stage 8's public functions: :func:`train`, :func:`evaluate`, :func:`predict`."""
+"""The models' public functions: :func:`train`, :func:`evaluate`, :func:`predict`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rtprep.core import embeddings as core_embeddings
 from rtprep.core.artifacts import (
     RowAccount,
     atomic_output,
@@ -43,22 +44,10 @@ log = logging.getLogger(__name__)
 
 
 def read_embeddings(path: str | Path) -> Embeddings:
-    """Read ``chem_id, embedding20`` (a list of finite floats per compound)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RtprepError(f"{path}: embeddings file not found")
-    try:
-        df = pl.read_parquet(path, columns=["chem_id", "embedding20"])
-    except pl.exceptions.ColumnNotFoundError as exc:
-        raise input_error(path, "needs columns 'chem_id' and 'embedding20'") from exc
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise input_error(path, f"cannot be read as Parquet: {exc}") from exc
-    lens = df["embedding20"].cast(pl.List(pl.Float64)).list.len().unique().to_list()
-    if len(lens) != 1:
-        raise input_error(path, f"embeddings have different lengths {sorted(lens)}",
-                          column="embedding20")
-    df = df.with_columns(pl.col("chem_id").cast(pl.String))
-    return Embeddings.from_frame(df)
+    """The embeddings file (:func:`rtprep.core.embeddings.read_embeddings`: checked, one vector
+    per chem_id), standardised for the pooled model."""
+    df, _ = core_embeddings.read_embeddings(path)
+    return Embeddings.from_frame(df.with_columns(pl.col("chem_id").cast(pl.String)))
 
 
 def train(input_csv: str | Path, out_dir: str | Path, *, options: ModelOptions,

@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         s.add_argument("--embeddings", help="Parquet chem_id, embedding20 (optional: the "
                        "pooled model then regresses compound effects on embeddings)")
 
-    s = subparsers.add_parser("train", help="step 8: fit ridge + partial-pooling RT models",
+    s = subparsers.add_parser("train", help="train: fit ridge + partial-pooling RT models",
                               description=cmd_train.__doc__)
     s.add_argument("--input", required=True, help="..._chemclass_rt_prod.csv")
     s.add_argument("--out", required=True, help="output folder (ridge/, pooled/, model.json)")

@@ -52,7 +52,7 @@ from rtprep.models.options import ModelOptions
 
 log = logging.getLogger(__name__)
 
-#: Support bins (training rows of the row's group), as in the issue.
+#: Support bins (training rows of the row's group).
 SUPPORT_BINS: tuple[tuple[str, int, int], ...] = (
     ("≤1", 1, 1), ("2", 2, 2), ("3–5", 3, 5), ("6–10", 6, 10), ("11–20", 11, 20),
     ("21–50", 21, 50), ("51–100", 51, 100), (">100", 101, 2**62),

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rtprep.core.embeddings import EMBEDDING_COLUMN
 from rtprep.models import advi
 from rtprep.models.algebra import LOG_2PI, GroupAlgebra
 from rtprep.models.data import Covariates, GroupStats, unit_column
@@ -71,7 +72,7 @@ class Embeddings:
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame) -> Embeddings:
-        vals = np.asarray(df["embedding20"].to_list(), dtype=np.float64)
+        vals = np.asarray(df[EMBEDDING_COLUMN].to_list(), dtype=np.float64)
         ok = np.isfinite(vals).all(axis=1)
         vals = vals[ok]
         ids = [str(v) for v, keep in zip(df["chem_id"].to_list(), ok, strict=True) if keep]

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rtprep.core.embeddings import EMBEDDING_COLUMN
+
 
 @dataclass
 class SyntheticData:
@@ -114,8 +116,8 @@ def generate(*, n_species: int = 12, n_clusters: int = 3, n_compounds: int = 150
     embeddings = pl.DataFrame({
         "chem_id": (10_000 + np.arange(c_n)).astype(np.int64),
         "smiles": ["C"] * c_n,
-        "embedding20": emb,
-    }, schema_overrides={"embedding20": pl.Array(pl.Float64, embedding_dim)})
+        EMBEDDING_COLUMN: emb,
+    }, schema_overrides={EMBEDDING_COLUMN: pl.Array(pl.Float64, embedding_dim)})
     truth = pl.DataFrame({
         "species": np.array([f"sp{v:03d}" for v in range(s_n)])[g_sp],
         "compound": (10_000 + g_cpd).astype(np.int64),

@@ -368,7 +368,7 @@ def _rows_under_thresholds(lf: pl.LazyFrame, stats: pl.DataFrame, seed: int) -> 
 
 
 # --- the cap ----------------------------------------------------------------------------------
-def sample_per_species_compound(
+def cap_species_compounds(
     input: PathLike | Sequence[PathLike],
     output: PathLike,
     *,

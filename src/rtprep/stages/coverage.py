@@ -84,7 +84,7 @@ def _format_summary(name: str, table: pl.DataFrame, n_pairs: int, n_rows: int,
     return "\n".join(lines) + "\n"
 
 
-def summarize_species_compounds(lib_parquet: str | Path, csv_out: str | Path, *,
+def species_compound_coverage(lib_parquet: str | Path, csv_out: str | Path, *,
                                 caps: Sequence[int] = (10, 20, 50, 100),
                                 summary_out: str | Path | None = None) -> str:
     """Coverage of ``lib_parquet``: writes ``csv_out`` (every ``species_matrix_type, comp_id,
@@ -122,4 +122,4 @@ def summarize_species_compounds(lib_parquet: str | Path, csv_out: str | Path, *,
     return text
 
 
-__all__ = ["pair_counts", "retained_if_capped", "species_table", "summarize_species_compounds"]
+__all__ = ["pair_counts", "retained_if_capped", "species_compound_coverage", "species_table"]

@@ -186,7 +186,7 @@ def _count_no_species(ss_counts: pl.DataFrame, species_df: pl.DataFrame,
 
 
 # --- stage 7 ----------------------------------------------------------------------------------
-def make_rt_prod_csv(
+def write_rt_csv(
     input: str | Path,
     species_mapping: str | Path,
     output: str | Path,
