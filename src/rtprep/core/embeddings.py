@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from rtprep.core.errors import RtprepError, input_error
-from rtprep.core.frames import require_columns
+from rtprep.core.errors import input_error
+from rtprep.core.frames import parquet_schema, require_columns
 
 #: The embedding column of every embeddings table.
 EMBEDDING_COLUMN = "embedding20"
@@ -95,13 +95,8 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, int]:
     concerned.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RtprepError(f"{path}: embeddings file not found")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as exc:  # pyarrow/polars raise several types for a non-Parquet file
-        raise input_error(path, f"cannot be read as Parquet: {exc}") from exc
-    emb = _embedding_expr(path, pl.Schema(schema))
+    schema = parquet_schema(path, "embeddings file not found", "cannot be read as Parquet")
+    emb = _embedding_expr(path, schema)
     df = pl.read_parquet(path, columns=["chem_id", EMBEDDING_COLUMN]).select(
         pl.col("chem_id").cast(pl.Int64), emb
     )

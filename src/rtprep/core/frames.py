@@ -66,6 +66,20 @@ def write_csv_atomic(df: pl.DataFrame, path: str | Path) -> None:
         df.write_csv(tmp)
 
 
+def parquet_schema(path: str | Path, missing: str,
+                   unreadable: str = "not a readable Parquet file") -> pl.Schema:
+    """The schema of a Parquet input, or an error naming the file: ``missing`` when it is not
+    there, ``unreadable: <reason>`` when it is not Parquet."""
+    path = Path(path)
+    if not path.is_file():
+        raise RtprepError(f"{path}: {missing}")
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception as exc:  # pyarrow/polars raise several types for a non-Parquet file
+        raise input_error(path, f"{unreadable}: {exc}") from exc
+    return pl.Schema(schema)
+
+
 def require_columns(schema: pl.Schema | dict[str, pl.DataType], columns: Iterable[str],
                     path: str | Path, what: str = "") -> None:
     """Raise a clear error naming the file and the missing columns."""

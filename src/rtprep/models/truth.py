@@ -2,7 +2,7 @@
 
 The demo knows, for every peak it emitted, the noise-free retention time ``rt_true`` and whether
 the peak was mis-assigned. Joined to an evaluation's ``predictions.parquet`` on (sample set,
-task, compound, observed rt), it gives the yardstick the issue's acceptance is stated in: the
+task, compound, observed rt), it gives the yardstick the acceptance targets are stated in: the
 RMSE of the *true parameters* (``rt - rt_true``: the noise no model can remove) beside each
 model's RMSE, on all held-out rows (what a user sees, mis-assigned peaks included) and on the
 rows that are not mis-assigned (whether the model itself is right), and each model's error
@@ -26,7 +26,7 @@ from rtprep.core.frames import require_columns
 log = logging.getLogger(__name__)
 
 TRUTH_COLUMNS = ("sample_set_id", "task_id", "chem_id", "apex_rt", "rt_true", "is_misassigned")
-#: Support bins the issue's "bins ≤ 5" target covers.
+#: Support bins the "bins ≤ 5" target covers.
 LOW_SUPPORT_BINS = ("≤1", "2", "3–5")
 MODELS = ("ridge", "pooled", "group_mean", "class_mean", "global_mean")
 

@@ -31,12 +31,13 @@ from rtprep.core.artifacts import (
     hashed_file,
     write_sidecars,
 )
-from rtprep.core.errors import RtprepError, input_error
+from rtprep.core.errors import input_error
 from rtprep.core.frames import (
     checked_int_column,
     comp_counts_lazy,
     lib_ids_from_statistics,
     parquet_rows,
+    parquet_schema,
     read_csv_checked,
     require_columns,
     scan_checked,
@@ -69,12 +70,8 @@ def read_lib_mapping(path: str | Path) -> pl.DataFrame:
 def read_classes(path: str | Path) -> pl.DataFrame:
     """Read and validate a classes Parquet (``chem_id, compound_class``, one class per chem_id)."""
     path = Path(path)
-    if not path.is_file():
-        raise RtprepError(f"{path}: classes file not found (build it with `rtprep chem-classes`)")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as exc:  # several error types for a non-Parquet file
-        raise input_error(path, f"cannot be read as Parquet: {exc}") from exc
+    schema = parquet_schema(path, "classes file not found (build it with `rtprep chem-classes`)",
+                            "cannot be read as Parquet")
     require_columns(schema, CLASSES_COLUMNS, path, "a chem classes table")
     for c in CLASSES_COLUMNS:
         if not schema[c].is_integer():

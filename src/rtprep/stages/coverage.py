@@ -21,8 +21,8 @@ from rtprep.core.artifacts import (
     write_sidecars,
     write_text_atomic,
 )
-from rtprep.core.errors import RtprepError, input_error
-from rtprep.core.frames import require_columns
+from rtprep.core.errors import RtprepError
+from rtprep.core.frames import parquet_schema, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,7 @@ PAIR = ("species_matrix_type", "comp_id")
 def pair_counts(lib_parquet: str | Path) -> pl.DataFrame:
     """``species_matrix_type, comp_id, n_rows`` for every pair in the file, sorted (nulls last)."""
     lib_parquet = Path(lib_parquet)
-    if not lib_parquet.is_file():
-        raise RtprepError(f"{lib_parquet}: lib Parquet not found")
-    try:
-        schema = pl.read_parquet_schema(lib_parquet)
-    except Exception as exc:
-        raise input_error(lib_parquet, f"not a readable Parquet file: {exc}") from exc
+    schema = parquet_schema(lib_parquet, "lib Parquet not found")
     require_columns(schema, PAIR, lib_parquet, "a per-lib training file")
     return (
         pl.scan_parquet(lib_parquet)

@@ -101,27 +101,23 @@ def read_species_mapping(path: str | Path) -> pl.DataFrame:
             raise input_error(path, f"empty value on line {line}; every sample set needs a "
                               "species and a species cluster", column=c)
     df = df.unique().sort("sample_set_id", "species")
-    two_clusters = (
-        df.group_by("species")
-        .agg(pl.col("species_cluster").unique().sort())
-        .filter(pl.col("species_cluster").list.len() > 1)
-        .sort("species")
-    )
-    if two_clusters.height:
-        sp, cl = two_clusters.row(0)
-        raise input_error(path, f"species {sp!r} is in two or more clusters {cl}; a species "
-                          "must belong to exactly one species_cluster", column="species_cluster")
-    two_species = (
-        df.group_by("sample_set_id")
-        .agg(pl.col("species").unique().sort())
-        .filter(pl.col("species").list.len() > 1)
-        .sort("sample_set_id")
-    )
-    if two_species.height:
-        ss, sp = two_species.row(0)
-        raise input_error(path, f"sample_set_id {ss} is listed with different species {sp}",
-                          column="species")
+    two = _first_with_two(df, "species", "species_cluster")
+    if two is not None:
+        raise input_error(path, f"species {two[0]!r} is in two or more clusters {two[1]}; a "
+                          "species must belong to exactly one species_cluster",
+                          column="species_cluster")
+    two = _first_with_two(df, "sample_set_id", "species")
+    if two is not None:
+        raise input_error(path, f"sample_set_id {two[0]} is listed with different species "
+                          f"{two[1]}", column="species")
     return df
+
+
+def _first_with_two(df: pl.DataFrame, key: str, value: str) -> tuple[object, list[object]] | None:
+    """The first ``key`` (in order) with two or more values of ``value``, and those values."""
+    many = (df.group_by(key).agg(pl.col(value).unique().sort())
+            .filter(pl.col(value).list.len() > 1).sort(key))
+    return (many.row(0)[0], many.row(0)[1]) if many.height else None
 
 
 def read_folds(path: str | Path) -> pl.DataFrame:

@@ -26,7 +26,7 @@ from rtprep.core.artifacts import (
     write_sidecars,
 )
 from rtprep.core.errors import RtprepError, input_error
-from rtprep.core.frames import lib_ids_from_statistics, require_columns
+from rtprep.core.frames import lib_ids_from_statistics, parquet_schema, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,7 @@ DROP_REASONS: tuple[str, ...] = ("apex_rt_invalid", "apex_rt_out_of_range")
 
 
 def _merged_schema(merged: Path) -> pl.Schema:
-    if not merged.is_file():
-        raise RtprepError(f"{merged}: merged Parquet not found")
-    try:
-        schema = pl.read_parquet_schema(merged)
-    except Exception as exc:
-        raise input_error(merged, f"not a readable Parquet file: {exc}") from exc
-    return pl.Schema(schema)
+    return parquet_schema(merged, "merged Parquet not found")
 
 
 def libs_in_merged(merged: str | Path) -> list[int]:
