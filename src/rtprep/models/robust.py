@@ -63,6 +63,19 @@ INITIAL_K = 8.0
 INITIAL_MIN_ROWS = 5
 
 
+def robust_scale(groups: pl.DataFrame, gid: np.ndarray, r: np.ndarray, s2: np.ndarray,
+                 ) -> np.ndarray:
+    """Per row, a factor (at most 1) on its predictive variance: its compound's median of
+    ``r²/s²`` over the median of χ²₁ (0.455), where the compound has enough rows. A few
+    mis-assigned rows inflate their compound's noise; the median is not moved by them."""
+    cpd = groups["compound"].to_numpy()[gid] if groups.height else np.zeros(len(r))
+    frame = pl.DataFrame({"c": pl.Series(cpd).cast(pl.String), "z2": r * r / s2})
+    med = frame.group_by("c").agg(pl.col("z2").median().alias("m"), pl.len().alias("n"))
+    j = frame.join(med, on="c", how="left", maintain_order="left")
+    f = np.where(j["n"].to_numpy() >= INITIAL_MIN_ROWS * 4, j["m"].to_numpy() / 0.455, 1.0)
+    return np.clip(f, 0.25, 1.0)
+
+
 def initial_weights(groups: pl.DataFrame, gid: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The first round's weights: 1, but ``MIN_WEIGHT`` for rows far from their compound's
     median rt (``INITIAL_K`` robust sds across all its rows, whatever the species).
@@ -172,6 +185,7 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
         mean, cov, between, noise_var, _ = group_posterior_parts(fit.alg, fit.data, draws)
         mean[:, 1:] += fit.slope_means
         r, s2 = loo_residuals(mean, cov, noise_var, gid, x, y, w, between)
+        s2 = s2 * robust_scale(groups, gid, r, s2)
         new, mix = mixture_probabilities(r, s2, max_r2=float(np.ptp(y)) ** 2)
         change = float(np.abs(new - prob).max())
         prob = new
