@@ -21,7 +21,8 @@ shrinkage, the robust fit's start and its leverage fix in brackets):
   the ≤1-row bin 1.14 (1.43) x oracle, coverage 0.968 -> 1.30;
 - all rows: pooled 1.002 x the true parameters' RMSE -> 1.05; coverage 0.944 (0.912) ->
   [0.90, 0.98]; against rt_true 0.20 (0.28) x ridge -> 0.35;
-- training rows >= 5 noise sds off: flagged with precision 0.985, recall 0.90 -> 0.95, 0.85.
+- training rows >= 5 noise sds off: flagged with precision 0.958, recall 0.958 (0.985, 0.90)
+  -> 0.93, 0.90.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def test_demo_outlier_screen_drops_misassigned_training_rows(demo_eval: dict) ->
     # the screened rows are mostly the demo's mis-assigned peaks: 1.5% of the rows, the near
     # ones (5-15 sigma, or an isomer's RT) not all separable; measured 1.17% screened
     assert screen["outliers"] <= 0.02 * screen["rows"]
-    # against the truth table (rows >= 5 noise sds off): measured precision 0.985, recall 0.90
+    # against the truth table (rows >= 5 noise sds off): measured precision 0.958, recall 0.958
     flags = flag_report(pl.read_parquet(model_dir / "rows.parquet"),
                         read_truth_table(demo_eval["table"]))  # type: ignore[arg-type]
-    assert flags["precision"] >= 0.95 and flags["recall"] >= 0.85, flags
+    assert flags["precision"] >= 0.93 and flags["recall"] >= 0.90, flags
