@@ -18,7 +18,10 @@ collapsed design:
    ``v`` that mean's variance at the row, ``s²`` the noise and ``w`` the row's weight,
    ``h = w v / s²``, the residual without the row is ``r / (1 - h)`` and its variance
    ``s² + v / (1 - h)`` (exact for a Gaussian linear model given the hyperparameters), so a
-   mis-assigned row in a small group cannot hide by pulling its group. ``π`` and ``s_out`` are
+   mis-assigned row in a small group cannot hide by pulling its group; each compound's
+   variance is scaled by its median ``r²/s²`` over χ²₁'s where that is below 1
+   (:func:`robust_scale`), so a few near-off rows cannot hide behind the noise they inflate.
+   ``π`` and ``s_out`` are
    then fitted to those residuals (a one-dimensional EM), giving each row's posterior
    probability ``p`` of being mis-assigned.
 2. M-step: weights ``1 - p`` (at least ``MIN_WEIGHT``, so no group vanishes between rounds);
