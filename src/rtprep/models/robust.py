@@ -66,17 +66,30 @@ INITIAL_K = 8.0
 INITIAL_MIN_ROWS = 5
 
 
+#: Compounds with at least this many rows get their own noise scale (:func:`robust_scale`).
+SCALE_MIN_ROWS = 20
+
+
+def _by_compound(groups: pl.DataFrame, gid: np.ndarray, v: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: its compound's median of ``v``, the median absolute deviation from it and the
+    compound's row count."""
+    cpd = groups["compound"].to_numpy()[gid] if groups.height else np.zeros(len(v))
+    frame = pl.DataFrame({"c": pl.Series(cpd).cast(pl.String), "v": v})
+    stats = frame.group_by("c").agg(
+        pl.col("v").median().alias("med"), pl.len().alias("n"),
+        (pl.col("v") - pl.col("v").median()).abs().median().alias("mad"))
+    j = frame.join(stats, on="c", how="left", maintain_order="left")
+    return j["med"].to_numpy(), j["mad"].to_numpy(), j["n"].to_numpy()
+
+
 def robust_scale(groups: pl.DataFrame, gid: np.ndarray, r: np.ndarray, s2: np.ndarray,
                  ) -> np.ndarray:
     """Per row, a factor (at most 1) on its predictive variance: its compound's median of
     ``r²/s²`` over the median of χ²₁ (0.455), where the compound has enough rows. A few
     mis-assigned rows inflate their compound's noise; the median is not moved by them."""
-    cpd = groups["compound"].to_numpy()[gid] if groups.height else np.zeros(len(r))
-    frame = pl.DataFrame({"c": pl.Series(cpd).cast(pl.String), "z2": r * r / s2})
-    med = frame.group_by("c").agg(pl.col("z2").median().alias("m"), pl.len().alias("n"))
-    j = frame.join(med, on="c", how="left", maintain_order="left")
-    f = np.where(j["n"].to_numpy() >= INITIAL_MIN_ROWS * 4, j["m"].to_numpy() / 0.455, 1.0)
-    return np.clip(f, 0.25, 1.0)
+    med, _, n = _by_compound(groups, gid, r * r / s2)
+    return np.clip(np.where(n >= SCALE_MIN_ROWS, med / 0.455, 1.0), 0.25, 1.0)
 
 
 def initial_weights(groups: pl.DataFrame, gid: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -88,15 +101,8 @@ def initial_weights(groups: pl.DataFrame, gid: np.ndarray, y: np.ndarray) -> np.
     spread across a compound's rows holds species shifts and drift, so only rows far beyond
     them start down-weighted; every row's probability is then judged by the fitted model.
     """
-    cpd = groups["compound"].to_numpy()[gid] if groups.height else np.zeros(len(y))
-    frame = pl.DataFrame({"c": pl.Series(cpd).cast(pl.String), "y": y})
-    stats = frame.group_by("c").agg(
-        pl.col("y").median().alias("med"), pl.len().alias("n"),
-        (pl.col("y") - pl.col("y").median()).abs().median().alias("mad"))
-    j = frame.join(stats, on="c", how="left", maintain_order="left")
-    far = ((j["n"] >= INITIAL_MIN_ROWS)
-           & ((j["y"] - j["med"]).abs() > INITIAL_K * 1.4826 * j["mad"])
-           & (j["mad"] > 0)).to_numpy()
+    med, mad, n = _by_compound(groups, gid, y)
+    far = (n >= INITIAL_MIN_ROWS) & (np.abs(y - med) > INITIAL_K * 1.4826 * mad) & (mad > 0)
     return np.where(far, MIN_WEIGHT, 1.0)
 
 
