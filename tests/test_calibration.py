@@ -176,3 +176,45 @@ def test_formulas_from_structures(tmp_path: Path) -> None:
     pl.DataFrame({"chem_id": [1, 2, 3, 4], "smiles": ["CCO", "COC", "CCCO", "not a smiles"],
                   "embedding20": [[0.0] * 3] * 4}).write_parquet(emb)
     assert formulas(emb) == {"1": "C2H6O", "2": "C2H6O", "3": "C3H8O"}
+
+
+def test_isomer_choice_blocks_give_the_whole_grids_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peak × isomer grid is scored a block at a time (memory bound for large isomer
+    groups): any block size gives the same shares and intervals, and no block exceeds it."""
+    import numpy as np
+
+    from rtprep.models import isomers
+
+    rng = np.random.default_rng(3)
+    compounds = [f"c{i}" for i in range(12)]
+    centre = {c: 1.0 + 0.4 * i for i, c in enumerate(compounds)}
+    # formula A: 7 isomers, B: 4, C: 1 (no isomers, so its peaks are not scored)
+    formula = {c: ("A" if i < 7 else "B" if i < 11 else "C") for i, c in enumerate(compounds)}
+    n = 400
+    comp = rng.choice(compounds, n)
+    test = pl.DataFrame({"compound": comp, "compound_class": 0,
+                         "rt": [centre[c] + rng.normal(0, 0.25) for c in comp],
+                         "sampleset_id": rng.integers(0, 20, n)})
+    train = pl.DataFrame({"compound": compounds[:-2], "rt": [centre[c] for c in compounds[:-2]]})
+    seen: list[int] = []
+
+    class Model:  # the two members isomer_choice uses, with a compound-wise prediction
+        groups = pl.DataFrame({"compound": compounds, "compound_class": 0})
+
+        def __init__(self, shift: float) -> None:
+            self.shift = shift
+
+        def predict_frame(self, grid: pl.DataFrame) -> pl.DataFrame:
+            seen.append(grid.height)
+            mean = grid["compound"].replace_strict(centre, return_dtype=pl.Float64) + self.shift
+            return pl.DataFrame({"rt_pred": mean, "rt_sd": pl.Series([0.3] * grid.height)})
+
+    models = {"pooled": Model(0.0), "ridge": Model(0.15)}
+    whole = isomers.isomer_choice(models, train, test, formula, seed=1)
+    assert len(seen) == 2  # at the default size, one block for each model
+    assert whole["peaks"] == int(sum(formula[c] != "C" for c in comp))
+    for size in (1, 5, 64):
+        seen.clear()
+        monkeypatch.setattr(isomers, "GRID_ROWS", size)
+        assert isomers.isomer_choice(models, train, test, formula, seed=1) == whole
+        assert max(seen) <= max(size, 7) and len(seen) > 2

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: Bootstrap resamples of whole sample sets for the intervals (as :mod:`.calibration`).
 BOOTSTRAP = 200
+#: Peak × isomer rows scored at a time (each carries the test row's covariates): bounds the
+#: isomer choice's memory whatever the size of the isomer groups.
+GRID_ROWS = 500_000
 
 
 def formulas(embeddings: str | Path) -> dict[str, str]:
@@ -63,35 +66,44 @@ def isomer_choice(models: FittedModel | dict[str, FittedModel], train: pl.DataFr
     sizes = known.group_by("formula").len().filter(pl.col("len") >= 2)
     iso = known.join(sizes.select("formula"), on="formula")
     rows = (test.with_row_index("_peak")
-            .join(iso.select("compound", "formula"), on="compound", how="inner"))
+            .join(iso.select("compound", "formula"), on="compound", how="inner")
+            .sort("_peak"))
     if rows.height == 0:
         return {"peaks": 0, "formulas": sizes.height}
-    # every isomer of each peak's compound, in that peak's injection
-    grid = (rows.drop("compound", "compound_class")
-            .join(iso.rename({"compound": "candidate"}), on="formula")
-            .with_columns(pl.col("candidate").alias("compound")))
     medians = train.group_by("compound").agg(pl.col("rt").median().alias("median"))
-    base = grid.select("_peak", "candidate", "rt").join(
-        medians.rename({"compound": "candidate"}), on="candidate", how="left")
     truth = rows.select("_peak", "compound",
                         (pl.col("sampleset_id") if "sampleset_id" in rows.columns
                          else pl.lit(0)).alias("_set"))
-    # a candidate without a median (or, below, a density) is not a choice: a peak none of whose
-    # candidates has one counts as not right; ties go to the first candidate by name
-    pick_median = (base.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
-                   .filter(pl.col("dist").is_not_null())
-                   .sort("_peak", "dist", "candidate")
-                   .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
-    right = {"nearest_median": _right(truth, pick_median)}
-    for name, model in models.items():
-        pred = model.predict_frame(grid)
-        dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
-                        pred["rt_sd"].to_numpy())
-        pick = (base.with_columns(pl.Series("density", dens))
+    # Each peak meets every isomer of its compound, in its own injection: a grid of peaks ×
+    # isomers, built and scored a block of peaks at a time so that large isomer groups (tens
+    # of compounds one formula) stay within memory; each peak's choice is its own, so the
+    # blocks give the picks the whole grid would.
+    n_cand = rows.join(sizes, on="formula", how="left", maintain_order="left")["len"].to_numpy()
+    picks: dict[str, list[pl.DataFrame]] = {"nearest_median": []} | {n: [] for n in models}
+    for lo, hi in _blocks(n_cand, GRID_ROWS):
+        block = rows.slice(lo, hi - lo)
+        grid = (block.drop("compound", "compound_class")
+                .join(iso.rename({"compound": "candidate"}), on="formula")
+                .with_columns(pl.col("candidate").alias("compound")))
+        base = grid.select("_peak", "candidate", "rt").join(
+            medians.rename({"compound": "candidate"}), on="candidate", how="left")
+        # a candidate without a median (or, below, a density) is not a choice: a peak none of
+        # whose candidates has one counts as not right; ties go to the first candidate by name
+        picks["nearest_median"].append(
+            base.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
+            .filter(pl.col("dist").is_not_null())
+            .sort("_peak", "dist", "candidate")
+            .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
+        for name, model in models.items():
+            pred = model.predict_frame(grid)
+            dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
+                            pred["rt_sd"].to_numpy())
+            picks[name].append(
+                base.with_columns(pl.Series("density", dens))
                 .filter(pl.col("density").is_finite())
                 .sort("_peak", "density", "candidate", descending=[False, True, False])
                 .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
-        right[name] = _right(truth, pick)
+    right = {name: _right(truth, pl.concat(p)) for name, p in picks.items()}
     out: dict[str, Any] = {"peaks": rows.height, "formulas": sizes.height,
                            "compounds_with_isomers": iso.height}
     names = list(models)
@@ -100,6 +112,21 @@ def isomer_choice(models: FittedModel | dict[str, FittedModel], train: pl.DataFr
     for name in names:
         out[f"{name}_right"] = float(right[name].mean())
     out["ci95"] = _bootstrap(truth["_set"].to_numpy(), right, names, seed)
+    return out
+
+
+def _blocks(counts: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``[lo, hi)`` ranges of ``counts`` whose sums stay within ``limit`` (a range
+    holds at least one item, however large)."""
+    out: list[tuple[int, int]] = []
+    lo, total = 0, 0
+    for i, c in enumerate(counts.tolist()):
+        if i > lo and total + c > limit:
+            out.append((lo, i))
+            lo, total = i, 0
+        total += c
+    if lo < len(counts):
+        out.append((lo, len(counts)))
     return out
 
 
