@@ -54,6 +54,8 @@ rule attach:
         P.chemclass(*HLC, kind="{kind}"),
     log:
         P.log("attach/{hash}_lib{lib}_{kind}{cap}"),
+    benchmark:
+        P.benchmark("attach/{hash}_lib{lib}_{kind}{cap}")
     priority: PRIORITY_DATA
     conda:
         ENV

@@ -177,8 +177,10 @@ def eval_entries(wildcards):
     ]
 
 
-# Threads by input size: a model fit of a small CSV runs on one core (compiling the model and
-# stepping ADVI are single-threaded there), so two fits share a 2-core machine; the data stages
-# use one thread below 20 MB of input (a few hundred thousand rows), where a second buys nothing.
-model_threads = threads_for_inputs(100, 2)
+# Threads: a model fit runs on one core (compiling the model and stepping ADVI are
+# single-threaded, and the batched small-matrix algebra gains nothing from a second thread: a
+# 600,000-row fit took 236 s on one thread, 259 s on two), so two fits share a 2-core machine;
+# the data stages use one thread below 20 MB of input (a few hundred thousand rows), where a
+# second buys nothing.
+model_threads = 1
 data_threads = threads_for_inputs(20, 2)

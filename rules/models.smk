@@ -47,6 +47,8 @@ rule evaluate:
         model=directory(P.eval_file(*HLC, split="{split}", name=EVAL_MODEL_DIR)),
     log:
         P.log("evaluate/{hash}_lib{lib}_cap{cap}_{split}"),
+    benchmark:
+        P.benchmark("evaluate/{hash}_lib{lib}_cap{cap}_{split}")
     priority: PRIORITY_MODEL
     conda:
         ENV

@@ -10,6 +10,8 @@ rule rt_csv:
         P.rt_csv(*HLC, kind="{kind}"),
     log:
         P.log("rt_csv/{hash}_lib{lib}_{kind}{cap}"),
+    benchmark:
+        P.benchmark("rt_csv/{hash}_lib{lib}_{kind}{cap}")
     priority: PRIORITY_DATA
     conda:
         ENV
@@ -34,6 +36,8 @@ rule test_rows:
         P.test_rows("{hash}", "{lib}", "{split}"),
     log:
         P.log("test_rows/{hash}_lib{lib}_{split}"),
+    benchmark:
+        P.benchmark("test_rows/{hash}_lib{lib}_{split}")
     priority: PRIORITY_DATA
     conda:
         ENV

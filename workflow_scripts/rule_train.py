@@ -3,6 +3,9 @@
 from rtprep.workflow.script import start
 
 start(snakemake)
+from rtprep.core.memory import reuse_freed_memory
+
+reuse_freed_memory()
 from rtprep.models.api import train
 from rtprep.models.options import ModelOptions
 

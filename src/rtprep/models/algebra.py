@@ -33,16 +33,42 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass
-class GroupAlgebra:
-    """``K`` and the products the fits need, for every group (arrays indexed by group)."""
+class GroupMoments:
+    """Each group's weighted sums (arrays indexed by group): what the slope prior and the
+    choice of λ need, without factoring anything."""
 
-    lam: float
     n: np.ndarray        # (G,)
     ybar: np.ndarray     # (G,)
     s: np.ndarray        # (G, p)  Σx
     c: np.ndarray        # (G, p)  Xᵀyc
     yty: np.ndarray      # (G,)    ycᵀyc
     xtx: np.ndarray      # (G, p, p)
+
+    @classmethod
+    def of(cls, stats: GroupStats) -> GroupMoments:
+        return cls(n=stats.n, ybar=stats.ybar, s=stats.sx, c=stats.xty, yty=stats.yty,
+                   xtx=stats.xtx)
+
+    @property
+    def p(self) -> int:
+        return int(self.s.shape[1])
+
+    def within(self) -> np.ndarray:
+        """Each group's within-group ``XᵀX`` (rows centred on the group's mean): ``XᵀX - ssᵀ/n``."""
+        return self.xtx - self.s[:, :, None] * self.s[:, None, :] / self.n[:, None, None]
+
+    def within_eigh(self, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (clipped at 0) and eigenvectors of :meth:`within` (or of ``w``, when
+        the caller has it already), per group."""
+        e, v = np.linalg.eigh(self.within() if w is None else w)
+        return np.maximum(e, 0.0), v
+
+
+@dataclass
+class GroupAlgebra(GroupMoments):
+    """:class:`GroupMoments` with ``K`` and the products the fits need."""
+
+    lam: float
     k: np.ndarray        # (G, p, p)  (XᵀX + λI)⁻¹
     ks: np.ndarray       # (G, p)  K s
     kc: np.ndarray       # (G, p)  K c
@@ -59,30 +85,17 @@ class GroupAlgebra:
         chol = np.linalg.cholesky(b)
         eye = np.broadcast_to(np.eye(p), b.shape)
         linv = np.linalg.solve(chol, eye)          # L⁻¹
-        k = np.einsum("gji,gjk->gik", linv, linv)  # K = L⁻ᵀ L⁻¹
+        k = np.matmul(linv.transpose(0, 2, 1), linv)  # K = L⁻ᵀ L⁻¹ (batched BLAS, not einsum)
+        k = 0.5 * (k + k.transpose(0, 2, 1))          # exactly symmetric
         logdet = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) - p * np.log(lam)
-        ks = np.einsum("gij,gj->gi", k, stats.sx)
-        kc = np.einsum("gij,gj->gi", k, stats.xty)
+        ks = np.matmul(k, stats.sx[:, :, None])[:, :, 0]
+        kc = np.matmul(k, stats.xty[:, :, None])[:, :, 0]
         return cls(
             lam=float(lam), n=stats.n, ybar=stats.ybar, s=stats.sx, c=stats.xty, yty=stats.yty,
             xtx=stats.xtx, k=k, ks=ks, kc=kc,
             sks=np.einsum("gi,gi->g", stats.sx, ks), skc=np.einsum("gi,gi->g", stats.sx, kc),
             ckc=np.einsum("gi,gi->g", stats.xty, kc), logdet=logdet,
         )
-
-    @property
-    def p(self) -> int:
-        return int(self.s.shape[1])
-
-    def within(self) -> np.ndarray:
-        """Each group's within-group ``XᵀX`` (rows centred on the group's mean): ``XᵀX - ssᵀ/n``."""
-        return self.xtx - self.s[:, :, None] * self.s[:, None, :] / self.n[:, None, None]
-
-    def within_eigh(self, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Eigenvalues (clipped at 0) and eigenvectors of :meth:`within` (or of ``w``, when
-        the caller has it already), per group."""
-        e, v = np.linalg.eigh(self.within() if w is None else w)
-        return np.maximum(e, 0.0), v
 
     def shifted(self, t: np.ndarray, kappa: np.ndarray) -> GroupAlgebra:
         """The algebra of ``y' = y - t_g x·κ``: :meth:`shifted_by` with ``m_g = t_g κ``."""
@@ -133,14 +146,18 @@ class GroupAlgebra:
 
     # -- conditional posterior of θ -----------------------------------------------------------
     def posterior(self, rho: np.ndarray, mu_prime: np.ndarray,
-                  m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  m: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Posterior mean of (a - ȳ, b) given prior ``a ~ N(μ, σ²/ρ)``, ``b ~ N(m, σ²/λ)``.
 
         Returns ``(a', b, S)`` with ``S = n + ρ - sᵀKs``; the posterior covariance is
         ``σ² [[1/S, -(Ks)ᵀ/S], [-Ks/S, K + Ks Ksᵀ/S]]`` (see :meth:`covariance`).
-        ``rho = 0`` and ``m = 0`` give the ridge fit.
+        ``rho = 0`` and ``m = 0`` give the ridge fit; ``m = None`` is ``m = 0`` without the
+        products with it.
         """
         s_schur = self.n + rho - self.sks
+        if m is None:
+            a = (rho * mu_prime - self.skc) / s_schur
+            return a, self.kc - self.ks * a[:, None], s_schur
         ks_m = np.einsum("gi,gi->g", self.ks, m)
         a = (rho * mu_prime - self.skc - self.lam * ks_m) / s_schur
         km = np.einsum("gij,gj->gi", self.k, m)

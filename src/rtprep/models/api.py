@@ -149,10 +149,10 @@ def _weighted_statistics(df: pl.DataFrame, covs: Covariates, opts: ModelOptions,
     if not (opts.robust and stats.groups.height):
         return df, stats, _rows_table(df, np.zeros(df.height)), None
     alg, _ = ridge_algebra(stats, opts.ridge_lambda)
-    sigma_init, lam = _sigma_init(stats, covs, alg, opts), alg.lam
+    sigma_init = _sigma_init(stats, covs, alg, opts)
     del stats, alg  # the rounds build their own (weighted) statistics
-    prob, screen = misassignment(groups, gid, x, y, covs, opts, ridge_lambda=lam,
-                                 sigma_init=sigma_init, embeddings=emb)
+    prob, screen = misassignment(groups, gid, x, y, covs, opts, sigma_init=sigma_init,
+                                 embeddings=emb)
     require_converged(screen["fit"], input_csv, opts, "robust fit")
     rows_table = _rows_table(df, prob)
     flags = prob > 0.5

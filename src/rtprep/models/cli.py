@@ -32,8 +32,10 @@ def _options(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rtprep train``: fit ridge + pooled models on an RT CSV."""
+    from rtprep.core.memory import reuse_freed_memory
     from rtprep.models.api import train
 
+    reuse_freed_memory()
     manifest = train(args.input, args.out, options=_options(args), quick=args.quick,
                      embeddings=args.embeddings)
     print(f"wrote {args.out}: {manifest['n_groups']:,} groups from "
@@ -43,8 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rtprep evaluate``: score models on held-out test rows."""
+    from rtprep.core.memory import reuse_freed_memory
     from rtprep.models.evaluate import evaluate
 
+    reuse_freed_memory()
     result = evaluate(args.model, args.train, args.test, args.out, options=_options(args),
                       embeddings=args.embeddings, quick=args.quick, truth=args.truth)
     print(f"wrote {args.out}/metrics.json ({result['test_rows']:,} test rows)")

@@ -54,7 +54,7 @@ import polars as pl
 
 from rtprep.core.embeddings import EMBEDDING_COLUMN
 from rtprep.models import advi
-from rtprep.models.algebra import LOG_2PI, GroupAlgebra
+from rtprep.models.algebra import LOG_2PI, GroupAlgebra, GroupMoments
 from rtprep.models.data import Covariates, GroupStats, unit_column
 from rtprep.models.fitted import FittedModel
 from rtprep.models.options import ModelOptions
@@ -493,29 +493,38 @@ class PreparedFit:
     lambda_info: dict[str, Any] | None
 
 
-def prepare_fit(stats: GroupStats, alg: GroupAlgebra, options: ModelOptions, sigma_init: float,
+def prepare_fit(stats: GroupStats, alg: GroupMoments, options: ModelOptions, sigma_init: float,
                 embeddings: Embeddings | None) -> PreparedFit:
     """:func:`prepare`, the slope prior mean estimated (:mod:`rtprep.models.slopes`), λ chosen,
-    and the statistics shifted by the prior mean."""
-    d = prepare(stats, alg, options.group_by, sigma_init, embeddings)
+    and the statistics shifted by the prior mean.
+
+    ``alg``: the statistics' moments; a :class:`GroupAlgebra` at the fit's λ is reused, any
+    other is factored once at the λ chosen (the prior and λ need the moments only).
+    """
+    lam = float(options.pooled_lambda)
     p = alg.p
     if not p:
-        return PreparedFit(d, alg, None, np.zeros((len(alg.n), 0)), None)
-    prior = fit_slope_prior(alg, d.unit_g, d.cpd_g, len(d.units), len(d.compounds),
+        full = (alg if isinstance(alg, GroupAlgebra)  # no slopes: λ plays no part
+                else GroupAlgebra.from_stats(stats, lam if lam > 0 else 1.0))
+        return PreparedFit(prepare(stats, full, options.group_by, sigma_init, embeddings),
+                           full, None, np.zeros((len(alg.n), 0)), None)
+    g = stats.groups
+    units, unit_g = _codes(g[unit_column(options.group_by)])
+    compounds, cpd_g = _codes(g["compound"])
+    prior = fit_slope_prior(alg, unit_g, cpd_g, len(units), len(compounds),
                             int(options.slope_knots) if options.slope_by_rt else None)
-    m = prior.group_means(d.unit_g, d.cpd_g)
+    m = prior.group_means(unit_g, cpd_g)
     log.info("pooled: slope prior mean along the gradient: %d basis functions, "
              "spread of compound slopes %.4g", prior.kappa.shape[0],
              float(np.abs(prior.compound_slopes()).sum(axis=1).std()))
-    lam = float(options.pooled_lambda)
     lam_info = None
     if lam <= 0:
         lam, lam_info = choose_lambda(alg, m)
-    if lam != alg.lam:
-        alg = GroupAlgebra.from_stats(stats, lam)
-    alg = alg.shifted_by(m)
-    return PreparedFit(prepare(stats, alg, options.group_by, sigma_init, embeddings), alg, prior,
-                       m, lam_info)
+    full = (alg if isinstance(alg, GroupAlgebra) and alg.lam == lam
+            else GroupAlgebra.from_stats(stats, lam))
+    shifted = full.shifted_by(m)
+    return PreparedFit(prepare(stats, shifted, options.group_by, sigma_init, embeddings),
+                       shifted, prior, m, lam_info)
 
 
 def _log_s2(d: PooledData, draws: dict[str, np.ndarray]) -> np.ndarray:
@@ -549,23 +558,28 @@ def group_posterior_parts(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.
     n_draws = draws["alpha0"].shape[0]
     log_s2 = _log_s2(d, draws)
     s_theta = np.zeros((g, p + 1))
-    s_outer = np.zeros((g, (p + 1) ** 2))
+    s_outer = np.zeros((g, p + 1, p + 1))
     s_w = np.zeros(g)
     s_ws = np.zeros(g)
-    zeros = np.zeros((g, p))
+    block = np.empty((g, p + 1, _OUTER_BLOCK))  # a few draws' θ, for one batched product
+    outer = np.empty_like(s_outer)
     for i in range(n_draws):  # a loop over posterior draws (tens), each vectorised over groups
         s2 = np.exp(log_s2[i])
         rho = s2 / draws["tau_group"][i] ** 2
         mu = (draws["alpha0"][i] + draws["species_effect"][i][d.unit_g]
               + draws["compound_effect"][i][d.cpd_g] - alg.ybar)
-        a, b, s_schur = alg.posterior(rho, mu, zeros)
-        theta = np.concatenate([(alg.ybar + a)[:, None], b], axis=1)
+        a, b, s_schur = alg.posterior(rho, mu, None)  # the prior slope mean is 0 here
+        theta = block[:, :, i % _OUTER_BLOCK]
+        theta[:, 0] = alg.ybar + a
+        theta[:, 1:] = b
         s_theta += theta
-        s_outer += (theta[:, :, None] * theta[:, None, :]).reshape(g, -1)
+        if i % _OUTER_BLOCK == _OUTER_BLOCK - 1 or i == n_draws - 1:  # Σ θθᵀ over the block
+            used = block[:, :, :i % _OUTER_BLOCK + 1]
+            s_outer += np.matmul(used, used.transpose(0, 2, 1), out=outer)
         s_w += s2
         s_ws += s2 / s_schur
     mean = s_theta / n_draws
-    between = s_outer / n_draws - (mean[:, :, None] * mean[:, None, :]).reshape(g, -1)
+    between = (s_outer / n_draws - mean[:, :, None] * mean[:, None, :]).reshape(g, -1)
     within = alg.covariance(s_w / n_draws, s_ws / n_draws)
     var_log = log_s2.var(axis=0) if n_draws > 1 else np.zeros(g)
     df = np.where(var_log > 1e-12, 2.0 / np.maximum(var_log, 1e-12), np.inf)
@@ -573,6 +587,8 @@ def group_posterior_parts(alg: GroupAlgebra, d: PooledData, draws: dict[str, np.
     return mean, within, between, s_w / n_draws, df
 
 
+#: Draws whose θθᵀ are summed in one batched product (:func:`group_posterior_parts`).
+_OUTER_BLOCK = 8
 #: Degrees of freedom of the predictive t: beyond ``MAX_DF`` a normal; never below ``MIN_DF``.
 MAX_DF = 200.0
 MIN_DF = 3.0

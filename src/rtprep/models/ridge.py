@@ -80,7 +80,7 @@ def fit_ridge(stats: GroupStats, covs: Covariates, alg: GroupAlgebra, *, group_b
     g = stats.groups.height
     p = stats.p
     zeros = np.zeros(g)
-    a, b, s_schur = alg.posterior(zeros, zeros, np.zeros((g, p)))
+    a, b, s_schur = alg.posterior(zeros, zeros, None)
     rss = np.maximum(alg.rss(a, b), 0.0)
     # df of a ridge fit: trace of the hat matrix = (p+1) - λ·tr((M⁻¹)_bb)
     tr_k = np.trace(alg.k, axis1=1, axis2=2)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rtprep.models.algebra import GroupAlgebra
+from rtprep.models.algebra import GroupMoments
 from rtprep.models.data import Covariates, sufficient_stats
 from rtprep.models.fitted import apply_groups
 from rtprep.models.options import ModelOptions
@@ -135,27 +135,29 @@ def mixture_probabilities(r: np.ndarray, s2: np.ndarray, *, pi: float = PI_START
     (a peak cannot lie further off than the RT range) so that a row whose leave-one-out
     prediction is vague cannot blow up ``s_out``.
     """
+    median_s2 = float(np.median(s2))
     if out_var is None:
-        out_var = float((OUT_SCALE_START**2) * np.median(s2))
+        out_var = float((OUT_SCALE_START**2) * median_s2)
     r2 = r * r if max_r2 is None else np.minimum(r * r, max_r2)
+    good = np.log(s2) + r2 / s2          # the same in every iteration
+    excess = np.maximum(r2 - s2, 0.0)
     p = np.zeros(len(r))
     for _ in range(_EM_ITERATIONS):  # a 2-parameter EM, each step vectorised over rows
         v_out = s2 + out_var
-        log_good = np.log1p(-pi) - 0.5 * (np.log(s2) + r2 / s2)
+        log_good = np.log1p(-pi) - 0.5 * good
         log_out = np.log(pi) - 0.5 * (np.log(v_out) + r2 / v_out)
         p = 1.0 / (1.0 + np.exp(np.clip(log_good - log_out, -700, 700)))
         total = float(p.sum())
         pi = float(np.clip(total / len(r), 1e-6, 0.5))
         if total > 0:
-            out_var = max(float((p * np.maximum(r2 - s2, 0.0)).sum() / total),
-                          float(np.median(s2)))
+            out_var = max(float((p * excess).sum() / total), median_s2)
     info = {"pi": pi, "out_sd": float(np.sqrt(out_var))}
     return p, info
 
 
 def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.ndarray,
-                  covs: Covariates, options: ModelOptions, *, ridge_lambda: float,
-                  sigma_init: float, embeddings: Any = None,
+                  covs: Covariates, options: ModelOptions, *, sigma_init: float,
+                  embeddings: Any = None,
                   ) -> tuple[np.ndarray, dict[str, Any]]:
     """Each training row's posterior probability of being mis-assigned (EM rounds, module
     docstring), and what the rounds did."""
@@ -179,9 +181,8 @@ def misassignment(groups: pl.DataFrame, gid: np.ndarray, x: np.ndarray, y: np.nd
         # the last round's arrays go before this round's are built
         fit = mean = cov = between = None
         stats = sufficient_stats(groups, gid, x, y, w)
-        alg = GroupAlgebra.from_stats(stats, ridge_lambda)
-        fit = prepare_fit(stats, alg, round_opts, sigma_init, embeddings)
-        del stats, alg
+        fit = prepare_fit(stats, GroupMoments.of(stats), round_opts, sigma_init, embeddings)
+        del stats
         model = build_model(fit.alg, fit.data, covs)
         # each round judges rows only from a converged fit: ADVI rounds of ``steps`` until
         # another no longer moves it (at most the main fit's steps, at least three rounds')

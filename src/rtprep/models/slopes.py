@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from rtprep.models.algebra import GroupAlgebra
+from rtprep.models.algebra import GroupMoments
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def knot_vector(t_c: np.ndarray, n_knots: int) -> np.ndarray:
     return np.concatenate([[lo] * (DEGREE + 1), inner, [hi] * (DEGREE + 1)])
 
 
-def compound_t(alg: GroupAlgebra, cpd_g: np.ndarray, n_compounds: int) -> tuple[np.ndarray,
+def compound_t(alg: GroupMoments, cpd_g: np.ndarray, n_compounds: int) -> tuple[np.ndarray,
                                                                                  float]:
     """Each compound's training mean rt minus the overall mean, and that mean."""
     w_c = np.bincount(cpd_g, weights=alg.n, minlength=n_compounds)
@@ -120,7 +120,7 @@ def compound_t(alg: GroupAlgebra, cpd_g: np.ndarray, n_compounds: int) -> tuple[
     return t_c - centre, centre
 
 
-def fit_slope_prior(alg: GroupAlgebra, unit_g: np.ndarray, cpd_g: np.ndarray, n_units: int,
+def fit_slope_prior(alg: GroupMoments, unit_g: np.ndarray, cpd_g: np.ndarray, n_units: int,
                     n_compounds: int, n_knots: int | None) -> SlopePrior:
     """Estimate ``β_u`` and ``κ`` by least squares on the within-group statistics.
 
@@ -174,7 +174,7 @@ def fit_slope_prior(alg: GroupAlgebra, unit_g: np.ndarray, cpd_g: np.ndarray, n_
                       species_shrink=shrink_info)
 
 
-def choose_species_shrink(alg: GroupAlgebra, w: np.ndarray, a_u: np.ndarray, m_bar: np.ndarray,
+def choose_species_shrink(alg: GroupMoments, w: np.ndarray, a_u: np.ndarray, m_bar: np.ndarray,
                           unit_sum: Any) -> tuple[float, dict[str, Any]]:
     """The shrinkage ρ of the species' slopes that maximises the restricted likelihood of the
     within-group rows (``w``: each group's within-group ``XᵀX``; ``a_u``: their sums per
@@ -238,7 +238,7 @@ def _solve_block(a_u: np.ndarray, b_uk: np.ndarray, c_mat: np.ndarray, c_u: np.n
     return kappa.reshape(k_n, p), beta_u
 
 
-def choose_lambda(alg: GroupAlgebra, m: np.ndarray) -> tuple[float, dict[str, Any]]:
+def choose_lambda(alg: GroupMoments, m: np.ndarray) -> tuple[float, dict[str, Any]]:
     """The slope precision ratio λ that maximises the within-group (restricted) likelihood.
 
     Within group g (rows centred on their mean; the intercept drops out), with the prior slope
