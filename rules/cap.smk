@@ -40,7 +40,7 @@ rule cap:
     priority: PRIORITY_DATA
     conda:
         ENV
-    threads: data_threads
+    threads: stage_threads
     resources:
         # the kept rows are held for the sort: up to the whole lib when every pair has fewer
         # rows than the cap (2.9 GB for a 80 MB lib file of 5.3 M rows kept at cap 100)
@@ -64,7 +64,7 @@ rule cap_train:
     priority: PRIORITY_DATA
     conda:
         ENV
-    threads: data_threads
+    threads: stage_threads
     resources:
         mem_mb=1000,
         runtime=lambda wc, input: 5 + int(input.size_mb / 500),

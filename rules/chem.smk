@@ -34,7 +34,7 @@ rule chem_classes:
     priority: PRIORITY_DATA
     conda:
         ENV
-    threads: data_threads
+    threads: stage_threads
     resources:
         mem_mb=2000,
         runtime=15,

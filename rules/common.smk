@@ -180,7 +180,11 @@ def eval_entries(wildcards):
 # Threads: a model fit runs on one core (compiling the model and stepping ADVI are
 # single-threaded, and the batched small-matrix algebra gains nothing from a second thread: a
 # 600,000-row fit took 236 s on one thread, 259 s on two), so two fits share a 2-core machine;
-# the data stages use one thread below 20 MB of input (a few hundred thousand rows), where a
-# second buys nothing.
+# merge (which runs first, alone) uses one thread below 20 MB of input (a few hundred thousand
+# rows), where a second buys nothing, else two; the stages after it use one: there are always
+# several of them to run (one a lib and cap), and a 2-thread job waits until both cores are free,
+# so on 2 cores every data job would queue behind each 1-thread fit (measured at 100 M peaks:
+# the data rules of four libs stood still for the 10 min of one fit).
 model_threads = 1
 data_threads = threads_for_inputs(20, 2)
+stage_threads = 1

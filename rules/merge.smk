@@ -36,7 +36,7 @@ rule split:
     priority: PRIORITY_DATA
     conda:
         ENV
-    threads: data_threads
+    threads: stage_threads
     resources:
         mem_mb=1000,
         runtime=lambda wc, input: 5 + int(input.size_mb / 250),
@@ -56,7 +56,7 @@ rule coverage:
         P.log("coverage/{hash}_lib{lib}"),
     conda:
         ENV
-    threads: data_threads
+    threads: stage_threads
     resources:
         mem_mb=500,
         runtime=5,

@@ -41,7 +41,7 @@ rule test_rows:
     priority: PRIORITY_DATA
     conda:
         ENV
-    threads: data_threads
+    threads: stage_threads
     resources:
         # Bounded: the held-out rows are sorted in chunks of 100,000 rows (0.36 GB at 20 M demo
         # rows); scratch files beside the output take up to ~2x the output's size on disk.
