@@ -198,13 +198,20 @@ def test_isomer_choice_blocks_give_the_whole_grids_picks(monkeypatch: pytest.Mon
     train = pl.DataFrame({"compound": compounds[:-2], "rt": [centre[c] for c in compounds[:-2]]})
     seen: list[int] = []
 
-    class Model:  # the two members isomer_choice uses, with a compound-wise prediction
+    class NoCovariates:
+        @staticmethod
+        def matrix(df: pl.DataFrame) -> np.ndarray:
+            return np.zeros((df.height, 0))
+
+    class Model:  # the members isomer_choice uses, with a compound-wise prediction
         groups = pl.DataFrame({"compound": compounds, "compound_class": 0})
+        covariates = NoCovariates()
 
         def __init__(self, shift: float) -> None:
             self.shift = shift
 
-        def predict_frame(self, grid: pl.DataFrame) -> pl.DataFrame:
+        def predict_frame(self, grid: pl.DataFrame, x: np.ndarray) -> pl.DataFrame:
+            assert x.shape == (grid.height, 0)  # the peaks' covariates, one row per candidate
             seen.append(grid.height)
             mean = grid["compound"].replace_strict(centre, return_dtype=pl.Float64) + self.shift
             return pl.DataFrame({"rt_pred": mean, "rt_sd": pl.Series([0.3] * grid.height)})
@@ -218,3 +225,10 @@ def test_isomer_choice_blocks_give_the_whole_grids_picks(monkeypatch: pytest.Mon
         monkeypatch.setattr(isomers, "GRID_ROWS", size)
         assert isomers.isomer_choice(models, train, test, formula, seed=1) == whole
         assert max(seen) <= max(size, 7) and len(seen) > 2
+    # held-out rows fed in pieces (as evaluate streams them) give the same shares too
+    monkeypatch.setattr(isomers, "GRID_ROWS", 64)
+    for piece in (1, 37, 400):
+        choice = isomers.IsomerChoice(models, train, formula)
+        for lo in range(0, n, piece):
+            choice.add(test.slice(lo, piece))
+        assert choice.result(seed=1) == whole

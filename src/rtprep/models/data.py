@@ -8,6 +8,7 @@ cost depends on the number of groups and covariates only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,46 +40,108 @@ def read_rows(path: str | Path, families: tuple[str, ...], *,
     Rows whose ``rt`` is null or not finite are dropped (counted in ``account``). Returns the
     frame and the covariate columns found (``features`` when given: they must all be present).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RtprepError(f"{path}: file not found")
-    is_parquet = path.suffix.lower() in (".parquet", ".pq")
-    try:
-        schema = (pl.read_parquet_schema(path) if is_parquet
-                  else pl.read_csv(path, n_rows=0, infer_schema_length=0).schema)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise input_error(path, f"cannot be read: {exc}") from exc
-    require_columns(schema, required, path, "RT rows")
-    covs = covariate_columns(schema.keys(), families) if features is None else list(features)
-    require_columns(schema, covs, path, "covariates the model was trained on")
-    keep = [c for c in (*ID_COLUMNS, "rt") if c in schema]
-    casts = {c: pl.String for c in keep if c != "rt"}
-    casts.update({c: pl.Float64 for c in [*covs, "rt"] if c in schema})
-    try:
-        if is_parquet:
-            lf = pl.scan_parquet(path)
-        else:
-            lf = pl.scan_csv(path, schema_overrides={c: pl.String for c in keep if c != "rt"},
-                             infer_schema_length=10_000)
-        df = (lf.select([*keep, *covs])
-              .with_columns([pl.col(c).cast(t, strict=True) for c, t in casts.items()])
-              .collect())
-    except pl.exceptions.PolarsError as exc:
-        raise input_error(path, f"a covariate or 'rt' value is not a number: {exc}") from exc
-    n_in = df.height
-    if "rt" in df.columns:
-        df = df.filter(pl.col("rt").is_not_null() & pl.col("rt").is_finite())
-    for c in ("species", "compound"):
-        if c in df.columns and df[c].null_count():
-            raise input_error(path, f"{df[c].null_count()} row(s) have no value", column=c)
-    for c in ("species_cluster", "compound_class"):
-        if c in df.columns:
-            df = df.with_columns(pl.col(c).fill_null("<none>"))
-    if account is not None:
-        account.rows_in += n_in
-        if n_in - df.height:
-            account.drop("rt missing or not finite", n_in - df.height)
-    return df, covs
+    source = _RowSource.open(path, families, required, features)
+    df = source.clean(source.read(), account)
+    return df, source.covs
+
+
+def iter_rows(path: str | Path, families: tuple[str, ...], *, features: list[str],
+              chunk_rows: int, required: tuple[str, ...] = (*KEY_COLUMNS, "rt"),
+              account: RowAccount | None = None) -> Iterator[pl.DataFrame]:
+    """The rows :func:`read_rows` reads, ``chunk_rows`` at a time (a Parquet file batch by
+    batch, so memory follows the chunk, not the file; a CSV is read whole, then sliced). Yields
+    at least one frame (empty for a file with no rows), in the file's row order."""
+    source = _RowSource.open(path, families, required, features)
+    if not source.is_parquet:
+        df = source.clean(source.read(), account)
+        for lo in range(0, max(df.height, 1), chunk_rows):
+            yield df.slice(lo, chunk_rows)
+        return
+    import pyarrow.parquet as pq
+
+    yielded = False
+    with pq.ParquetFile(source.path) as pf:
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=source.columns,
+                                     use_threads=False):
+            df = pl.from_arrow(batch)
+            assert isinstance(df, pl.DataFrame)
+            yielded = True
+            yield source.clean(source.cast(df.lazy(), source.path), account)
+    if not yielded:
+        yield source.clean(source.read(), account)
+
+
+@dataclass
+class _RowSource:
+    """An RT rows file checked against what the models need: its columns and their casts."""
+
+    path: Path
+    is_parquet: bool
+    keep: list[str]
+    covs: list[str]
+
+    @classmethod
+    def open(cls, path: str | Path, families: tuple[str, ...], required: tuple[str, ...],
+             features: list[str] | None) -> _RowSource:
+        path = Path(path)
+        if not path.is_file():
+            raise RtprepError(f"{path}: file not found")
+        is_parquet = path.suffix.lower() in (".parquet", ".pq")
+        try:
+            schema = (pl.read_parquet_schema(path) if is_parquet
+                      else pl.read_csv(path, n_rows=0, infer_schema_length=0).schema)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise input_error(path, f"cannot be read: {exc}") from exc
+        require_columns(schema, required, path, "RT rows")
+        covs = covariate_columns(schema.keys(), families) if features is None else list(features)
+        require_columns(schema, covs, path, "covariates the model was trained on")
+        keep = [c for c in (*ID_COLUMNS, "rt") if c in schema]
+        return cls(path, is_parquet, keep, covs)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.keep, *self.covs]
+
+    def cast(self, lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
+        """Key columns as String, covariates and ``rt`` as Float64 (a value that is not a
+        number is an input error)."""
+        casts = {c: pl.String for c in self.keep if c != "rt"}
+        casts.update({c: pl.Float64 for c in [*self.covs, "rt"] if c in self.keep + self.covs})
+        try:
+            return (lf.select(self.columns)
+                    .with_columns([pl.col(c).cast(t, strict=True) for c, t in casts.items()])
+                    .collect())
+        except pl.exceptions.PolarsError as exc:
+            raise input_error(path, f"a covariate or 'rt' value is not a number: {exc}") from exc
+
+    def read(self) -> pl.DataFrame:
+        """The whole file, cast."""
+        try:
+            lf = (pl.scan_parquet(self.path) if self.is_parquet else
+                  pl.scan_csv(self.path, infer_schema_length=10_000,
+                              schema_overrides={c: pl.String for c in self.keep if c != "rt"}))
+        except pl.exceptions.PolarsError as exc:  # pragma: no cover (the schema read first)
+            raise input_error(self.path, f"cannot be read: {exc}") from exc
+        return self.cast(lf, self.path)
+
+    def clean(self, df: pl.DataFrame, account: RowAccount | None) -> pl.DataFrame:
+        """Drop rows with no finite ``rt`` (counted), refuse rows with no species or compound,
+        fill a missing cluster or class with ``<none>``."""
+        path = self.path
+        n_in = df.height
+        if "rt" in df.columns:
+            df = df.filter(pl.col("rt").is_not_null() & pl.col("rt").is_finite())
+        for c in ("species", "compound"):
+            if c in df.columns and df[c].null_count():
+                raise input_error(path, f"{df[c].null_count()} row(s) have no value", column=c)
+        for c in ("species_cluster", "compound_class"):
+            if c in df.columns:
+                df = df.with_columns(pl.col(c).fill_null("<none>"))
+        if account is not None:
+            account.rows_in += n_in
+            if n_in - df.height:
+                account.drop("rt missing or not finite", n_in - df.height)
+        return df
 
 
 @dataclass
@@ -135,6 +198,14 @@ class Covariates:
                  for c, f, m in zip(self.names, self.fill, self.centre, strict=True)]
         return np.ascontiguousarray(df.select(exprs).to_numpy().astype(np.float64, copy=False))
 
+    def same_as(self, other: Covariates) -> bool:
+        """Whether ``other`` makes the same matrix of any rows (same names, centre, fill and
+        imputation)."""
+        return (self.names == other.names and np.array_equal(self.centre, other.centre)
+                and np.array_equal(self.fill, other.fill)
+                and (self.cov is None) == (other.cov is None)
+                and (self.cov is None or np.array_equal(self.cov, other.cov)))
+
     def to_json(self) -> dict[str, Any]:
         out = {"names": self.names, "centre": self.centre.tolist(), "fill": self.fill.tolist(),
                "scale": self.scale.tolist()}
@@ -180,15 +251,31 @@ def _impute_centred(x: np.ndarray, cov: np.ndarray) -> None:
     rows = np.flatnonzero(miss.any(axis=1))
     if not len(rows):
         return
-    patterns, inverse = np.unique(miss[rows], axis=0, return_inverse=True)
-    for k, pat in enumerate(patterns):  # a loop over the few distinct patterns
-        r = rows[inverse.ravel() == k]
+    codes = _pattern_codes(miss[rows])
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(codes[order][1:] != codes[order][:-1]) + 1
+    for r_pos in np.split(order, bounds):  # a loop over the few distinct patterns
+        r = rows[r_pos]
+        pat = miss[r[0]]
         obs = ~pat
         if not obs.any():
             x[np.ix_(r, pat)] = 0.0
             continue
         coef = np.linalg.solve(cov[np.ix_(obs, obs)], cov[np.ix_(obs, pat)])  # S_oo⁻¹ S_om
         x[np.ix_(r, pat)] = x[np.ix_(r, obs)] @ coef
+
+
+def _pattern_codes(miss: np.ndarray) -> np.ndarray:
+    """One sortable key per row of a boolean matrix (equal rows, equal keys): the row's bits
+    packed into bytes, read as one unsigned integer (or as raw bytes past 64 columns). Sorting
+    these is ~30x faster than ``np.unique(miss, axis=0)``'s lexicographic sort of rows."""
+    packed = np.packbits(miss, axis=1)
+    width = packed.shape[1]
+    if width <= 8:
+        wide = np.zeros((len(packed), 8), dtype=np.uint8)
+        wide[:, :width] = packed
+        return wide.view(np.uint64).ravel()
+    return np.ascontiguousarray(packed).view(np.dtype((np.void, width))).ravel()
 
 
 def unit_column(group_by: str) -> str:

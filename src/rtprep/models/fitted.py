@@ -39,8 +39,9 @@ Z95 = float(sps.norm.ppf(0.975))
 #: Rows of few-row groups per chunk of :func:`apply_groups` (their Σ gathered: 2,048 × (p+1)²
 #: floats is 22 MB at 36 covariates, under the allocator's mmap threshold, so reused).
 _APPLY_CHUNK = 2_048
-#: Groups with at least this many rows are applied a group at a time (:func:`apply_groups`).
-_GROUP_RUN = 32
+#: Groups with at least this many rows are applied a group at a time (:func:`apply_groups`): one
+#: Python step per group costs about what gathering Σ row by row does for 3 rows at 36 covariates.
+_GROUP_RUN = 4
 
 #: Where a prediction came from (column ``source``).
 SOURCES = ("group", "unseen_pair", "unseen_compound", "unseen_species",
@@ -147,8 +148,12 @@ class FittedModel:
         )
 
     # -- prediction ------------------------------------------------------------------------------
-    def predict_frame(self, df: pl.DataFrame, *, level: float = 0.95) -> pl.DataFrame:
+    def predict_frame(self, df: pl.DataFrame, *, level: float = 0.95,
+                      x: np.ndarray | None = None) -> pl.DataFrame:
         """Predict ``rt`` for every row of ``df`` (key columns as String, covariates Float64).
+
+        ``x``: ``self.covariates.matrix(df)`` when the caller already has it (models trained
+        on the same rows share it; the covariates of a peak's isomers are the peak's).
 
         Returns the row order of ``df`` with ``rt_pred, rt_sd, rt_lower, rt_upper, source,
         n_obs`` (training rows of the row's group; 0 when unseen). Rows a model cannot predict
@@ -163,7 +168,7 @@ class FittedModel:
         g_idx = rows["_g"].to_numpy(allow_copy=True)
         seen = ~rows["_g"].is_null().to_numpy()
         g_idx = np.where(seen, np.nan_to_num(g_idx.astype(np.float64)), 0).astype(np.int64)
-        source = np.full(df.height, "group", dtype=object)
+        source = np.zeros(df.height, dtype=np.int8)  # an index into SOURCES
         mean_tab, cov_tab = self.mean, self.cov
         noise_var, noise_df = self.noise_var, self.noise_df
         if (~seen).any():
@@ -171,10 +176,8 @@ class FittedModel:
             known_cpds = set(self.groups["compound"].unique().to_list())
             u_known = df[unit].is_in(list(known_units)).to_numpy()
             c_known = df["compound"].is_in(list(known_cpds)).to_numpy()
-            source = np.where(seen, "group", np.where(
-                u_known & c_known, "unseen_pair", np.where(
-                    u_known, "unseen_compound", np.where(
-                        c_known, "unseen_species", "unseen_species_and_compound")))).astype(object)
+            source = np.where(seen, 0, np.where(u_known & c_known, 1, np.where(
+                u_known, 2, np.where(c_known, 3, 4)))).astype(np.int8)
             if self.effects is not None:
                 combo_cols = list(dict.fromkeys([unit, "species_cluster", "compound",
                                                  "compound_class"]))
@@ -193,18 +196,24 @@ class FittedModel:
                              .sort("_row")["_b"].fill_null(0).to_numpy().astype(np.int64))
                 g_idx = np.where(seen, g_idx, base + combo_idx)
         usable = seen | (self.effects is not None)
-        x = self.covariates.matrix(df)
+        if x is None:
+            x = self.covariates.matrix(df)
+        elif x.shape != (df.height, self.p):
+            raise ValueError(f"x has shape {x.shape}; expected ({df.height}, {self.p})")
         pred, var = apply_groups(mean_tab, cov_tab, noise_var, g_idx, x)
-        q = np.where(np.isfinite(noise_df[g_idx]),
-                     sps.t.ppf(0.5 + level / 2, np.maximum(noise_df[g_idx], 1e-9)),
-                     sps.norm.ppf(0.5 + level / 2))
+        q_group = np.where(np.isfinite(noise_df),  # per group, then per row (fewer calls)
+                           sps.t.ppf(0.5 + level / 2, np.maximum(noise_df, 1e-9)),
+                           sps.norm.ppf(0.5 + level / 2))
+        q = q_group[g_idx]
         sd = np.sqrt(var)
         pred = np.where(usable, pred, np.nan)
         sd = np.where(usable, sd, np.nan)
         n_obs = np.where(seen, rows["n_obs"].fill_null(0).to_numpy(), 0)
         return pl.DataFrame({
             "rt_pred": pred, "rt_sd": sd, "rt_lower": pred - q * sd, "rt_upper": pred + q * sd,
-            "source": source.astype(str), "n_obs": n_obs.astype(np.int64),
+            "source": pl.Series(source).replace_strict(dict(enumerate(SOURCES)),
+                                                       return_dtype=pl.String),
+            "n_obs": n_obs.astype(np.int64),
         }).with_columns(pl.col("rt_pred", "rt_sd", "rt_lower", "rt_upper").fill_nan(None))
 
     def _with_cluster(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -391,12 +400,21 @@ def apply_groups(mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray, g_idx
                               z) + noise_var[g]
     order = np.flatnonzero(big)
     order = order[np.argsort(g_idx[order], kind="stable")]
-    bounds = np.flatnonzero(np.diff(g_idx[order])) + 1
-    for rows in np.split(order, bounds) if len(order) else []:  # groups with many rows
-        g = int(g_idx[rows[0]])
-        z = np.concatenate([np.ones((len(rows), 1)), x[rows]], axis=1)
-        pred[rows] = z @ mean[g]
-        var[rows] = np.einsum("ri,ri->r", z @ cov[g].reshape(p + 1, p + 1), z) + noise_var[g]
+    gs = g_idx[order]
+    z = np.empty((len(order), p + 1))
+    z[:, 0] = 1.0
+    z[:, 1:] = x[order]
+    bounds = np.flatnonzero(gs[1:] != gs[:-1]) + 1
+    sig = cov.reshape(-1, p + 1, p + 1)
+    p_sorted, v_sorted = np.empty(len(order)), np.empty(len(order))
+    for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)], strict=True):
+        if a == b:
+            continue
+        g, zg = int(gs[a]), z[a:b]  # the rows of one group, sorted together
+        p_sorted[a:b] = zg @ mean[g]
+        v_sorted[a:b] = np.einsum("ri,ri->r", zg @ sig[g], zg)
+    pred[order] = p_sorted
+    var[order] = v_sorted + noise_var[gs]
     return pred, np.maximum(var, 0.0)
 
 

@@ -56,63 +56,97 @@ def isomer_choice(models: FittedModel | dict[str, FittedModel], train: pl.DataFr
     ``models``: one model (reported as ``model_right``) or ``{name: model}``, the first of which
     (the pooled model) defines the isomers and is reported as ``model_right``; every model gets
     ``<name>_right`` on the same peaks. ``ci95``: bootstrap intervals (``BOOTSTRAP`` resamples of
-    whole sample sets, seeded) of each share and of each model's gain over the baseline."""
-    if not isinstance(models, dict):
-        models = {"pooled": models}
-    first = next(iter(models.values()))
-    known = first.groups.select("compound", "compound_class").unique("compound")
-    known = known.with_columns(pl.col("compound").replace_strict(formula, default=None)
-                               .alias("formula")).drop_nulls("formula")
-    sizes = known.group_by("formula").len().filter(pl.col("len") >= 2)
-    iso = known.join(sizes.select("formula"), on="formula")
-    rows = (test.with_row_index("_peak")
-            .join(iso.select("compound", "formula"), on="compound", how="inner")
-            .sort("_peak"))
-    if rows.height == 0:
-        return {"peaks": 0, "formulas": sizes.height}
-    medians = train.group_by("compound").agg(pl.col("rt").median().alias("median"))
-    truth = rows.select("_peak", "compound",
-                        (pl.col("sampleset_id") if "sampleset_id" in rows.columns
-                         else pl.lit(0)).alias("_set"))
-    # Each peak meets every isomer of its compound, in its own injection: a grid of peaks ×
-    # isomers, built and scored a block of peaks at a time so that large isomer groups (tens
-    # of compounds one formula) stay within memory; each peak's choice is its own, so the
-    # blocks give the picks the whole grid would.
-    n_cand = rows.join(sizes, on="formula", how="left", maintain_order="left")["len"].to_numpy()
-    picks: dict[str, list[pl.DataFrame]] = {"nearest_median": []} | {n: [] for n in models}
-    for lo, hi in _blocks(n_cand, GRID_ROWS):
-        block = rows.slice(lo, hi - lo)
-        grid = (block.drop("compound", "compound_class")
-                .join(iso.rename({"compound": "candidate"}), on="formula")
-                .with_columns(pl.col("candidate").alias("compound")))
-        base = grid.select("_peak", "candidate", "rt").join(
-            medians.rename({"compound": "candidate"}), on="candidate", how="left")
-        # a candidate without a median (or, below, a density) is not a choice: a peak none of
-        # whose candidates has one counts as not right; ties go to the first candidate by name
-        picks["nearest_median"].append(
-            base.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
-            .filter(pl.col("dist").is_not_null())
-            .sort("_peak", "dist", "candidate")
-            .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
-        for name, model in models.items():
-            pred = model.predict_frame(grid)
-            dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
-                            pred["rt_sd"].to_numpy())
-            picks[name].append(
-                base.with_columns(pl.Series("density", dens))
-                .filter(pl.col("density").is_finite())
-                .sort("_peak", "density", "candidate", descending=[False, True, False])
+    whole sample sets, seeded) of each share and of each model's gain over the baseline. The
+    same as :class:`IsomerChoice` fed ``test`` in one piece."""
+    choice = IsomerChoice(models, train, formula)
+    choice.add(test)
+    return choice.result(seed)
+
+
+class IsomerChoice:
+    """:func:`isomer_choice` over test rows that come in pieces (:meth:`add` each, in order;
+    then :meth:`result`): each peak's choice is its own, so the pieces give the picks the
+    whole would, and memory follows the piece."""
+
+    def __init__(self, models: FittedModel | dict[str, FittedModel], train: pl.DataFrame,
+                 formula: dict[str, str]) -> None:
+        self.models = models if isinstance(models, dict) else {"pooled": models}
+        first = next(iter(self.models.values()))
+        known = first.groups.select("compound", "compound_class").unique("compound")
+        known = known.with_columns(pl.col("compound").replace_strict(formula, default=None)
+                                   .alias("formula")).drop_nulls("formula")
+        self.sizes = known.group_by("formula").len().filter(pl.col("len") >= 2)
+        self.iso = known.join(self.sizes.select("formula"), on="formula")
+        self.medians = train.group_by("compound").agg(pl.col("rt").median().alias("median"))
+        self._right: dict[str, list[np.ndarray]] = {
+            n: [] for n in ("nearest_median", *self.models)}
+        self._sets: list[np.ndarray] = []
+
+    def add(self, test: pl.DataFrame, x: dict[str, np.ndarray] | None = None) -> None:
+        """Score the peaks of ``test``. ``x``: per model name, its covariate matrix of the rows
+        of ``test`` when the caller has it (else computed here)."""
+        x = dict(x or {})
+        rows = (test.with_row_index("_peak")
+                .join(self.iso.select("compound", "formula"), on="compound", how="inner")
+                .sort("_peak"))
+        if rows.height == 0:
+            return
+        for name, model in self.models.items():
+            if name not in x:  # the peaks' covariates (an isomer's are its peak's)
+                x[name] = model.covariates.matrix(test)
+        truth = rows.select("_peak", "compound")
+        self._sets.append((rows["sampleset_id"] if "sampleset_id" in rows.columns
+                           else pl.repeat(0, rows.height, eager=True)).to_numpy())
+        # Each peak meets every isomer of its compound, in its own injection: a grid of peaks ×
+        # isomers, built and scored a block of peaks at a time so that large isomer groups (tens
+        # of compounds one formula) stay within memory.
+        keys = [c for c in ("species", "species_cluster", "sampleset_id") if c in rows.columns]
+        n_cand = (rows.join(self.sizes, on="formula", how="left", maintain_order="left")["len"]
+                  .to_numpy())
+        picks: dict[str, list[pl.DataFrame]] = {n: [] for n in self._right}
+        for lo, hi in _blocks(n_cand, GRID_ROWS):
+            block = rows.slice(lo, hi - lo).select("_peak", "formula", "rt", *keys)
+            grid = (block.join(self.iso.rename({"compound": "candidate"}), on="formula")
+                    .with_columns(pl.col("candidate").alias("compound")))
+            peak = grid["_peak"].to_numpy()
+            base = grid.select("_peak", "candidate", "rt").join(
+                self.medians.rename({"compound": "candidate"}), on="candidate", how="left")
+            # a candidate without a median (or, below, a density) is not a choice: a peak none
+            # of whose candidates has one counts as not right; ties go to the first candidate
+            # by name
+            picks["nearest_median"].append(
+                base.with_columns((pl.col("median") - pl.col("rt")).abs().alias("dist"))
+                .filter(pl.col("dist").is_not_null())
+                .sort("_peak", "dist", "candidate")
                 .group_by("_peak", maintain_order=True).first().select("_peak", "candidate"))
-    right = {name: _right(truth, pl.concat(p)) for name, p in picks.items()}
-    out: dict[str, Any] = {"peaks": rows.height, "formulas": sizes.height,
-                           "compounds_with_isomers": iso.height}
-    names = list(models)
-    out["model_right"] = float(right[names[0]].mean())
-    out["nearest_median_right"] = float(right["nearest_median"].mean())
-    for name in names:
-        out[f"{name}_right"] = float(right[name].mean())
-    out["ci95"] = _bootstrap(truth["_set"].to_numpy(), right, names, seed)
-    return out
+            for name, model in self.models.items():
+                pred = model.predict_frame(grid, x=x[name][peak])
+                dens = _density(grid["rt"].to_numpy(), pred["rt_pred"].to_numpy(),
+                                pred["rt_sd"].to_numpy())
+                picks[name].append(
+                    base.with_columns(pl.Series("density", dens))
+                    .filter(pl.col("density").is_finite())
+                    .sort("_peak", "density", "candidate", descending=[False, True, False])
+                    .group_by("_peak", maintain_order=True).first()
+                    .select("_peak", "candidate"))
+        for name, p in picks.items():
+            self._right[name].append(_right(truth, pl.concat(p)))
+
+    def result(self, seed: int = 0) -> dict[str, Any]:
+        """The shares right and their intervals over every peak added."""
+        if not self._sets:
+            return {"peaks": 0, "formulas": self.sizes.height}
+        right = {n: np.concatenate(v) for n, v in self._right.items()}
+        sets = np.concatenate(self._sets)
+        out: dict[str, Any] = {"peaks": len(sets), "formulas": self.sizes.height,
+                               "compounds_with_isomers": self.iso.height}
+        names = list(self.models)
+        out["model_right"] = float(right[names[0]].mean())
+        out["nearest_median_right"] = float(right["nearest_median"].mean())
+        for name in names:
+            out[f"{name}_right"] = float(right[name].mean())
+        out["ci95"] = _bootstrap(sets, right, names, seed)
+        return out
 
 
 def _blocks(counts: np.ndarray, limit: int) -> list[tuple[int, int]]:
