@@ -63,11 +63,12 @@ TRAINED_FILES = [("", MODEL_ROWS)] + [
     )
 ]
 ENV = "../envs/rtprep.yaml"
-# Scheduling: with few cores, the jobs on the way to the model fits go first, then the fits
-# (the longest jobs), then the figures. With the thread counts below (1 thread for small
-# inputs) this packs the demo onto 2 cores with no idle core until the last fit: 5m45s -> 4m31s.
+# Scheduling: with few cores, a fit (the longest jobs) starts as soon as its inputs exist, and
+# the data jobs fill the other core, then the figures. At 100 M peaks the data rules take ~14
+# min of 2-core time: fits that waited for them all ran after them (40 min end to end); started
+# early they overlap them. One thread each (below) for small inputs.
 PRIORITY_DATA = 20
-PRIORITY_MODEL = 10
+PRIORITY_MODEL = 30
 # What a fit depends on: the model block without the switches that only choose which fits run
 # (so editing them does not refit the models already built).
 MODEL_OPTIONS = {
