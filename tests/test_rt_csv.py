@@ -365,22 +365,27 @@ def test_assign_chunks() -> None:
         assign_chunks(per_set, 0)
 
 
+@pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize(("chunk_rows", "fanout"), [(1, 16), (1, 2), (25, 3), (200, 16)])
 def test_write_test_rows_in_chunks_equals_one_sort(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        chunk_rows: int, fanout: int) -> None:
+        chunk_rows: int, fanout: int, ordered: bool) -> None:
     """Many chunks (each sample set its own, or a few sets; cut in one pass or in levels of
-    groups) give the bytes of the single in-memory sort, and leave no scratch file."""
+    groups, or each read by its sample-set range where the lib file's row groups come in that
+    order) give the bytes of the single in-memory sort, and leave no scratch file. (A range
+    read is right in any file, only slower where the row groups are not in order: forced here.)"""
     paths = _setup_many_sets(tmp_path)
     one = tmp_path / "one" / "t.parquet"
     acc_one = write_test_rows(**paths, output=one)
     assert "chunks of at most" not in caplog.text  # ~1,000 rows: one chunk, sorted in the plan
 
     monkeypatch.setattr(rtcsv, "_FANOUT", fanout)
+    monkeypatch.setattr(rtcsv, "row_groups_ordered", lambda path, column: ordered)
     caplog.set_level(logging.INFO, logger="rtprep.stages.rt_csv")
     out = tmp_path / "chunked" / "t.parquet"
     acc = write_test_rows(**paths, output=out, chunk_rows=chunk_rows)
     assert "chunks of at most" in caplog.text
+    assert ("read by sample-set range" in caplog.text) == ordered
 
     ref = _eager_test_rows(paths)
     got = pl.read_parquet(out)
@@ -405,11 +410,25 @@ def test_write_test_rows_chunked_failure_leaves_nothing(
         raise OSError("disk went away")
 
     # The chunks are written, then reading one back fails.
+    monkeypatch.setattr(rtcsv, "row_groups_ordered", lambda path, column: False)
     monkeypatch.setattr(pl, "read_ipc", fail)
     with pytest.raises(Exception, match="disk went away"):
         write_test_rows(**paths, output=out, chunk_rows=50)
     assert out.read_bytes() == before  # the previous complete version stays
     assert _temporaries(tmp_path) == []
+
+
+def test_row_groups_ordered(tmp_path: Path) -> None:
+    """The check that lets test rows read each chunk by its sample-set range: the footer's
+    statistics, row group by row group."""
+    f = tmp_path / "f.parquet"
+    pl.DataFrame({"sample_set_id": [1, 1, 2, 2, 2, 5, 9]}).write_parquet(f, row_group_size=2)
+    assert rtcsv.row_groups_ordered(f, "sample_set_id")  # 1-1 | 2-2 | 2-5 | 9: ties allowed
+    pl.DataFrame({"sample_set_id": [1, 3, 2, 4]}).write_parquet(f, row_group_size=2)
+    assert not rtcsv.row_groups_ordered(f, "sample_set_id")  # 1-3 | 2-4 overlap
+    assert not rtcsv.row_groups_ordered(f, "no_such_column")
+    pl.DataFrame({"sample_set_id": [4, 3]}).write_parquet(f, statistics=False)
+    assert not rtcsv.row_groups_ordered(f, "sample_set_id")  # no statistics: not known
 
 
 def test_write_test_rows_removes_a_killed_writers_scratch_files(tmp_path: Path) -> None:

@@ -366,21 +366,86 @@ def _count_test_rows(lf: pl.LazyFrame, in_test: pl.Expr, folds: pl.DataFrame,
     return account, per_set
 
 
-def _sorted_by_identity(plan: pl.LazyFrame, covs: Sequence[str], per_set: pl.DataFrame,
-                        chunk_rows: int, scratch: Callable[[str], Path]) -> pl.LazyFrame:
-    """The RT CSV columns of ``plan``'s rows (attached, species joined) sorted by identity,
-    stable: in the streaming plan when they fit in one chunk, else chunk by chunk
-    (:func:`_sorted_chunks`; ``per_set``: the output rows per sample set)."""
+def _sorted_by_identity(plan_for: Callable[[pl.Expr | None], pl.LazyFrame],
+                        covs: Sequence[str], per_set: pl.DataFrame, chunk_rows: int,
+                        scratch: Callable[[str], Path], *, ordered: bool) -> pl.LazyFrame:
+    """The RT CSV columns of the rows of ``plan_for(None)`` (attached, species joined) sorted
+    by identity, stable: in the streaming plan when they fit in one chunk, else chunk by chunk
+    (``per_set``: the output rows per sample set). ``ordered``: the lib file's row groups come in
+    ``sample_set_id`` order (their statistics say so), so each chunk is read by itself (
+    ``plan_for(its range)``: the scan skips the other row groups) and sorted
+    (:func:`_sorted_ranges`); else one pass writes the chunks to scratch files first
+    (:func:`_sorted_chunks`). Either gives the same rows in the same order."""
     chunks = assign_chunks(per_set, chunk_rows)
     n_chunks = int(chunks["chunk"].max() or 0) + 1 if chunks.height else 0
     if n_chunks <= 1:
         # Stable sort: rows with equal identity keep the file's order, so the bytes are fixed.
-        return plan.sort(list(IDENTITY_COLUMNS), maintain_order=True).select(_rt_select(covs))
-    log.info("test rows: %d rows to sort in %d chunks of at most %d rows",
-             int(per_set["n"].sum()), n_chunks, chunk_rows)
+        return (plan_for(None).sort(list(IDENTITY_COLUMNS), maintain_order=True)
+                .select(_rt_select(covs)))
+    log.info("test rows: %d rows to sort in %d chunks of at most %d rows (%s)",
+             int(per_set["n"].sum()), n_chunks, chunk_rows,
+             "read by sample-set range" if ordered else "through scratch files")
     out_columns = [e.meta.output_name() for e in _rt_select(covs)]
-    return _sorted_chunks(plan.select(*_rt_select(covs), pl.col("comp_id").alias(_COMP)),
-                          chunks, scratch, out_columns)
+    select = [*_rt_select(covs), pl.col("comp_id").alias(_COMP)]
+    if ordered:
+        return _sorted_ranges(lambda rng: plan_for(rng).select(select), chunks, out_columns)
+    return _sorted_chunks(plan_for(None).select(select), chunks, scratch, out_columns)
+
+
+def row_groups_ordered(path: str | Path, column: str) -> bool:
+    """Whether the row groups of a Parquet file come in ``column`` order: each one's minimum
+    at least the previous one's maximum (from the footer's statistics; False when a row group
+    has none)."""
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    if column not in names:
+        return False
+    idx = names.index(column)
+    last = None
+    for i in range(md.num_row_groups):
+        st = md.row_group(i).column(idx).statistics
+        if st is None or not st.has_min_max:
+            return False
+        if last is not None and st.min < last:
+            return False
+        last = st.max
+    return True
+
+
+def _sorted_ranges(plan_for: Callable[[pl.Expr], pl.LazyFrame], chunks: pl.DataFrame,
+                   out_columns: Sequence[str]) -> pl.LazyFrame:
+    """The rows sorted by identity, chunk by chunk, each chunk read by itself: ``plan_for``
+    (the rows of a ``sample_set_id`` range, in the file's order) collected and sorted (stable),
+    one chunk in memory while it is sunk. The same rows and order as :func:`_sorted_chunks`."""
+    ranges = (chunks.group_by("chunk").agg(pl.col("sample_set_id").min().alias("lo"),
+                                           pl.col("sample_set_id").max().alias("hi"))
+              .sort("chunk"))
+    key = ["sampleset_id", "task_id", _COMP, "rt"]  # = IDENTITY_COLUMNS, renamed
+    first = pl.col("sample_set_id")
+    schema = plan_for(first.is_not_null()).select(out_columns).collect_schema()
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        left = n_rows
+        for lo, hi in ranges.select("lo", "hi").iter_rows():
+            df = plan_for(first.is_between(lo, hi)).collect()
+            # Stable: rows with equal identity keep the file's order, so the bytes are fixed.
+            df = df.sort(key, maintain_order=True).select(out_columns)
+            if predicate is not None:
+                df = df.filter(predicate)
+            if with_columns is not None:
+                df = df.select(with_columns)
+            if left is not None:
+                df = df.head(left)
+                left -= df.height
+            yield df
+            del df
+            if left == 0:
+                return
+
+    return register_io_source(source, schema=schema)
 
 
 def write_test_rows(
@@ -430,9 +495,16 @@ def write_test_rows(
     in_test = pl.col("sample_set_id").is_in(test_ids.implode())
     account, per_set = _count_test_rows(lf, in_test, folds, step, species_df,
                                         (lib_path, folds_csv))
-    plan = _join_species(step.apply(lf.select(*base, *covs).filter(in_test)), species_df)
+
+    def plan_for(rng: pl.Expr | None) -> pl.LazyFrame:
+        """The test rows (of a ``sample_set_id`` range), attached, species joined."""
+        rows = lf.select(*base, *covs).filter(in_test if rng is None else in_test & rng)
+        return _join_species(step.apply(rows), species_df)
+
+    ordered = row_groups_ordered(lib_path, "sample_set_id")
     with atomic_output(output) as tmp, scratch_files(output) as scratch:
-        plan = _sorted_by_identity(plan, covs, per_set, chunk_rows, scratch)
+        plan = _sorted_by_identity(plan_for, covs, per_set, chunk_rows, scratch,
+                                   ordered=ordered)
         with hashed_file(tmp) as fh:
             plan.sink_parquet(fh, compression="zstd", row_group_size=ROW_GROUP_SIZE,
                               statistics=True)
