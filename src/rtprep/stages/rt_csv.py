@@ -307,9 +307,7 @@ def _sorted_chunks(plan: pl.LazyFrame, chunks: pl.DataFrame, scratch: Callable[[
     key = ["sampleset_id", "task_id", _COMP, "rt"]  # = IDENTITY_COLUMNS, renamed
     schema = plan.select(out_columns).collect_schema()
 
-    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
-               batch_size: int | None) -> Iterator[pl.DataFrame]:
-        left = n_rows
+    def sorted_chunks() -> Iterator[pl.DataFrame]:
         for k in range(n_chunks):
             files = _chunk_files(scratch, f"chunk{k:06d}")
             if not files:
@@ -318,7 +316,20 @@ def _sorted_chunks(plan: pl.LazyFrame, chunks: pl.DataFrame, scratch: Callable[[
             for f in files:
                 f.unlink()
             # Stable: rows with equal identity keep the file's order, so the bytes are fixed.
-            df = df.sort(key, maintain_order=True).select(out_columns)
+            yield df.sort(key, maintain_order=True).select(out_columns)
+
+    return _frames_source(sorted_chunks, schema)
+
+
+def _frames_source(frames: Callable[[], Iterator[pl.DataFrame]], schema: pl.Schema
+                   ) -> pl.LazyFrame:
+    """A lazy frame over the frames ``frames()`` yields, one at a time (an IO plugin: the sink
+    pulls them as it writes, so one is in memory at once)."""
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        left = n_rows
+        for df in frames():
             if predicate is not None:
                 df = df.filter(predicate)
             if with_columns is not None:
@@ -426,26 +437,13 @@ def _sorted_ranges(plan_for: Callable[[pl.Expr], pl.LazyFrame], chunks: pl.DataF
     first = pl.col("sample_set_id")
     schema = plan_for(first.is_not_null()).select(out_columns).collect_schema()
 
-    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
-               batch_size: int | None) -> Iterator[pl.DataFrame]:
-        left = n_rows
+    def sorted_ranges() -> Iterator[pl.DataFrame]:
         for lo, hi in ranges.select("lo", "hi").iter_rows():
             df = plan_for(first.is_between(lo, hi)).collect()
             # Stable: rows with equal identity keep the file's order, so the bytes are fixed.
-            df = df.sort(key, maintain_order=True).select(out_columns)
-            if predicate is not None:
-                df = df.filter(predicate)
-            if with_columns is not None:
-                df = df.select(with_columns)
-            if left is not None:
-                df = df.head(left)
-                left -= df.height
-            yield df
-            del df
-            if left == 0:
-                return
+            yield df.sort(key, maintain_order=True).select(out_columns)
 
-    return register_io_source(source, schema=schema)
+    return _frames_source(sorted_ranges, schema)
 
 
 def write_test_rows(
