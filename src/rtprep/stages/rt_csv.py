@@ -468,7 +468,9 @@ def write_test_rows(
     Memory is bounded by ``chunk_rows``, not by the size of the test fold: the counts give the
     output rows of each test sample set, which are cut into chunks of at most ``chunk_rows`` rows
     (consecutive ``sample_set_id`` ranges, whole sample sets: :func:`assign_chunks`). One chunk is
-    sorted inside the streaming plan. More chunks: one streaming pass writes the rows to scratch
+    sorted inside the streaming plan. More chunks, where the lib file's row groups come in
+    ``sample_set_id`` order (:func:`row_groups_ordered`): each chunk is read by its range (the scan
+    skips the other row groups) and sorted. Otherwise one streaming pass writes the rows to scratch
     files per chunk (hidden ``.<output>.<pid>.chunk<k>-<i>.tmp`` beside the output, Arrow IPC,
     removed on success and failure; beyond 16 chunks, first per group of chunks and then each
     group per chunk, so that at most 16 files are open at once), then the chunks are read back in
