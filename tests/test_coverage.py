@@ -10,6 +10,7 @@ import pytest
 
 from rtprep.core.artifacts import read_meta
 from rtprep.core.errors import RtprepError
+from rtprep.stages import coverage
 from rtprep.stages.coverage import species_compound_coverage
 
 # (species_matrix_type, comp_id, n_rows)
@@ -122,8 +123,13 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_equals_eager_reference(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "slice_rows"), [(0, 4_000_000), (1, 4_000_000), (0, 777),
+                                                 (1, 1000)])
+def test_equals_eager_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int,
+                                slice_rows: int) -> None:
+    """The counts of the whole file, also when it is counted in many slices (cutting across
+    row groups, or along them) and the slices' counts summed."""
+    monkeypatch.setattr(coverage, "SLICE_ROWS", slice_rows)
     rng = np.random.default_rng(seed)
     n = 20_000
     df = pl.DataFrame({

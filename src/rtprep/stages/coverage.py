@@ -22,25 +22,35 @@ from rtprep.core.artifacts import (
     write_text_atomic,
 )
 from rtprep.core.errors import RtprepError
-from rtprep.core.frames import parquet_schema, require_columns
+from rtprep.core.frames import parquet_rows, parquet_schema, require_columns
 
 log = logging.getLogger(__name__)
 
 PAIR = ("species_matrix_type", "comp_id")
 
 
+#: Rows counted at a time (:func:`pair_counts`): a slice of the file, read by its row groups.
+SLICE_ROWS = 4_000_000
+
+
 def pair_counts(lib_parquet: str | Path) -> pl.DataFrame:
-    """``species_matrix_type, comp_id, n_rows`` for every pair in the file, sorted (nulls last)."""
+    """``species_matrix_type, comp_id, n_rows`` for every pair in the file, sorted (nulls last).
+
+    Counted a slice of :data:`SLICE_ROWS` rows at a time and the counts summed: memory follows
+    the slice and the pairs, not the file (polars' streaming group-by over the whole file held
+    0.30 GB at 9.4 M rows and 0.59 GB at 33 M; slices of 4 M rows, 0.37 GB at both)."""
     lib_parquet = Path(lib_parquet)
     schema = parquet_schema(lib_parquet, "lib Parquet not found")
     require_columns(schema, PAIR, lib_parquet, "a per-lib training file")
-    return (
-        pl.scan_parquet(lib_parquet)
-        .group_by(list(PAIR))
-        .agg(pl.len().cast(pl.Int64).alias("n_rows"))
-        .collect(engine="streaming")
-        .sort(list(PAIR), nulls_last=True)
-    )
+    count = pl.len().cast(pl.Int64).alias("n_rows")
+    total: pl.DataFrame | None = None
+    for lo in range(0, max(parquet_rows(lib_parquet), 1), SLICE_ROWS):
+        part = (pl.scan_parquet(lib_parquet).slice(lo, SLICE_ROWS).select(PAIR)
+                .group_by(list(PAIR)).agg(count).collect())
+        total = part if total is None else (
+            pl.concat([total, part]).group_by(list(PAIR)).agg(pl.col("n_rows").sum()))
+    assert total is not None
+    return total.sort(list(PAIR), nulls_last=True)
 
 
 def species_table(pairs: pl.DataFrame) -> pl.DataFrame:
