@@ -30,7 +30,9 @@ PAIR = ("species_matrix_type", "comp_id")
 
 
 #: Rows counted at a time (:func:`pair_counts`): a slice of the file, read by its row groups.
-SLICE_ROWS = 4_000_000
+#: 1 M: 0.25 GB at 1.3 M rows, 0.31 GB at 5.3 M (the wide benchmark's lib at 4 M and 16 M peaks);
+#: 4 M slices: 0.25 and 0.37 GB.
+SLICE_ROWS = 1_000_000
 
 
 def pair_counts(lib_parquet: str | Path) -> pl.DataFrame:
@@ -38,7 +40,8 @@ def pair_counts(lib_parquet: str | Path) -> pl.DataFrame:
 
     Counted a slice of :data:`SLICE_ROWS` rows at a time and the counts summed: memory follows
     the slice and the pairs, not the file (polars' streaming group-by over the whole file held
-    0.30 GB at 9.4 M rows and 0.59 GB at 33 M; slices of 4 M rows, 0.37 GB at both)."""
+    0.30 GB at 9.4 M rows and 0.59 GB at 33 M; slices of 4 M rows, 0.37 GB at both; slices of
+    1 M, 0.27-0.29 GB, in ~2x the time: 3.0 s at 33 M rows)."""
     lib_parquet = Path(lib_parquet)
     schema = parquet_schema(lib_parquet, "lib Parquet not found")
     require_columns(schema, PAIR, lib_parquet, "a per-lib training file")
