@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from polars.io.plugins import register_io_source
 
@@ -75,6 +76,7 @@ _ISO_FORMATS: tuple[str, ...] = tuple(
 )
 _THRESHOLD = "_threshold"
 _UNDER = "_under"
+_PAIR_INDEX = "_pair_index"
 _KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_COLUMNS)))
 
 PathLike = str | Path
@@ -131,24 +133,20 @@ def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> 
     )
 
     def thresholds(bounds: pl.DataFrame) -> pl.DataFrame:
+        indexed = bounds.with_row_index(_PAIR_INDEX)
         cand = (
             with_row_hash(keys, seed)
             .select(*PAIR_COLUMNS, _HASH)
-            .join(bounds.lazy().select(*PAIR_COLUMNS, "_bound"), on=PAIR_COLUMNS, how="inner",
-                  nulls_equal=True, build_side="force_right")
+            .join(indexed.lazy().select(*PAIR_COLUMNS, "_bound", _PAIR_INDEX), on=PAIR_COLUMNS,
+                  how="inner", nulls_equal=True, build_side="force_right")
             .filter(pl.col(_HASH) <= pl.col("_bound"))
-            .select(*PAIR_COLUMNS, _HASH)
+            .select(_PAIR_INDEX, _HASH)
             .collect(engine="streaming")
         )
-        threshold = pl.col(_HASH).bottom_k(cap).max()
-        got = cand.group_by(PAIR_COLUMNS).agg(
-            pl.len().alias("n_cand"), threshold.alias(_THRESHOLD),
-            # rows at or under the threshold: more than cap only when hashes tie at it
-            (pl.col(_HASH) <= threshold).sum().alias(_UNDER),
-        )
-        return bounds.join(got, on=PAIR_COLUMNS, how="left", nulls_equal=True).with_columns(
-            pl.col("n_cand").fill_null(0)
-        )
+        got = _bottom_k_stats(cand[_PAIR_INDEX].to_numpy(), cand[_HASH].to_numpy(), cap)
+        del cand
+        return (indexed.join(got, on=_PAIR_INDEX, how="left").drop(_PAIR_INDEX)
+                .with_columns(pl.col("n_cand").fill_null(0)))
 
     stats = thresholds(bounds)
     short = stats.filter(pl.col("n_cand") < pl.min_horizontal("n", pl.lit(cap)))
@@ -161,6 +159,30 @@ def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> 
         stats = pl.concat([stats.join(short, on=PAIR_COLUMNS, how="anti", nulls_equal=True),
                            redo.select(stats.columns)])
     return stats.select(*PAIR_COLUMNS, "n", _THRESHOLD, _UNDER)
+
+
+def _bottom_k_stats(pair: np.ndarray, hashes: np.ndarray, cap: int) -> pl.DataFrame:
+    """Per pair index of the candidates: ``n_cand``, ``_threshold`` (the cap-th smallest hash, or
+    the largest of fewer) and ``_under`` (candidates at or under it: more than ``cap`` only when
+    hashes tie at it). One sort of (pair, hash) and run arithmetic: a per-pair ``bottom_k`` in a
+    group-by held ~0.55 GB for 5.2 M candidates (the wide benchmark's lib at 16 M peaks)."""
+    order = np.lexsort((hashes, pair))
+    pair, hashes = pair[order], hashes[order]
+    del order
+    n = len(pair)
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if n else np.zeros(0, np.int64)
+    lens = np.diff(np.r_[starts, n])
+    threshold = hashes[starts + np.minimum(lens, cap) - 1] if n else hashes[:0]
+    run = np.repeat(np.arange(len(starts)), lens)
+    rank = np.arange(n) - starts[run]
+    under = np.bincount(run, weights=(rank < cap) | (hashes == threshold[run]),
+                        minlength=len(starts))
+    return pl.DataFrame({
+        _PAIR_INDEX: pl.Series(pair[starts], dtype=pl.UInt32),
+        "n_cand": pl.Series(lens, dtype=pl.UInt32),
+        _THRESHOLD: pl.Series(threshold, dtype=pl.UInt64),
+        _UNDER: pl.Series(under.astype(np.int64), dtype=pl.UInt32),
+    })
 
 
 # --- input helpers ----------------------------------------------------------------------------
