@@ -66,7 +66,7 @@ def iter_rows(path: str | Path, families: tuple[str, ...], *, features: list[str
             df = pl.from_arrow(batch)
             assert isinstance(df, pl.DataFrame)
             yielded = True
-            yield source.clean(source.cast(df.lazy(), source.path), account)
+            yield source.clean(source.cast(df.lazy()), account)
     if not yielded:
         yield source.clean(source.read(), account)
 
@@ -102,7 +102,7 @@ class _RowSource:
     def columns(self) -> list[str]:
         return [*self.keep, *self.covs]
 
-    def cast(self, lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    def cast(self, lf: pl.LazyFrame) -> pl.DataFrame:
         """Key columns as String, covariates and ``rt`` as Float64 (a value that is not a
         number is an input error)."""
         casts = {c: pl.String for c in self.keep if c != "rt"}
@@ -112,17 +112,15 @@ class _RowSource:
                     .with_columns([pl.col(c).cast(t, strict=True) for c, t in casts.items()])
                     .collect())
         except pl.exceptions.PolarsError as exc:
-            raise input_error(path, f"a covariate or 'rt' value is not a number: {exc}") from exc
+            raise input_error(self.path, f"a covariate or 'rt' value is not a number: {exc}"
+                              ) from exc
 
     def read(self) -> pl.DataFrame:
         """The whole file, cast."""
-        try:
-            lf = (pl.scan_parquet(self.path) if self.is_parquet else
-                  pl.scan_csv(self.path, infer_schema_length=10_000,
-                              schema_overrides={c: pl.String for c in self.keep if c != "rt"}))
-        except pl.exceptions.PolarsError as exc:  # pragma: no cover (the schema read first)
-            raise input_error(self.path, f"cannot be read: {exc}") from exc
-        return self.cast(lf, self.path)
+        lf = (pl.scan_parquet(self.path) if self.is_parquet else
+              pl.scan_csv(self.path, infer_schema_length=10_000,
+                          schema_overrides={c: pl.String for c in self.keep if c != "rt"}))
+        return self.cast(lf)
 
     def clean(self, df: pl.DataFrame, account: RowAccount | None) -> pl.DataFrame:
         """Drop rows with no finite ``rt`` (counted), refuse rows with no species or compound,

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from scipy import sparse
 from scipy import stats as sps
 
@@ -142,7 +144,7 @@ _SUMS = 8
 
 
 class _MetricSums:
-    """The metrics' sums per slice and model, added a chunk of rows at a time (bincounts in row
+    """The metrics' sums per slice and model, added a chunk of rows at a time (summed in row
     order: the same sums on every run)."""
 
     def __init__(self, models: tuple[str, ...]) -> None:
@@ -299,10 +301,6 @@ def evaluate(model_dir: str | Path | None, train_csv: str | Path, test_rows: str
     (also written to ``<out_dir>/metrics.json``). The held-out rows are read and scored
     ``chunk_rows`` at a time, their predictions written as they come.
     """
-    import time
-
-    import pyarrow.parquet as pq
-
     opts = options or ModelOptions()
     out = Path(out_dir)
     if model_dir is None:
