@@ -7,12 +7,12 @@ injection). Hive keys are columns taken from the folder names.
 
 The peaks are processed one hive partition (``lib_id``, ``group``) at a time: a re-processed datum
 repeats rows of its own partition, so exact duplicates are found inside a partition. Inside a
-partition the shards are read one at a time, twice: pass 1 keeps only a 64-bit hash of each row
-(8 bytes a row) to find the hashes seen more than once; pass 2 re-reads each shard, passes the rows
-with a unique hash straight through and resolves the few candidate rows exactly (full-row
-comparison against the candidates kept so far), so memory is one shard plus 8 bytes per row of the
-partition, not the partition's rows (measured: benchmarks/README.md). The predictors (one row per
-injection, small) are read first. Rows are appended in ``lib_id`` order with a ``pyarrow``
+partition the shards are read once each, in order: a row whose 64-bit hash no earlier row of the
+partition had passes straight through; the few others are resolved exactly, by full-row comparison
+against the earlier rows with their hash (re-read from the shards that hold them). Memory is one
+shard plus 12 bytes per row of the partition (the sorted hashes and their shards), not the
+partition's rows (measured: benchmarks/README.md). Each lib's predictors (one row per injection)
+are read when its first partition starts. Rows are appended in ``lib_id`` order with a ``pyarrow``
 ``ParquetWriter`` (on a background thread, overlapping the reading), buffered per lib so that no
 row group spans two libs: split reads only its lib's row groups.
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -357,14 +358,18 @@ def _read_predictors(shards: list[_Shard], schema: dict[str, pl.DataType], key: 
                      renames: Mapping[str, str], export_dir: Path,
                      checksums: dict[str, str] | None = None
                      ) -> tuple[pl.DataFrame, int, int]:
-    """All predictor rows, exact duplicates removed; raises on two different rows for one key.
-    Returns (predictors, rows read, duplicate rows)."""
+    """The predictor rows of ``shards``, exact duplicates removed; raises on two different rows
+    for one key. Returns (predictors, rows read, duplicate rows). The merge calls it one lib at
+    a time when the key holds ``lib_id`` (memory: one lib's predictors)."""
     frames = [
         _read_shard(s, schema, renames, checksums)
-        .with_columns(pl.lit(str(s.path)).alias(_SHARD_COLUMN))
-        for s in shards
+        .with_columns(pl.lit(i, dtype=pl.UInt32).alias(_SHARD_COLUMN))
+        for i, s in enumerate(shards)
     ]
+    if not frames:
+        return pl.DataFrame(schema=schema), 0, 0
     preds = pl.concat(frames, how="vertical")
+    del frames
     n_read = preds.height
     preds = preds.unique(subset=list(schema), keep="first", maintain_order=True)
     n_dup = n_read - preds.height
@@ -373,13 +378,59 @@ def _read_predictors(shards: list[_Shard], schema: dict[str, pl.DataType], key: 
     if conflicts.height:
         first = conflicts.row(0, named=True)
         where = ", ".join(f"{k}={first[k]!r}" for k in key)
-        files = ", ".join(sorted(first[_SHARD_COLUMN]))
+        files = ", ".join(sorted(str(shards[i].path) for i in first[_SHARD_COLUMN]))
         raise RtprepError(
             f"{export_dir}: {conflicts.height} key(s) have two or more different predictor rows "
             f"in combine_predictors/ (key {', '.join(key)}); first: {where} with "
             f"{first['n']} different rows, in {files}. Fix or remove the conflicting shard."
         )
     return preds.drop(_SHARD_COLUMN), n_read, n_dup
+
+
+@dataclass
+class _Predictors:
+    """The predictor rows, read one lib at a time when the key holds ``lib_id`` (each lib's
+    shards sit under ``combine_predictors/lib_id=<L>/``), else all at once. Counts the rows read
+    and the exact duplicates."""
+
+    plan: _Plan
+    key: list[str]
+    renames: Mapping[str, str]
+    export_dir: Path
+    checksums: dict[str, str]
+    rows_read: int = 0
+    duplicates: int = 0
+    _done: set[int | None] = field(default_factory=set)
+    _all: pl.DataFrame | None = None
+
+    @property
+    def per_lib(self) -> bool:
+        return "lib_id" in self.key
+
+    def _read(self, shards: list[_Shard]) -> pl.DataFrame:
+        preds, n_read, n_dup = _read_predictors(shards, self.plan.pred_schema, self.key,
+                                                self.renames, self.export_dir, self.checksums)
+        self.rows_read += n_read
+        self.duplicates += n_dup
+        return preds.select([*self.key, *self.plan.pred_out])
+
+    def of_lib(self, lib: int) -> pl.DataFrame:
+        """The predictor rows to join to ``lib``'s peaks."""
+        if not self.per_lib:
+            if self._all is None:
+                self._all = self._read(self.plan.pred_shards)
+                self._done.add(None)
+            return self._all
+        self._done.add(lib)
+        return self._read([s for s in self.plan.pred_shards if s.lib_id == lib])
+
+    def finish(self) -> None:
+        """Read (check and hash) the shards of the libs no peak needed."""
+        if self.per_lib:
+            for lib in sorted({s.lib_id for s in self.plan.pred_shards} - self._done):
+                self.of_lib(lib)
+        elif None not in self._done:
+            self.of_lib(0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,8 +443,16 @@ class _LibBufferedWriter:
 
     def __init__(self, path: Path | io.RawIOBase, schema: Mapping[str, pl.DataType]) -> None:
         self._schema = pl.DataFrame(schema=dict(schema)).to_arrow().schema
+        # Floats (the RTs and the predictors) are written plain, without a dictionary or
+        # statistics: a dictionary of RTs is useless (pyarrow builds it, then falls back), and
+        # zstd packs a predictor's value repeated over an injection's peaks better than its
+        # dictionary indices. Measured on 15 M merged rows of the wide shape: writing 10.1 ->
+        # 5.9 s, the file 260 -> 171 MB, reading one lib's rows 2.4 -> 0.7 s
+        # (benchmarks/README.md). Ids and text keep their dictionaries and statistics (split
+        # prunes row groups by lib_id's).
+        coded = [n for n, t in schema.items() if not t.is_float()]
         self._writer = pq.ParquetWriter(path, self._schema, compression="zstd",
-                                        write_statistics=True)
+                                        use_dictionary=coded, write_statistics=coded)
         self._buf: list[pl.DataFrame] = []
         self._n = 0
         # pyarrow encodes and compresses without the GIL: one background thread writes while
@@ -469,6 +528,51 @@ def _prefetched(items: Sequence[_T], fn: Callable[[_T], _R]) -> Iterator[_R]:
         yield ahead.result()
 
 
+class _SeenHashes:
+    """The 64-bit row hashes of a partition's shards read so far, each with its shard's index:
+    a few sorted runs, merged as in a binary counter (a run is merged into the one before it
+    while it is at least as long), so about log2(shards) runs are searched and each hash is
+    moved log2(shards) times at most. 12 bytes a row of the partition."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, hashes: np.ndarray, shard: int) -> None:
+        """Add a shard's hashes, sorted."""
+        if hashes.size == 0:
+            return
+        run = (hashes, np.full(hashes.size, shard, dtype=np.uint32))
+        self._runs.append(run)
+        while len(self._runs) > 1 and self._runs[-2][0].size <= self._runs[-1][0].size:
+            (h1, s1), (h2, s2) = self._runs[-2], self._runs.pop()
+            both = np.concatenate([h1, h2])
+            order = np.argsort(both, kind="stable")  # timsort: a merge of the two sorted runs
+            self._runs[-1] = (both[order], np.concatenate([s1, s2])[order])
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """Whether each of the sorted ``hashes`` was seen (bool per hash). Sorted queries keep
+        numpy's binary searches in cache (each starts where the last ended): 10x faster than
+        unsorted ones at a million seen hashes."""
+        found = np.zeros(hashes.size, dtype=bool)
+        for h, _ in self._runs:
+            at = np.minimum(np.searchsorted(h, hashes), h.size - 1)
+            found |= h[at] == hashes
+        return found
+
+    def shards_of(self, hashes: np.ndarray) -> list[int]:
+        """The shards holding any of ``hashes``, in order."""
+        shards: set[int] = set()
+        for h, s in self._runs:
+            lo = np.searchsorted(h, hashes, side="left")
+            hi = np.searchsorted(h, hashes, side="right")
+            n = hi - lo
+            if n.any():
+                start = np.repeat(lo, n)
+                offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+                shards.update(np.flatnonzero(np.bincount(s[start + offset])).tolist())
+        return sorted(shards)
+
+
 def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
                  renames: Mapping[str, str], checksums: dict[str, str] | None = None
                  ) -> Iterator[tuple[pl.DataFrame, int, int]]:
@@ -476,35 +580,51 @@ def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
     yields ``(rows, rows read, duplicate rows dropped)`` per shard.
 
     The same rows, in the same order, as ``pl.concat(shards).unique(keep="first",
-    maintain_order=True)``, without holding the partition: pass 1 keeps a 64-bit hash per row
+    maintain_order=True)``, in one pass without holding the partition: each row's 64-bit hash
     (``hash_rows``: equal rows hash equally, -0.0/0.0 and NaNs included, as ``unique`` compares
-    them) and finds the hashes seen twice; pass 2 re-reads each shard and decides only the rows
-    with such a hash, by full-row comparison (a hash collision between different rows keeps
-    both). ``hash_rows`` may change between polars versions; that only changes which rows are
-    compared in full, never the result.
+    them) is looked up among the hashes of the partition's earlier rows (:class:`_SeenHashes`).
+    Only a row whose hash was seen before, or repeats within its shard, is decided by full-row
+    comparison: against the earlier rows with its hash, re-read from the shards that hold them
+    (a re-processed datum repeats one earlier shard: one re-read), so a hash collision between
+    different rows keeps both. ``hash_rows`` may change between polars versions; that only
+    changes which rows are compared in full, never the result.
     """
-    def read(s: _Shard) -> pl.DataFrame:
-        return _read_shard(s, schema, renames)
-
-    # Pass 1's hashes are kept for pass 2 (8 bytes a row of the partition, held either way).
-    hashes = list(_prefetched(
-        members, lambda s: _read_shard(s, schema, renames, checksums).hash_rows()))
-    seen_twice = pl.concat(hashes) if hashes else pl.Series(dtype=pl.UInt64)
-    seen_twice = seen_twice.filter(seen_twice.is_duplicated()).unique()
-    kept: pl.DataFrame | None = None  # the candidate rows kept so far (few)
-    for i, df in enumerate(_prefetched(members, read)):
+    seen = _SeenHashes()
+    previous: tuple[int, pl.DataFrame, pl.Series] | None = None  # a re-read saved, often
+    for i, df in enumerate(_prefetched(
+            members, lambda s: _read_shard(s, schema, renames, checksums))):
         n_read = df.height
-        if seen_twice.len():
-            cand = hashes[i].is_in(seen_twice.implode())
-            if cand.any():
-                rows = df.filter(cand)
-                both = rows if kept is None else pl.concat([kept, rows], how="vertical")
-                first = both.select(pl.struct(pl.all()).is_first_distinct()).to_series()
-                first = first.slice(both.height - rows.height)
-                kept = rows.filter(first) if kept is None else pl.concat(
-                    [kept, rows.filter(first)], how="vertical")
-                df = df.filter((~cand).scatter(cand.arg_true(), first))
-        hashes[i] = hashes[i].clear()
+        read = df
+        hashes = df.hash_rows()
+        h = hashes.to_numpy()
+        order = np.argsort(h)
+        h_sorted = h[order]
+        before_sorted = seen.contains(h_sorted)
+        before = np.empty(h.size, dtype=bool)
+        before[order] = before_sorted
+        cand = before | hashes.is_duplicated().to_numpy()
+        if cand.any():
+            rows = df.filter(cand)
+            earlier_h = h_sorted[before_sorted]  # sorted: its distinct values are adjacent
+            if earlier_h.size:
+                earlier_h = earlier_h[np.r_[True, earlier_h[1:] != earlier_h[:-1]]]
+            prior = []
+            for j in seen.shards_of(earlier_h):
+                if previous is not None and previous[0] == j:
+                    old, old_h = previous[1], previous[2]
+                else:
+                    old = _read_shard(members[j], schema, renames)
+                    old_h = old.hash_rows()
+                prior.append(old.filter(np.isin(old_h.to_numpy(), earlier_h)))
+                log.debug("merge: %s repeats rows of %s", members[i].path, members[j].path)
+            both = pl.concat([*prior, rows], how="vertical") if prior else rows
+            first = both.select(pl.struct(pl.all()).is_first_distinct()).to_series()
+            keep = ~cand
+            keep[np.flatnonzero(cand)] = first.slice(both.height - rows.height).to_numpy()
+            df = df.filter(keep)
+        seen.add(h_sorted, i)
+        previous = (i, read, hashes)
+        del read, hashes
         yield df, n_read, n_read - df.height
 
 
@@ -587,16 +707,8 @@ def _plan(export_dir: Path, opts: MergeOptions) -> _Plan:
     return _Plan(peak_shards, pred_shards, peak_schema, pred_schema, pred_out, out_schema)
 
 
-def _counted_filter(df: pl.DataFrame, keep: pl.Expr, reason: str, counts: dict[str, int]
-                    ) -> pl.DataFrame:
-    """``df.filter(keep)``, adding the rows it drops to ``counts[reason]``."""
-    kept = df.filter(keep)
-    counts[reason] += df.height - kept.height
-    return kept
-
-
 def _merge_partition(members: list[_Shard], pred: pl.DataFrame, plan: _Plan,
-                     opts: MergeOptions, account: RowAccount, writer: _LibBufferedWriter,
+                     opts: MergeOptions, missing_tasks: set[Any], writer: _LibBufferedWriter,
                      checksums: dict[str, str]) -> dict[str, int]:
     """Dedupe, filter and join one hive partition's shards, shard by shard, appending the rows
     to ``writer``; returns its counts (rows in, each drop reason, rows out). Every step is
@@ -610,15 +722,18 @@ def _merge_partition(members: list[_Shard], pred: pl.DataFrame, plan: _Plan,
     for df, n_read, n_dup in _unique_rows(members, plan.peak_schema, opts.renames, checksums):
         counts["rows_in"] += n_read
         counts["duplicate_row"] += n_dup
-        df = _counted_filter(df, keep_status, "cpd_status_not_kept", counts)
-        df = _counted_filter(df, keep_type, "sample_type_excluded", counts)
+        # One filter for both reasons (each a copy of the rows), counted in their order.
+        status, stype = df.select(keep_status.alias("s"), keep_type.alias("t")).get_columns()
+        counts["cpd_status_not_kept"] += df.height - status.sum()
+        keep = status & stype
+        counts["sample_type_excluded"] += status.sum() - keep.sum()
+        df = df.filter(keep)
         joined = df.join(pred, on=key, how="inner", maintain_order="left")
         counts["no_predictor_row"] += df.height - joined.height
         counts["rows_out"] += joined.height
         if df.height != joined.height:
             missing = df.join(pred, on=key, how="anti")
-            account.drop("no_predictor_row", 0, column="task_id",
-                         ids=missing["task_id"].drop_nulls().unique().to_list())
+            missing_tasks.update(missing["task_id"].drop_nulls().unique().to_list())
         writer.append(joined.select(out_columns))
     return counts
 
@@ -665,16 +780,12 @@ def merge_export(export_dir: str | Path, output: str | Path,
     plan = _plan(export_dir, opts)
     key = list(opts.key)
     checksums: dict[str, str] = {}
-    preds, n_pred_read, n_pred_dup = _read_predictors(
-        plan.pred_shards, plan.pred_schema, key, dict(opts.renames), export_dir, checksums)
-    preds = preds.select([*key, *plan.pred_out])
-    preds_by_lib = {
-        k[0]: v for k, v in preds.partition_by("lib_id", as_dict=True, maintain_order=True).items()
-    } if "lib_id" in key else {}
-    log.info("merge: %d predictor shards, %d rows (%d exact duplicates removed), %d predictor "
-             "columns", len(plan.pred_shards), n_pred_read, n_pred_dup, len(plan.pred_out))
+    preds = _Predictors(plan, key, dict(opts.renames), export_dir, checksums)
+    log.info("merge: %d peak shards, %d predictor shards, %d predictor columns",
+             len(plan.peak_shards), len(plan.pred_shards), len(plan.pred_out))
 
     account = RowAccount("merge", drops=dict.fromkeys(DROP_REASONS, 0))
+    missing_tasks: set[Any] = set()  # task ids dropped for no_predictor_row
     per_lib: dict[int, dict[str, Any]] = {}
     parts = list(_partitions(plan.peak_shards))
     with atomic_output(output) as tmp:
@@ -682,22 +793,28 @@ def merge_export(export_dir: str | Path, output: str | Path,
             writer = _LibBufferedWriter(fh, plan.out_schema)
             try:
                 current_lib: int | None = None
+                pred = pl.DataFrame()
                 for i, (part, members) in enumerate(parts, start=1):
                     lib = members[0].lib_id
                     if lib != current_lib:
                         writer.flush()
                         current_lib = lib
-                    pred = preds_by_lib.get(lib, preds.clear()) if preds_by_lib else preds
-                    counts = _merge_partition(members, pred, plan, opts, account, writer,
+                        del pred  # one lib's predictors held at a time
+                        pred = preds.of_lib(lib)
+                        log.info("merge: lib %d: %d predictor rows", lib, pred.height)
+                    counts = _merge_partition(members, pred, plan, opts, missing_tasks, writer,
                                               checksums)
                     _add_counts(account, per_lib, lib, counts)
                     log.info("merge: partition %d/%d %s: %s", i, len(parts),
                              part.relative_to(export_dir),
                              ", ".join(f"{k2} {v:,}" for k2, v in counts.items()))
+                preds.finish()
                 writer.close()
             except BaseException:
                 writer.abort()
                 raise
+        if missing_tasks:
+            account.drop("no_predictor_row", 0, column="task_id", ids=missing_tasks)
         account.extra = {
             "export": export_dir.name,
             "libs": sorted(per_lib),
@@ -705,8 +822,8 @@ def merge_export(export_dir: str | Path, output: str | Path,
             "peak_shards": len(plan.peak_shards),
             "partitions": len(parts),
             "predictor_shards": len(plan.pred_shards),
-            "predictor_rows_in": n_pred_read,
-            "predictor_duplicate_rows": n_pred_dup,
+            "predictor_rows_in": preds.rows_read,
+            "predictor_duplicate_rows": preds.duplicates,
             "predictor_columns": plan.pred_out,
         }
         write_sidecars(output, account, inputs=[export_dir], config=opts.as_config(),
