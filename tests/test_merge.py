@@ -459,3 +459,51 @@ def test_merge_then_split(export: Path, tmp_path: Path) -> None:
     got = pl.read_parquet(tmp_path / f"merged_training_{HASH}_lib208.parquet")
     assert got.equals(pl.read_parquet(out).filter(pl.col("lib_id") == 208))
     assert acc.rows_out == 6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_seen_hashes_match_a_set(seed: int) -> None:
+    # The sorted runs answer as a plain set of (hash, shard) would, whatever the shard sizes
+    # (the binary-counter merges happen at every size pattern here).
+    rng = np.random.default_rng(seed)
+    seen = merge_mod._SeenHashes()
+    where: dict[int, set[int]] = {}
+    for shard in range(40):
+        h = np.sort(rng.integers(0, 500, rng.integers(0, 60)).astype(np.uint64))
+        q = np.sort(rng.integers(0, 500, 50).astype(np.uint64))
+        assert seen.contains(q).tolist() == [int(v) in where for v in q]
+        uq = np.unique(q)
+        assert seen.shards_of(uq) == sorted({s for v in uq.tolist() for s in where.get(v, ())})
+        seen.add(h, shard)
+        for v in h.tolist():
+            where.setdefault(v, set()).add(shard)
+    assert len(seen._runs) <= 1 + int(np.log2(40 * 60))
+
+
+def test_duplicates_of_a_shard_far_back(tmp_path: Path) -> None:
+    # A re-processed datum repeating the first of five shards (a re-read, not the previous
+    # shard) and rows repeated within one shard: the same rows as a whole-partition unique.
+    rng = np.random.default_rng(5)
+    exp = tmp_path / "exp"
+    n = 200
+    frames = []
+    for k in range(5):
+        t = rng.integers(0, 20, n) + 208000
+        frames.append(pl.DataFrame({
+            "sample_set_id": t // 4, "task_id": t, "worksheet_id": t // 10,
+            "sample_type": ["Sample"] * n, "cpd_status": ["Complete"] * n,
+            "comp_id": rng.integers(0, 30, n), "species_matrix_type": ["plasma"] * n,
+            "apex_rt": np.round(rng.uniform(0, 10, n), 1)}))
+    frames.append(frames[0].sample(120, seed=1))          # repeats shard 0, far back
+    frames[2] = pl.concat([frames[2], frames[2].head(7)])  # repeats within shard 2
+    for k, df in enumerate(frames):
+        _write(df, exp / f"create_training_data/lib_id=208/group=0/s{k}.parquet")
+    tasks = np.arange(20) + 208000
+    _write(pl.DataFrame({"sample_set_id": tasks // 4, "task_id": tasks,
+                         "IS1": rng.normal(size=20)}),
+           exp / "combine_predictors/lib_id=208/species_matrix_type=plasma/p.parquet")
+    acc = merge_export(exp, tmp_path / "m.parquet")
+    got = pl.read_parquet(tmp_path / "m.parquet")
+    ref = pl.concat(frames).unique(keep="first", maintain_order=True)
+    assert acc.drops["duplicate_row"] == sum(f.height for f in frames) - ref.height
+    assert got.select(ref.columns).equals(ref)
