@@ -487,7 +487,7 @@ def test_duplicates_of_a_shard_far_back(tmp_path: Path) -> None:
     exp = tmp_path / "exp"
     n = 200
     frames = []
-    for k in range(5):
+    for _ in range(5):
         t = rng.integers(0, 20, n) + 208000
         frames.append(pl.DataFrame({
             "sample_set_id": t // 4, "task_id": t, "worksheet_id": t // 10,
