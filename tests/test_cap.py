@@ -560,3 +560,64 @@ def test_wrong_column_types_are_errors(tmp_path: Path) -> None:
     with pytest.raises(RtprepError, match=r"t.parquet, column 'sample_set_id': has type String"):
         assign_folds(src, tmp_path / "folds.csv", test_fraction=0.2, fold_seed=1)
     assert not (tmp_path / "o.parquet").exists() and not (tmp_path / "folds.csv").exists()
+
+
+@PROPS
+@given(rows=peak_rows, cap=st.integers(1, 4), seed=st.integers(0, 2**32),
+       chunk=st.integers(1, 6), group=st.integers(1, 7))
+def test_pass_two_by_sample_set_ranges_is_the_one_piece_output(
+    rows: list[tuple], cap: int, seed: int, chunk: int, group: int
+) -> None:
+    # A lib file in sample_set_id order in small row groups (as split writes it), read by
+    # ranges of row groups: the bytes of the one-piece pass, ties and repeated identities too.
+    df = _frame(rows).sort("sample_set_id", maintain_order=True)
+    with tempfile.TemporaryDirectory() as d:
+        dd = Path(d)
+        src = dd / "lib.parquet"
+        df.write_parquet(src, row_group_size=group)
+        cap_species_compounds(src, dd / "one.parquet", cap_per_pair=cap, seed=seed)
+        saved = sample_mod.CAP_CHUNK_ROWS
+        sample_mod.CAP_CHUNK_ROWS = chunk
+        try:
+            ranges = sample_mod._sample_set_ranges([src], math.ceil(max(len(rows), 1) / chunk))
+            cap_species_compounds(src, dd / "ranges.parquet", cap_per_pair=cap, seed=seed)
+        finally:
+            sample_mod.CAP_CHUNK_ROWS = saved
+        assert (dd / "ranges.parquet").read_bytes() == (dd / "one.parquet").read_bytes()
+        assert pl.read_parquet(dd / "ranges.parquet").equals(_reference(df, cap, seed))
+    # the ranges are disjoint, ordered and cover every sample set
+    los = [lo for lo, _ in ranges[1:]]
+    assert los == sorted(set(los))
+    assert ranges[0][0] is None and ranges[-1][1] is None
+
+
+def test_sample_set_ranges_follow_the_row_groups(tmp_path: Path) -> None:
+    df = _frame([(s, t, 1, "plasma", 1.0) for s in range(10) for t in range(4)])  # 40 rows
+    src = tmp_path / "lib.parquet"
+    df.write_parquet(src, row_group_size=8)  # 5 row groups, starting at sets 0, 2, 4, 6, 8
+    assert sample_mod._sample_set_ranges([src], 1) == [(None, None)]
+    assert sample_mod._sample_set_ranges([src], 2) == [(None, 6), (6, None)]
+    assert sample_mod._sample_set_ranges([src], 5) == [(None, 2), (2, 4), (4, 6), (6, 8),
+                                                       (8, None)]
+    assert sample_mod._sample_set_ranges([src, src], 5) == [(None, None)]  # several files
+    df.reverse().write_parquet(src, row_group_size=8)  # not in sample_set_id order
+    assert sample_mod._sample_set_ranges([src], 5) == [(None, None)]
+
+
+@pytest.mark.parametrize("cap", [1, 2, 4])
+def test_pass_two_by_ranges_resolves_ties_at_the_threshold(tmp_path: Path, cap: int,
+                                                           monkeypatch) -> None:
+    # Every identity three times (equal hashes, other columns differ): every pair ties at its
+    # threshold, and its tied rows lie in several ranges of sample sets.
+    rows = [(s, 10 * s + t, c, "plasma", 1.25, v)
+            for s in range(6) for t in range(2) for c in (7, 8) for v in (3.0, -1.0, 2.0)]
+    df = _frame(rows).sort("sample_set_id", maintain_order=True)
+    src = tmp_path / "lib.parquet"
+    df.write_parquet(src, row_group_size=4)
+    cap_species_compounds(src, tmp_path / "one.parquet", cap_per_pair=cap, seed=0)
+    monkeypatch.setattr(sample_mod, "CAP_CHUNK_ROWS", 1)
+    assert len(sample_mod._sample_set_ranges([src], 2 * cap)) > 1
+    cap_species_compounds(src, tmp_path / "ranges.parquet", cap_per_pair=cap, seed=0)
+    assert (tmp_path / "ranges.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+    got = pl.read_parquet(tmp_path / "ranges.parquet")
+    assert got.equals(_reference(df, cap, 0)) and got.height == 2 * cap

@@ -34,11 +34,13 @@ from rtprep.core.artifacts import (
 from rtprep.core.errors import input_error
 from rtprep.core.frames import (
     DEFAULT_COVARIATE_FAMILIES,
+    assign_chunks,
     checked_int_column,
     comp_counts_lazy,
     covariate_columns,
     parquet_rows,
     read_csv_checked,
+    row_groups_ordered,
     scan_checked,
 )
 from rtprep.core.hashing import IDENTITY_COLUMNS
@@ -223,26 +225,6 @@ def write_rt_csv(
     return account
 
 
-def assign_chunks(rows_per_set: pl.DataFrame, max_rows: int) -> pl.DataFrame:
-    """Cut sample sets into chunks of at most ``max_rows`` rows.
-
-    ``rows_per_set``: ``sample_set_id, n``. Returns ``sample_set_id, chunk`` (UInt32, from 0),
-    sorted by ``sample_set_id``: each chunk is a run of consecutive sample sets, filled greedily
-    in ``sample_set_id`` order; a sample set of more than ``max_rows`` rows is a chunk of its own.
-    """
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-    df = rows_per_set.select("sample_set_id", "n").sort("sample_set_id")
-    chunks: list[int] = []
-    k, rows = 0, 0
-    for n in df["n"].to_list():
-        if rows and rows + n > max_rows:
-            k, rows = k + 1, 0
-        rows += n
-        chunks.append(k)
-    return df.select("sample_set_id", pl.Series("chunk", chunks, dtype=pl.UInt32))
-
-
 def _chunk_files(scratch: Callable[[str], Path], tag: str) -> list[Path]:
     """The scratch files of one partition, in write order (``<tag>-000000``, ``-000001``, ...)."""
     files: list[Path] = []
@@ -401,28 +383,6 @@ def _sorted_by_identity(plan_for: Callable[[pl.Expr | None], pl.LazyFrame],
     if ordered:
         return _sorted_ranges(lambda rng: plan_for(rng).select(select), chunks, out_columns)
     return _sorted_chunks(plan_for(None).select(select), chunks, scratch, out_columns)
-
-
-def row_groups_ordered(path: str | Path, column: str) -> bool:
-    """Whether the row groups of a Parquet file come in ``column`` order: each one's minimum
-    at least the previous one's maximum (from the footer's statistics; False when a row group
-    has none)."""
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
-    names = [md.schema.column(i).name for i in range(md.num_columns)]
-    if column not in names:
-        return False
-    idx = names.index(column)
-    last = None
-    for i in range(md.num_row_groups):
-        st = md.row_group(i).column(idx).statistics
-        if st is None or not st.has_min_max:
-            return False
-        if last is not None and st.min < last:
-            return False
-        last = st.max
-    return True
 
 
 def _sorted_ranges(plan_for: Callable[[pl.Expr], pl.LazyFrame], chunks: pl.DataFrame,
