@@ -18,7 +18,11 @@ smallest hash (the threshold): a table with one row per pair, read off a few can
 pair drawn under a hash bound, so it grows with pairs × cap, not with the input rows. Pass 2
 streams the full rows through a join with that table and keeps ``hash <= threshold``: at least
 ``min(n, cap)`` rows per pair, more only if hashes tie exactly. Exact ties are resolved, and the
-output sorted, on that small set.
+output sorted by identity, on that small set. Where the lib file's row groups come in
+``sample_set_id`` order (as split writes them) and more than ``CAP_CHUNK_ROWS`` rows are kept,
+pass 2 runs one range of sample sets at a time (runs of row groups, read by their range), so only
+a range's kept rows are held: ``sample_set_id`` leads the identity, so the ranges in order are
+the whole sort, the same bytes. The pairs that tie are then resolved first, on their own rows.
 
 Folds are whole sample sets, drawn by one of two splits (``eval.splits``): ``random``, the
 ``round(test_fraction * n)`` sample sets with the smallest ``id_hash("sample_set_id", fold_seed)``
@@ -90,7 +94,7 @@ _KEY_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((*PAIR_COLUMNS, *IDENTITY_CO
 #: many rows a range (the ranges cut the lib file into runs of row groups of similar size),
 #: where the row groups come in ``sample_set_id`` order (as split writes them): a range's scan
 #: reads its row groups only.
-CAP_CHUNK_ROWS = 50000
+CAP_CHUNK_ROWS = 25000
 
 PathLike = str | Path
 
