@@ -42,9 +42,9 @@ rule cap:
         ENV
     threads: stage_threads
     resources:
-        # the kept rows are held for the sort: up to the whole lib when every pair has fewer
-        # rows than the cap (2.9 GB for a 80 MB lib file of 5.3 M rows kept at cap 100)
-        mem_mb=lambda wc, input: min(8000, 1000 + int(36 * input.size_mb)),
+        # pass 1's candidates (up to every row's key and hash at cap 100) and one range of
+        # kept rows: 1.1 GB at cap 100 of a 33 M-row lib file of 348 MB
+        mem_mb=lambda wc, input: min(8000, 1000 + int(3 * input.size_mb)),
         runtime=lambda wc, input: 5 + int(input.size_mb / 500),
     params:
         cap=lambda wc: int(wc.cap),

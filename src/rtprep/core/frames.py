@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from rtprep.core.artifacts import ROW_GROUP_SIZE, atomic_output
 from rtprep.core.errors import RtprepError, input_error
@@ -225,3 +226,27 @@ def row_groups_ordered(path: str | Path, column: str) -> bool:
             return False
         last = st.max
     return True
+
+
+def frames_source(frames: Callable[[], Iterator[pl.DataFrame]], schema: pl.Schema
+                   ) -> pl.LazyFrame:
+    """A lazy frame over the frames ``frames()`` yields, one at a time (an IO plugin: the sink
+    pulls them as it writes, so one is in memory at once)."""
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        left = n_rows
+        for df in frames():
+            if predicate is not None:
+                df = df.filter(predicate)
+            if with_columns is not None:
+                df = df.select(with_columns)
+            if left is not None:
+                df = df.head(left)
+                left -= df.height
+            yield df
+            del df
+            if left == 0:
+                return
+
+    return register_io_source(source, schema=schema)

@@ -55,6 +55,7 @@ from rtprep.core.artifacts import (
 )
 from rtprep.core.errors import RtprepError, input_error
 from rtprep.core.frames import (
+    frames_source,
     read_csv_checked,
     require_columns,
     row_groups_ordered,
@@ -397,23 +398,7 @@ def _write_in_order(rows: pl.DataFrame, order: pl.Series, target: Any) -> None:
 def _write_frames(frames: Iterator[pl.DataFrame], schema: pl.Schema, target: Any) -> None:
     """Write the frames ``frames`` yields, in order, to Parquet in fixed row groups (one frame
     in memory at a time: an IO source the sink pulls from)."""
-
-    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
-               batch_size: int | None) -> Iterator[pl.DataFrame]:
-        left = n_rows
-        for df in frames:
-            if predicate is not None:
-                df = df.filter(predicate)
-            if with_columns is not None:
-                df = df.select(with_columns)
-            if left is not None:
-                df = df.head(left)
-                left -= df.height
-            yield df
-            if left == 0:
-                return
-
-    register_io_source(source, schema=schema).sink_parquet(
+    frames_source(lambda: frames, schema).sink_parquet(
         target, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
 
 

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
-from polars.io.plugins import register_io_source
 
 from rtprep.core.artifacts import (
     ROW_GROUP_SIZE,
@@ -38,6 +37,7 @@ from rtprep.core.frames import (
     checked_int_column,
     comp_counts_lazy,
     covariate_columns,
+    frames_source,
     parquet_rows,
     read_csv_checked,
     row_groups_ordered,
@@ -300,31 +300,7 @@ def _sorted_chunks(plan: pl.LazyFrame, chunks: pl.DataFrame, scratch: Callable[[
             # Stable: rows with equal identity keep the file's order, so the bytes are fixed.
             yield df.sort(key, maintain_order=True).select(out_columns)
 
-    return _frames_source(sorted_chunks, schema)
-
-
-def _frames_source(frames: Callable[[], Iterator[pl.DataFrame]], schema: pl.Schema
-                   ) -> pl.LazyFrame:
-    """A lazy frame over the frames ``frames()`` yields, one at a time (an IO plugin: the sink
-    pulls them as it writes, so one is in memory at once)."""
-
-    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
-               batch_size: int | None) -> Iterator[pl.DataFrame]:
-        left = n_rows
-        for df in frames():
-            if predicate is not None:
-                df = df.filter(predicate)
-            if with_columns is not None:
-                df = df.select(with_columns)
-            if left is not None:
-                df = df.head(left)
-                left -= df.height
-            yield df
-            del df
-            if left == 0:
-                return
-
-    return register_io_source(source, schema=schema)
+    return frames_source(sorted_chunks, schema)
 
 
 def _count_test_rows(lf: pl.LazyFrame, in_test: pl.Expr, folds: pl.DataFrame,
@@ -403,7 +379,7 @@ def _sorted_ranges(plan_for: Callable[[pl.Expr], pl.LazyFrame], chunks: pl.DataF
             # Stable: rows with equal identity keep the file's order, so the bytes are fixed.
             yield df.sort(key, maintain_order=True).select(out_columns)
 
-    return _frames_source(sorted_ranges, schema)
+    return frames_source(sorted_ranges, schema)
 
 
 def write_test_rows(
