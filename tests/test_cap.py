@@ -621,3 +621,16 @@ def test_pass_two_by_ranges_resolves_ties_at_the_threshold(tmp_path: Path, cap: 
     assert (tmp_path / "ranges.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
     got = pl.read_parquet(tmp_path / "ranges.parquet")
     assert got.equals(_reference(df, cap, 0)) and got.height == 2 * cap
+
+
+@pytest.mark.parametrize("big", [1000, 2**61])
+def test_pair_key_for_any_comp_id(tmp_path: Path, big: int) -> None:
+    # Pairs are grouped on comp_id · k + the type's code; ids too large for that product fall
+    # back to a struct key: the same sample either way.
+    rows = [(s, t, c, smt, 1.0 + t / 10) for s in range(3) for t in range(6)
+            for c in (big, -big + 5, 7) for smt in ("plasma", "urine")]
+    df = _frame(rows)
+    src = _write(df, tmp_path / "lib.parquet")
+    acc = cap_species_compounds(src, tmp_path / "cap.parquet", cap_per_pair=2, seed=3)
+    assert pl.read_parquet(tmp_path / "cap.parquet").equals(_reference(df, 2, 3))
+    assert acc.extra == {"pairs": 6, "pairs_over_cap": 6}

@@ -352,6 +352,17 @@ def _identity_order(selected: pl.DataFrame) -> pl.Series:
     return order
 
 
+def _pair_rank() -> pl.Expr:
+    """A row's rank in its pair (from 0), in a frame sorted by :func:`_pair_ranked`."""
+    return pl.int_range(pl.len()).over(PAIR_COLUMNS)
+
+
+def _pair_ranked(rows: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+    """``rows`` (with ``_HASH``) in the cap's order within each pair: hash, then identity, then
+    the other columns of ``schema`` (:func:`_full_keys`); the first ``cap`` of a pair are kept."""
+    return rows.sort([*PAIR_COLUMNS, _HASH, *_full_keys(schema)], nulls_last=True)
+
+
 def _capped_order(selected: pl.DataFrame, cap: int, stats: pl.DataFrame) -> pl.Series:
     """From the rows under each pair's threshold, the positions of the first ``cap`` of each pair
     by (hash, identity, other columns), in the output's order: by identity, then the other
@@ -369,11 +380,8 @@ def _capped_order(selected: pl.DataFrame, cap: int, stats: pl.DataFrame) -> pl.S
     if over.height:
         pos = (selected.select(PAIR_COLUMNS).with_row_index("_pos")
                .join(over, on=PAIR_COLUMNS, how="semi", nulls_equal=True)["_pos"])
-        tied = (
-            selected.select(pl.all().gather(pos)).with_columns(pos)
-            .sort([*PAIR_COLUMNS, _HASH, *_full_keys(rows.schema)], nulls_last=True)
-            .filter(pl.int_range(pl.len()).over(PAIR_COLUMNS) >= cap)["_pos"]
-        )
+        tied = _pair_ranked(selected.select(pl.all().gather(pos)).with_columns(pos),
+                            rows.schema).filter(_pair_rank() >= cap)["_pos"]
         order = order.filter(~order.is_in(tied.implode()))
     return order
 
@@ -411,9 +419,7 @@ def _tied_winners(lf: pl.LazyFrame, stats: pl.DataFrame, cap: int, seed: int
     if not over.height:
         return None
     rows = _rows_under_thresholds(lf, over, seed)
-    return (rows.sort([*PAIR_COLUMNS, _HASH, *_full_keys(rows.drop(_HASH).schema)],
-                      nulls_last=True)
-            .filter(pl.int_range(pl.len()).over(PAIR_COLUMNS) < cap))
+    return _pair_ranked(rows, rows.drop(_HASH).schema).filter(_pair_rank() < cap)
 
 
 def _sample_set_ranges(paths: list[Path], n_chunks: int) -> list[tuple[Any, Any]]:

@@ -404,7 +404,7 @@ class _Predictors:
     checksums: dict[str, str]
     rows_read: int = 0
     duplicates: int = 0
-    _done: set[int | None] = field(default_factory=set)
+    _done: set[int] = field(default_factory=set)  # libs read (per lib)
     _all: pl.DataFrame | None = None
 
     @property
@@ -418,23 +418,24 @@ class _Predictors:
         self.duplicates += n_dup
         return preds.select([*self.key, *self.plan.pred_out])
 
+    def _whole(self) -> pl.DataFrame:
+        if self._all is None:
+            self._all = self._read(self.plan.pred_shards)
+        return self._all
+
     def of_lib(self, lib: int) -> pl.DataFrame:
         """The predictor rows to join to ``lib``'s peaks."""
         if not self.per_lib:
-            if self._all is None:
-                self._all = self._read(self.plan.pred_shards)
-                self._done.add(None)
-            return self._all
+            return self._whole()
         self._done.add(lib)
         return self._read([s for s in self.plan.pred_shards if s.lib_id == lib])
 
     def finish(self) -> None:
         """Read (check and hash) the shards of the libs no peak needed."""
-        if self.per_lib:
-            for lib in sorted({s.lib_id for s in self.plan.pred_shards} - self._done):
-                self.of_lib(lib)
-        elif None not in self._done:
-            self.of_lib(0)
+        if not self.per_lib:
+            self._whole()
+        for lib in sorted({s.lib_id for s in self.plan.pred_shards} - self._done):
+            self.of_lib(lib)
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,7 +630,6 @@ def _unique_rows(members: list[_Shard], schema: Mapping[str, pl.DataType],
             df = df.filter(keep)
         seen.add(h_sorted, i)
         previous = (i, read, hashes)
-        del read, hashes
         yield df, n_read, n_read - df.height
 
 
