@@ -105,12 +105,15 @@ def _margin(cap: int) -> float:
     """Expected number of candidate rows drawn per pair in pass 1 (λ of a Poisson count).
 
     Hashes are uniform on [0, 2**64): keeping ``hash <= λ/n * 2**64`` of a pair's n rows draws
-    about λ of them. With λ = cap + 6·√cap + 12 the chance of drawing fewer than ``cap`` is
-    below 1e-8 per pair (cap 5: 2.5e-9, cap 10: 1.8e-9, cap 100: 1.0e-9); such a pair is
-    rescanned in full anyway, so λ only trades memory (candidates: about pairs × λ) for
-    speed, never correctness.
+    about λ of them. A pair that draws fewer than ``cap`` is rescanned in full (a second scan
+    of the key columns, for those pairs only), so λ trades memory (candidates: about pairs ×
+    λ) for that scan, never correctness. With λ = cap + 2·√cap + 2 about 1-2% of the drawn
+    pairs fall short (Poisson: cap 5: 1.1%, cap 10: 1.3%, cap 100: 1.8%) and are rescanned:
+    a tight margin with a cheap second scan holds less than a margin wide enough never to
+    rescan (cap + 6·√cap + 12, < 1e-8 a pair: 2.6× the candidates at cap 5, measured in
+    benchmarks/README.md).
     """
-    return cap + 6.0 * math.sqrt(cap) + 12.0
+    return cap + 2.0 * math.sqrt(cap) + 2.0
 
 
 def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> pl.DataFrame:
@@ -174,7 +177,7 @@ def _pair_thresholds(keys: pl.LazyFrame, cap: int, seed: int, label: object) -> 
     stats = thresholds(bounds)
     short = stats.filter(pl.col("n_cand") < pl.min_horizontal("n", pl.lit(cap)))
     if short.height:
-        # Unlucky pairs (or a tiny margin): rescan them with no bound, i.e. all their rows.
+        # The pairs that drew fewer than the cap: rescan them with no bound (all their rows).
         log.info("cap: %d pair(s) drew too few candidates; rescanning them", short.height)
         redo = thresholds(short.select(*PAIR_COLUMNS, _PAIR_KEY, "n",
                                        pl.lit(MASK64, dtype=pl.UInt64).alias("_bound")))
