@@ -12,7 +12,9 @@ reference runs in its own child process, reaped with ``os.wait4`` so that ``ru_m
 process's own peak RSS:
 
 - merge: ``merge_export``; floor: copy of the peak shards (``diagonal_relaxed`` concat); DuckDB:
-  DISTINCT peaks and predictors, the filters, the join, ``ORDER BY lib_id``.
+  DISTINCT peaks and predictors, the filters, the join, ``ORDER BY lib_id``. Beside it: a copy
+  of the merged file, and a bound: writing the merged rows alone from memory (polars' parallel
+  writer; its own wall and CPU time, the read excluded), which no merge writing that file beats.
 - split: ``split_lib`` of the largest lib; floor: copy of that lib's rows of the merged file;
   DuckDB: ``COPY (SELECT`` the lib's valid rows``)``.
 - split_all: ``split_lib`` for every lib; floor: copy of the merged file (and polars'
@@ -118,6 +120,13 @@ def _run_duckdb(sql: str, tmpdir: str, pre: str = "") -> int:
     return int(row[0]) if row else 0
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(job: str, a: dict[str, Any]) -> dict[str, Any]:
     """Run one job (imports first, then the timed work); return its rows out and wall time."""
     import logging
@@ -167,6 +176,14 @@ def child(job: str, a: dict[str, Any]) -> dict[str, Any]:
             lf = lf.filter(pl.col("lib_id") == a["lib"])
         lf.sink_parquet(out, compression="zstd", statistics=True)
         rows = _parquet_rows(out)
+    elif job == "write_only":
+        # A bound for merge: writing the merged rows alone, from memory (polars' parallel
+        # writer), timed after the read; its own wall and CPU time.
+        df = pl.read_parquet(a["src"])
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        df.write_parquet(out, compression="zstd", statistics=True)
+        return {"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0,
+                "rows": df.height}
     elif job == "polars_partition":
         rt = pl.col("apex_rt")
         (pl.scan_parquet(a["src"])
@@ -204,7 +221,9 @@ def run_child(job: str, args: dict[str, Any], log_path: Path) -> dict[str, Any]:
         raise SystemExit(f"{job} failed (exit {proc.returncode}); see {log_path}")
     res = json.loads(text.strip().splitlines()[-1])
     res["rss_gb"] = ru.ru_maxrss * 1024 / 1e9  # Linux: kilobytes
-    res["cpu"] = ru.ru_utime + ru.ru_stime  # less disturbed than wall time on a shared machine
+    # less disturbed than wall time on a shared machine (a job timing only part of its work
+    # reports its own)
+    res.setdefault("cpu", ru.ru_utime + ru.ru_stime)
     res["out_bytes"] = _size(out)
     return res
 
@@ -512,6 +531,8 @@ COPY (
             "floor": ("copy", {"src": peak_files, "out": str(out / "floor.parquet")}),
             # the same copy of what merge writes (run after ours, which keeps its output)
             "floor_out": ("copy", {"src": str(merged), "out": str(out / "floor_out.parquet")}),
+            "write_only": ("write_only", {"src": str(merged),
+                                          "out": str(out / "write_only.parquet")}),
             "duckdb": ("duckdb", {"sql": join_sql, "out": str(out / "duck.parquet"),
                                   "tmpdir": tmpdir}),
         }, keep=True)
@@ -670,6 +691,12 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"| ↳ floor: copy of the merged file | | {p['rows']:,} | "
                          f"{p['wall']:.1f} | {p['cpu']:.1f} | {p['rss_gb']:.2f} | | | | | | | "
                          f"{_ratio(o, p, 'wall')} (ours ÷ it) | {_ratio(o, p, 'cpu')} | | | |")
+        if "write_only" in e and f:
+            p = e["write_only"]
+            lines.append(f"| ↳ bound: writing the merged rows alone (polars, from memory) | | "
+                         f"{p['rows']:,} | {p['wall']:.1f} | {p['cpu']:.1f} | {p['rss_gb']:.2f}"
+                         f" | | | | | | | {_ratio(p, f, 'wall')} (it ÷ floor) | "
+                         f"{_ratio(p, f, 'cpu')} | | | |")
         if "pl_part" in e:
             p = e["pl_part"]
             lines.append(f"| ↳ polars PartitionBy | | {p['rows']:,} | {p['wall']:.1f} | "
