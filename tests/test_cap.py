@@ -228,6 +228,19 @@ def test_fallback_rescan_when_candidates_fall_short(tmp_path: Path, monkeypatch)
     assert pl.read_parquet(tmp_path / "forced.parquet").equals(_reference(df, 3, 5))
 
 
+def test_pairs_short_of_the_cap_are_rescanned_with_the_default_margin(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 400 pairs of 100 rows, cap 5: each pair draws about λ = 11.5 of its rows, and ~1% of the
+    # pairs draw fewer than 5 (the margin is tight on purpose): those are rescanned in full.
+    df = _frame([(s, t, c, smt, 1.0 + t / 7 + s / 100) for s in range(25) for t in range(4)
+                 for c in range(200) for smt in ("plasma", "urine")])
+    src = _write(df, tmp_path / "lib.parquet")
+    with caplog.at_level("INFO", logger="rtprep.stages.cap"):
+        cap_species_compounds(src, tmp_path / "out.parquet", cap_per_pair=5, seed=3)
+    assert "drew too few candidates; rescanning them" in caplog.text
+    assert pl.read_parquet(tmp_path / "out.parquet").equals(_reference(df, 5, 3))
+
+
 def test_seed_changes_the_sample(tmp_path: Path) -> None:
     df = _frame([(s, t, 1, "plasma", 1.0 + t) for s in range(5) for t in range(10)])
     src = _write(df, tmp_path / "lib.parquet")
