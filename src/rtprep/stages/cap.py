@@ -413,16 +413,55 @@ def _write_frames(frames: Iterator[pl.DataFrame], schema: pl.Schema, target: Any
         target, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
 
 
-def _tied_winners(lf: pl.LazyFrame, stats: pl.DataFrame, cap: int, seed: int
-                  ) -> pl.DataFrame | None:
-    """The kept rows of the pairs whose hashes tie at their threshold (more than ``cap`` rows at
-    or under it; rare): ranked by (hash, identity, the other columns), the first ``cap``. None
-    when no pair ties."""
+_GROUP_COLUMNS: tuple[str, ...] = (*PAIR_COLUMNS, _HASH, "sample_set_id", "task_id",
+                                   "_apex_rt_bits")
+_TAKE = "_take"
+
+
+def _tie_takes(lf: pl.LazyFrame, stats: pl.DataFrame, cap: int, seed: int
+               ) -> pl.DataFrame | None:
+    """For the pairs whose hashes tie at their threshold (more than ``cap`` rows at or under it;
+    rare), from the key columns alone: each group of their rows under the threshold that share
+    hash and identity (``_GROUP_COLUMNS``), with ``_take``, how many of its rows are kept. None
+    when no pair ties.
+
+    The cap's order within a pair is hash, identity, then the other columns
+    (:func:`_pair_ranked`), so a group's rows are consecutive in it: a group starting at rank s
+    of g rows keeps ``clip(cap - s, 0, g)`` of them, which only a group straddling the cap
+    leaves to the other columns to choose. A group is one identity, so it lies in one sample
+    set: pass 2 resolves it in that sample set's range (:func:`_take_tied`)."""
     over = stats.filter(pl.col(_UNDER) > cap)
     if not over.height:
         return None
-    rows = _rows_under_thresholds(lf, over, seed)
-    return _pair_ranked(rows, rows.drop(_HASH).schema).filter(_pair_rank() < cap)
+    keys = _rows_under_thresholds(lf.select(_KEY_COLUMNS), over, seed)
+    bits = pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits")
+    groups = (keys.with_columns(bits)
+              .group_by(_GROUP_COLUMNS).agg(pl.col("apex_rt").first(), pl.len().alias("_g"))
+              .sort([*PAIR_COLUMNS, _HASH, *IDENTITY_COLUMNS, "_apex_rt_bits"], nulls_last=True))
+    start = pl.col("_g").cum_sum().over(PAIR_COLUMNS) - pl.col("_g")
+    return (groups.with_columns(pl.min_horizontal(pl.max_horizontal(cap - start, 0), "_g")
+                                .alias(_TAKE))
+            .filter(pl.col(_TAKE) > 0).select(*_GROUP_COLUMNS, _TAKE))
+
+
+def _take_tied(rows: pl.DataFrame, takes: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` (under their thresholds, with ``_HASH``) without the tied pairs' rows the cap
+    leaves out: each group of :func:`_tie_takes` keeps its first ``_take`` rows by the other
+    columns; the tied pairs' other rows are dropped."""
+    tied_pairs = takes.select(PAIR_COLUMNS).unique()
+    bits = pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits")
+    mask = rows.select(PAIR_COLUMNS).join(tied_pairs.with_columns(pl.lit(True).alias("_t")),
+                                         on=PAIR_COLUMNS, how="left", nulls_equal=True,
+                                         maintain_order="left")["_t"].fill_null(False)
+    tied = rows.filter(mask)
+    if not tied.height:
+        return rows
+    kept = (_pair_ranked(tied.with_columns(bits).join(takes, on=list(_GROUP_COLUMNS),
+                                                      how="inner", nulls_equal=True),
+                         rows.drop(_HASH).schema)
+            .filter(pl.int_range(pl.len()).over(_GROUP_COLUMNS) < pl.col(_TAKE))
+            .select(rows.columns))
+    return pl.concat([rows.filter(~mask), kept], how="vertical")
 
 
 def _sample_set_ranges(paths: list[Path], n_chunks: int) -> list[tuple[Any, Any]]:
@@ -451,17 +490,17 @@ def _kept_by_range(lf: pl.LazyFrame, columns: list[str], stats: pl.DataFrame, ca
     their pair's threshold, read by themselves (the scan skips the other row groups), sorted by
     identity (:func:`_identity_order`), in row-group slices. As ``sample_set_id`` leads the
     sort, the ranges in order are the whole sort: the rows and bytes of the one-piece path. The
-    tied pairs are resolved first, on their own rows (:func:`_tied_winners`)."""
+    pairs that tie at their threshold are decided first from the key columns
+    (:func:`_tie_takes`) and resolved in each range (:func:`_take_tied`)."""
     log.info("cap: pass 2 in %d sample-set ranges", len(ranges))
-    tied = _tied_winners(lf, stats, cap, seed)
-    plain = stats.filter(pl.col(_UNDER) <= cap)
+    takes = _tie_takes(lf, stats, cap, seed)
     ssid = pl.col("sample_set_id")
     for lo, hi in ranges:
         bounds = [*([] if lo is None else [ssid >= lo]), *([] if hi is None else [ssid < hi])]
         in_range = bounds[0] if len(bounds) == 1 else bounds[0] & bounds[1]
-        rows = _rows_under_thresholds(lf.filter(in_range), plain, seed)
-        if tied is not None:
-            rows = pl.concat([rows, tied.filter(in_range)], how="vertical")
+        rows = _rows_under_thresholds(lf.filter(in_range), stats, seed)
+        if takes is not None:
+            rows = _take_tied(rows, takes)
         rows = rows.select(columns)
         order = _identity_order(rows)
         for start in range(0, order.len(), ROW_GROUP_SIZE):
@@ -484,11 +523,11 @@ def _fold_filter(lf: pl.LazyFrame, folds_csv: PathLike, fold: str, label: object
             f"{_first_ids(missing.sort())}); the folds file is stale, re-run the folds step",
             column="sample_set_id",
         )
-    fold_ids = folds.filter(pl.col("fold") == fold).select("sample_set_id").lazy()
+    fold_ids = folds.filter(pl.col("fold") == fold)["sample_set_id"]
     other_ids = folds.filter(
         (pl.col("fold") != fold) & pl.col("sample_set_id").is_in(seen.implode())
     )["sample_set_id"].sort()
-    return lf.join(fold_ids, on="sample_set_id", how="semi"), other_ids
+    return lf.filter(pl.col("sample_set_id").is_in(fold_ids.implode())), other_ids
 
 
 def _check_fold_args(folds_csv: PathLike | None, fold: str | None) -> None:
