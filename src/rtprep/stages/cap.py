@@ -513,9 +513,8 @@ def _kept_by_range(lf: pl.LazyFrame, columns: list[str], stats: pl.DataFrame, ca
 def _fold_filter(lf: pl.LazyFrame, folds_csv: PathLike, fold: str, label: object
                  ) -> tuple[pl.LazyFrame, pl.Series]:
     """The rows of ``lf`` in ``fold`` (an ``is_in`` filter on the fold's sample sets, read
-    first: a streamed semi-join held +336 MB in pass 1 at 16 M wide, the filter +165) and the
-    sorted ids of the input's sample sets in the other fold. Every sample set of the input must
-    have a fold."""
+    first) and the sorted ids of the input's sample sets in the other fold. Every sample set of
+    the input must have a fold."""
     folds = read_folds(folds_csv)
     seen = lf.select("sample_set_id").unique().collect(engine="streaming")["sample_set_id"]
     missing = seen.filter(~seen.is_in(folds["sample_set_id"].implode()) | seen.is_null())
