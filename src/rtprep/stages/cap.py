@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-from polars.io.plugins import register_io_source
 
 from rtprep.core.artifacts import (
     ROW_GROUP_SIZE,
@@ -312,13 +311,18 @@ def read_folds(folds_csv: PathLike) -> pl.DataFrame:
     return df
 
 
+_APEX_BITS = "_apex_rt_bits"
+
+
+def _apex_bits() -> pl.Expr:
+    """``apex_rt``'s float bits (``_APEX_BITS``): tells apart what compares equal (-0.0, 0.0)."""
+    return pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias(_APEX_BITS)
+
+
 def _identity_keys() -> list[pl.Expr]:
     """Sort keys of the peak identity. polars sorts ``-0.0`` and ``0.0`` as equal, so the bits of
     ``apex_rt`` follow it: rows that differ only in the sign of a zero still have a fixed order."""
-    return [
-        *(pl.col(c) for c in IDENTITY_COLUMNS),
-        pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits"),
-    ]
+    return [*(pl.col(c) for c in IDENTITY_COLUMNS), _apex_bits()]
 
 
 def _full_keys(schema: pl.Schema) -> list[pl.Expr]:
@@ -395,17 +399,11 @@ def _write_in_order(rows: pl.DataFrame, order: pl.Series, target: Any) -> None:
     """Write ``rows`` gathered in ``order`` to Parquet, one row group at a time (the bytes of
     ``rows[order].write_parquet(...)``, without a sorted copy of the rows in memory)."""
 
-    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
-               batch_size: int | None) -> Iterator[pl.DataFrame]:
-        stop = order.len() if n_rows is None else min(n_rows, order.len())
-        for lo in range(0, stop, ROW_GROUP_SIZE):
-            df = rows.select(pl.all().gather(order.slice(lo, min(ROW_GROUP_SIZE, stop - lo))))
-            if predicate is not None:
-                df = df.filter(predicate)
-            yield df if with_columns is None else df.select(with_columns)
+    def gathered() -> Iterator[pl.DataFrame]:
+        for lo in range(0, order.len(), ROW_GROUP_SIZE):
+            yield rows.select(pl.all().gather(order.slice(lo, ROW_GROUP_SIZE)))
 
-    register_io_source(source, schema=rows.schema).sink_parquet(
-        target, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
+    _write_frames(gathered(), rows.schema, target)
 
 
 def _write_frames(frames: Iterator[pl.DataFrame], schema: pl.Schema, target: Any) -> None:
@@ -415,8 +413,7 @@ def _write_frames(frames: Iterator[pl.DataFrame], schema: pl.Schema, target: Any
         target, compression="zstd", row_group_size=ROW_GROUP_SIZE, statistics=True)
 
 
-_GROUP_COLUMNS: tuple[str, ...] = (*PAIR_COLUMNS, _HASH, "sample_set_id", "task_id",
-                                   "_apex_rt_bits")
+_GROUP_COLUMNS: tuple[str, ...] = (*PAIR_COLUMNS, _HASH, "sample_set_id", "task_id", _APEX_BITS)
 _TAKE = "_take"
 
 
@@ -436,10 +433,9 @@ def _tie_takes(lf: pl.LazyFrame, stats: pl.DataFrame, cap: int, seed: int
     if not over.height:
         return None
     keys = _rows_under_thresholds(lf.select(_KEY_COLUMNS), over, seed)
-    bits = pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits")
-    groups = (keys.with_columns(bits)
+    groups = (keys.with_columns(_apex_bits())
               .group_by(_GROUP_COLUMNS).agg(pl.col("apex_rt").first(), pl.len().alias("_g"))
-              .sort([*PAIR_COLUMNS, _HASH, *IDENTITY_COLUMNS, "_apex_rt_bits"], nulls_last=True))
+              .sort([*PAIR_COLUMNS, _HASH, *IDENTITY_COLUMNS, _APEX_BITS], nulls_last=True))
     start = pl.col("_g").cum_sum().over(PAIR_COLUMNS) - pl.col("_g")
     return (groups.with_columns(pl.min_horizontal(pl.max_horizontal(cap - start, 0), "_g")
                                 .alias(_TAKE))
@@ -451,14 +447,13 @@ def _take_tied(rows: pl.DataFrame, takes: pl.DataFrame) -> pl.DataFrame:
     leaves out: each group of :func:`_tie_takes` keeps its first ``_take`` rows by the other
     columns; the tied pairs' other rows are dropped."""
     tied_pairs = takes.select(PAIR_COLUMNS).unique()
-    bits = pl.col("apex_rt").cast(pl.Float64).reinterpret(dtype=pl.UInt64).alias("_apex_rt_bits")
     mask = rows.select(PAIR_COLUMNS).join(tied_pairs.with_columns(pl.lit(True).alias("_t")),
                                          on=PAIR_COLUMNS, how="left", nulls_equal=True,
                                          maintain_order="left")["_t"].fill_null(False)
     tied = rows.filter(mask)
     if not tied.height:
         return rows
-    kept = (_pair_ranked(tied.with_columns(bits).join(takes, on=list(_GROUP_COLUMNS),
+    kept = (_pair_ranked(tied.with_columns(_apex_bits()).join(takes, on=list(_GROUP_COLUMNS),
                                                       how="inner", nulls_equal=True),
                          rows.drop(_HASH).schema)
             .filter(pl.int_range(pl.len()).over(_GROUP_COLUMNS) < pl.col(_TAKE))
