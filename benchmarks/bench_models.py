@@ -33,6 +33,15 @@ from rtprep.models.algebra import GroupAlgebra
 from rtprep.models.data import Covariates, build_stats, read_rows
 from rtprep.models.pooled import build_model, prepare
 
+
+
+def own_rss_kb():
+    # this process's peak RSS since exec (ru_maxrss would carry the parent's, which generated
+    # the data, into the child)
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+
+
 csv, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
 df, names = read_rows(csv, ("IS", "RS", "ES_"))
@@ -62,7 +71,8 @@ print(json.dumps({"stats_s": t_stats, "compile_s": t_compile, "grad_ms": t_grad 
                   "train_s": t_train, "train_parts": manifest["seconds"],
                   "fit": manifest["fit"], "screen": manifest["outlier_screen"],
                   "verdicts": manifest["fit_verdicts"], "groups": manifest["n_groups"],
-                  "rows": manifest["input"]["rows"], "covariates": len(manifest["covariates"])}))
+                  "rows": manifest["input"]["rows"], "covariates": len(manifest["covariates"]),
+                  "own_rss_kb": own_rss_kb()}))
 """
 
 
@@ -101,7 +111,8 @@ def main() -> int:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     screen = (res.get("screen") or {}).get("fit") or {}
     rounds = (res.get("screen") or {}).get("rounds") or []
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    own_kb = res.get("own_rss_kb")  # the child's VmHWM; ru_maxrss includes the parent's peak
+    peak_gb = (own_kb or resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024**2
     rows = [
         ("training rows", f"{res['rows']:,}"),
         ("groups (species, compound)", f"{res['groups']:,}"),

@@ -8,8 +8,9 @@ For each size it generates (or, with ``--reuse``, finds) a scaled demo export (`
 --rows N``, 5 libs) under ``<work>/rows_<N>/``, gathers its two exports into one export of 5 libs
 (directories moved, not copied) and widens the predictor shards to 30 predictor columns (the demo
 has 18; the shards hold one row per injection, so this is cheap). Then every stage and every
-reference runs in its own child process, reaped with ``os.wait4`` so that ``ru_maxrss`` is that
-process's own peak RSS:
+reference runs in its own child process; its peak RSS is the child's own high-water mark
+(``VmHWM``, read by the child when its work is done: ``ru_maxrss`` from ``wait4`` would be at
+least the parent's peak, which a forked child inherits) and its CPU time is from ``wait4``:
 
 - merge: ``merge_export``; floor: copy of the peak shards (``diagonal_relaxed`` concat); DuckDB:
   DISTINCT peaks and predictors, the filters, the join, ``ORDER BY lib_id``. Beside it: a copy
@@ -120,6 +121,21 @@ def _run_duckdb(sql: str, tmpdir: str, pre: str = "") -> int:
     return int(row[0]) if row else 0
 
 
+def own_peak_rss_kb() -> int | None:
+    """This process's peak RSS in kB since it started (``VmHWM``), or None where /proc has none.
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark into a forked child through
+    ``exec``, so a child of a parent that once held 0.3 GB reports at least 0.3 GB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def _cpu_seconds() -> float:
     import resource
 
@@ -203,7 +219,7 @@ def child(job: str, a: dict[str, Any]) -> dict[str, Any]:
 # parent side
 # =============================================================================================
 def run_child(job: str, args: dict[str, Any], log_path: Path) -> dict[str, Any]:
-    """Run a job in a fresh Python process; add its peak RSS (GB) from ``wait4``."""
+    """Run a job in a fresh Python process; add its peak RSS (GB, the child's VmHWM) and CPU."""
     out = Path(args["out"])
     _remove(out)
     with open(log_path, "a") as log:
@@ -220,7 +236,8 @@ def run_child(job: str, args: dict[str, Any], log_path: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"{job} failed (exit {proc.returncode}); see {log_path}")
     res = json.loads(text.strip().splitlines()[-1])
-    res["rss_gb"] = ru.ru_maxrss * 1024 / 1e9  # Linux: kilobytes
+    own_kb = res.pop("own_rss_kb", None)  # the child's VmHWM (ru_maxrss includes the parent's)
+    res["rss_gb"] = (own_kb if own_kb is not None else ru.ru_maxrss) * 1024 / 1e9  # kilobytes
     # less disturbed than wall time on a shared machine (a job timing only part of its work
     # reports its own)
     res.setdefault("cpu", ru.ru_utime + ru.ru_stime)
@@ -766,7 +783,9 @@ def main() -> None:
     p.add_argument("--child", nargs=2, metavar=("JOB", "ARGS"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child[0], json.loads(a.child[1]))))
+        res = child(a.child[0], json.loads(a.child[1]))
+        res["own_rss_kb"] = own_peak_rss_kb()
+        print(json.dumps(res))
         return
     work = (a.reuse or a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
