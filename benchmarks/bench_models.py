@@ -28,19 +28,11 @@ import json, sys, time
 import numpy as np
 from rtprep.core.threads import limit_threads
 limit_threads(int(sys.argv[4]))
+from rtprep.core.memory import peak_rss_kb
 from rtprep.models import ModelOptions, train
 from rtprep.models.algebra import GroupAlgebra
 from rtprep.models.data import Covariates, build_stats, read_rows
 from rtprep.models.pooled import build_model, prepare
-
-
-
-def own_rss_kb():
-    # this process's peak RSS since exec (ru_maxrss would carry the parent's, which generated
-    # the data, into the child)
-    with open("/proc/self/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
-
 
 csv, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
@@ -72,7 +64,7 @@ print(json.dumps({"stats_s": t_stats, "compile_s": t_compile, "grad_ms": t_grad 
                   "fit": manifest["fit"], "screen": manifest["outlier_screen"],
                   "verdicts": manifest["fit_verdicts"], "groups": manifest["n_groups"],
                   "rows": manifest["input"]["rows"], "covariates": len(manifest["covariates"]),
-                  "own_rss_kb": own_rss_kb()}))
+                  "own_rss_kb": peak_rss_kb()}))
 """
 
 

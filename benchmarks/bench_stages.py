@@ -121,21 +121,6 @@ def _run_duckdb(sql: str, tmpdir: str, pre: str = "") -> int:
     return int(row[0]) if row else 0
 
 
-def own_peak_rss_kb() -> int | None:
-    """This process's peak RSS in kB since it started (``VmHWM``), or None where /proc has none.
-
-    Not ``ru_maxrss``: Linux carries the parent's high-water mark into a forked child through
-    ``exec``, so a child of a parent that once held 0.3 GB reports at least 0.3 GB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _cpu_seconds() -> float:
     import resource
 
@@ -783,8 +768,10 @@ def main() -> None:
     p.add_argument("--child", nargs=2, metavar=("JOB", "ARGS"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
+        from rtprep.core.memory import peak_rss_kb
+
         res = child(a.child[0], json.loads(a.child[1]))
-        res["own_rss_kb"] = own_peak_rss_kb()
+        res["own_rss_kb"] = peak_rss_kb()
         print(json.dumps(res))
         return
     work = (a.reuse or a.work).resolve()

@@ -38,3 +38,32 @@ def test_a_freed_large_array_is_reused_without_page_faults() -> None:
     # the heap's pages are reused
     assert int(off["faults"]) >= 20
     assert int(on["faults"]) * 10 < int(off["faults"])
+
+
+_CHILD_PEAK = """
+import json
+from rtprep.core.memory import peak_rss_kb
+print(json.dumps({"own": peak_rss_kb()}))
+"""
+
+_PARENT = """
+import json, subprocess, sys
+import numpy as np
+from rtprep.core.memory import peak_rss_kb
+a = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+out = subprocess.run([sys.executable, "-c", sys.argv[1]], check=True, capture_output=True,
+                     text=True).stdout
+print(json.dumps({"parent": peak_rss_kb(), "child": json.loads(out.strip().splitlines()[-1])}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
+def test_peak_rss_is_the_process_own_not_its_parents() -> None:
+    out = subprocess.run([sys.executable, "-c", _PARENT, _CHILD_PEAK], check=True,
+                         capture_output=True, text=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    parent, own = res["parent"], res["child"]["own"]
+    assert parent >= 300 * 1024  # kB: the 300 MB array counts
+    # the child never held the array: its own peak is an interpreter's (tens of MB); its
+    # ru_maxrss would say >= 300 MB here, the parent's high-water mark carried over exec
+    assert own < 200 * 1024

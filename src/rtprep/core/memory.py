@@ -6,6 +6,8 @@ is 300 MB for 30,000 groups) is page-faulted in afresh: a fit of 600,000 rows sp
 its time (56 of 236 s) in the kernel. :func:`reuse_freed_memory` makes freed memory stay with
 the process for the next array instead (``mallopt``: no mmap, no trimming). It costs peak
 memory (the heap keeps its high-water mark, and fragments: 3.5 → 4.3 GB there).
+
+:func:`peak_rss_kb` is this process's own peak memory, as the benchmarks report it.
 """
 
 from __future__ import annotations
@@ -34,3 +36,18 @@ def reuse_freed_memory() -> bool:
     ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     log.debug("allocator: freed memory kept for reuse: %s", ok)
     return ok
+
+
+def peak_rss_kb() -> int | None:
+    """This process's peak RSS in kB since it started (``VmHWM``), or None where /proc has none.
+
+    Not ``ru_maxrss``: Linux carries a parent's high-water mark into a forked child through
+    ``exec``, so a child of a parent that once held 0.3 GB reports at least 0.3 GB there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

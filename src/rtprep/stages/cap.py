@@ -372,6 +372,15 @@ def _pair_ranked(rows: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     return rows.sort([*PAIR_COLUMNS, _HASH, *_full_keys(schema)], nulls_last=True)
 
 
+def _in_pairs(rows: pl.DataFrame, pairs: pl.DataFrame) -> pl.Series:
+    """Whether each row of ``rows`` is in one of ``pairs`` (unique ``PAIR_COLUMNS``; null equals
+    null), in the rows' order."""
+    return (rows.select(PAIR_COLUMNS)
+            .join(pairs.select(PAIR_COLUMNS).with_columns(pl.lit(True).alias("_in")),
+                  on=PAIR_COLUMNS, how="left", nulls_equal=True, maintain_order="left")["_in"]
+            .fill_null(False))
+
+
 def _capped_order(selected: pl.DataFrame, cap: int, stats: pl.DataFrame) -> pl.Series:
     """From the rows under each pair's threshold, the positions of the first ``cap`` of each pair
     by (hash, identity, other columns), in the output's order: by identity, then the other
@@ -387,8 +396,7 @@ def _capped_order(selected: pl.DataFrame, cap: int, stats: pl.DataFrame) -> pl.S
     rows = selected.drop(_HASH)
     order = _identity_order(rows)
     if over.height:
-        pos = (selected.select(PAIR_COLUMNS).with_row_index("_pos")
-               .join(over, on=PAIR_COLUMNS, how="semi", nulls_equal=True)["_pos"])
+        pos = _in_pairs(selected, over).arg_true().alias("_pos")
         tied = _pair_ranked(selected.select(pl.all().gather(pos)).with_columns(pos),
                             rows.schema).filter(_pair_rank() >= cap)["_pos"]
         order = order.filter(~order.is_in(tied.implode()))
@@ -446,10 +454,7 @@ def _take_tied(rows: pl.DataFrame, takes: pl.DataFrame) -> pl.DataFrame:
     """``rows`` (under their thresholds, with ``_HASH``) without the tied pairs' rows the cap
     leaves out: each group of :func:`_tie_takes` keeps its first ``_take`` rows by the other
     columns; the tied pairs' other rows are dropped."""
-    tied_pairs = takes.select(PAIR_COLUMNS).unique()
-    mask = rows.select(PAIR_COLUMNS).join(tied_pairs.with_columns(pl.lit(True).alias("_t")),
-                                         on=PAIR_COLUMNS, how="left", nulls_equal=True,
-                                         maintain_order="left")["_t"].fill_null(False)
+    mask = _in_pairs(rows, takes.select(PAIR_COLUMNS).unique())
     tied = rows.filter(mask)
     if not tied.height:
         return rows
